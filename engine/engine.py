@@ -1,0 +1,208 @@
+"""The engine: add requests, call step() until done. One step reads in a few lines:
+schedule -> run the model -> sample -> postprocess (append tokens, detokenize, finish)."""
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Sequence as Seq
+
+import structlog
+import torch
+
+from engine.block_manager import BlockManager, blocks_for
+from engine.config import DTYPES, EngineConfig
+from engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from engine.errors import InvalidParameterError
+from engine.kv_cache import allocate_kv_cache, num_blocks_for_budget
+from engine.loader import open_checkpoint
+from engine.model_runner import ModelRunner, load_model
+from engine.outputs import CompletionOutput, EngineStats, RequestOutput, TokenLogprob, Usage
+from engine.sampler import Sampler, SamplingRow
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+from engine.tokenizer import load_tokenizer
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    generator: torch.Generator
+    detokenizer: IncrementalDetokenizer | None
+    stop_matcher: StopStringMatcher
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        ckpt = open_checkpoint(config.model)
+        self.model_config = cfg = ckpt.config
+        self.tokenizer = load_tokenizer(ckpt)
+        self.device = torch.device(config.device)
+        self.dtype = DTYPES[config.dtype or self._default_dtype(cfg.torch_dtype)]
+        self.max_seq_len = self._resolve_max_seq_len()
+        model = load_model(ckpt, self.dtype, self.device, self.max_seq_len, config.attention_backend)
+        num_blocks = config.num_kv_blocks or num_blocks_for_budget(
+            cfg, config.block_size, self.dtype, self.device, config.kv_cache_free_mem_fraction,
+            max_useful_blocks=config.max_batch_size * blocks_for(self.max_seq_len, config.block_size))
+        kv_caches = allocate_kv_cache(cfg, num_blocks, config.block_size, self.dtype, self.device)
+        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(config.scheduler_config, self.block_manager)
+        self.runner = ModelRunner(model, kv_caches, config.block_size, self.device)
+        self.eos_token_ids = self._eos_token_ids()
+        self.sampler = Sampler(self.eos_token_ids)
+        self._requests: dict[str, _Request] = {}
+        self._aborted: list[RequestOutput] = []
+        log.info("engine_ready", model=config.model, architecture=cfg.architecture, device=str(self.device),
+                 dtype=str(self.dtype), kv_blocks=num_blocks, block_size=config.block_size, max_seq_len=self.max_seq_len)
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
+        params = params or SamplingParams()
+        if request_id in self._requests:
+            raise InvalidParameterError("request_id", f"{request_id!r} is already running")
+        token_ids = self._tokenize(prompt)
+        self._check_fits(token_ids, params)
+        seq = Sequence(request_id, token_ids, params, max_total_tokens=self.max_seq_len)
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        detok = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens) if self.tokenizer else None
+        self._requests[request_id] = _Request(seq, torch.Generator(self.device).manual_seed(seed), detok,
+                                              StopStringMatcher(params.stop))
+        self.scheduler.add(seq)
+
+    def step(self) -> list[RequestOutput]:
+        outputs, self._aborted = self._aborted, []
+        batch = self.scheduler.schedule().scheduled
+        if not batch:
+            return outputs
+        logits = self.runner.execute(batch)
+        sampling = [item.seq for item in batch if item.samples]
+        tokens = self.sampler(logits, [SamplingRow(s, self._requests[s.request_id].generator) for s in sampling])
+        for item in batch:
+            item.seq.num_computed_tokens += item.num_tokens
+        outputs += [self._append_token(self._requests[s.request_id], tok) for s, tok in zip(sampling, tokens)]
+        return outputs
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks; the next step() reports it with finish_reason 'abort'."""
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            return False
+        self.scheduler.abort(request_id)
+        self._aborted.append(RequestOutput(request_id, [], "", None, True, "abort", self._usage(req.seq)))
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests) or bool(self._aborted)
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
+                           preempted=self.scheduler.num_preemptions, kv_blocks_used=bm.num_used_blocks,
+                           kv_blocks_free=bm.num_free_blocks, kv_blocks_total=bm.num_blocks)
+
+    def generate(self, prompts: Seq[str | list[int]],
+                 params: SamplingParams | Seq[SamplingParams] | None = None) -> list[CompletionOutput]:
+        """Offline batch generation: run every prompt to completion, results in prompt order."""
+        per_prompt = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(per_prompt) != len(prompts):
+            raise InvalidParameterError("params", f"got {len(per_prompt)} for {len(prompts)} prompts")
+        results = {}
+        for prompt, p in zip(prompts, per_prompt):
+            rid = f"generate-{uuid.uuid4().hex}"
+            self.add_request(rid, prompt, p)
+            results[rid] = CompletionOutput(rid)
+        pending = set(results)
+        while pending:
+            for out in self.step():
+                if out.request_id in results:
+                    results[out.request_id].extend(out)
+                    if out.finished:
+                        pending.discard(out.request_id)
+        return list(results.values())
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidParameterError("messages", "this model has no chat template")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _append_token(self, req: _Request, tok: TokenLogprob) -> RequestOutput:
+        seq, p = req.seq, req.seq.params
+        seq.output_token_ids.append(tok.token_id)
+        delta, reason = "", None
+        if tok.token_id in self.eos_token_ids and not p.ignore_eos:
+            reason = "eos"
+        elif tok.token_id in p.stop_token_ids:
+            reason = "stop"
+        elif req.detokenizer is not None:
+            delta = req.stop_matcher.add(req.detokenizer.add(tok.token_id))
+            reason = "stop" if req.stop_matcher.stopped else None
+        if reason is None and (len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= seq.max_total_tokens):
+            reason = "length"
+        if reason is not None:
+            delta += req.stop_matcher.flush()
+            self.scheduler.finish(seq, reason)
+            del self._requests[seq.request_id]
+        return RequestOutput(seq.request_id, [tok.token_id], delta, [tok] if p.logprobs else None,
+                             reason is not None, reason, self._usage(seq))
+
+    @staticmethod
+    def _usage(seq: Sequence) -> Usage:
+        return Usage(prompt_tokens=len(seq.prompt_token_ids), completion_tokens=len(seq.output_token_ids))
+
+    def _tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidParameterError("prompt", "this model has no tokenizer; pass token ids")
+            token_ids = self.tokenizer.encode(prompt) if prompt else []
+        else:
+            token_ids = list(prompt)
+            vocab = self.model_config.vocab_size
+            bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab]
+            if bad:
+                raise InvalidParameterError("prompt", f"token ids must be integers in [0, {vocab}), got {bad[:5]}")
+        if not token_ids:
+            raise InvalidParameterError("prompt", "is empty")
+        return token_ids
+
+    def _check_fits(self, token_ids: list[int], params: SamplingParams) -> None:
+        n = len(token_ids)
+        if n >= self.max_seq_len:
+            raise InvalidParameterError("prompt", f"{n} tokens leave no room to generate within max_seq_len={self.max_seq_len}")
+        bad = [t for t in params.stop_token_ids if t >= self.model_config.vocab_size]
+        if bad:
+            raise InvalidParameterError("stop_token_ids", f"must be < vocab size {self.model_config.vocab_size}, got {bad}")
+        bm = self.block_manager
+        need = blocks_for(min(n + params.max_tokens, self.max_seq_len), bm.block_size)
+        if need > bm.num_blocks:
+            field = "prompt" if blocks_for(n + 1, bm.block_size) > bm.num_blocks else "max_tokens"
+            raise InvalidParameterError(field, f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) need {need} KV "
+                                               f"blocks but the pool has {bm.num_blocks}")
+
+    def _default_dtype(self, checkpoint_dtype: str | None) -> str:
+        if self.device.type == "cpu":
+            return "float32"
+        return checkpoint_dtype if checkpoint_dtype in DTYPES else "bfloat16"
+
+    def _resolve_max_seq_len(self) -> int:
+        cfg, asked = self.model_config, self.config.max_seq_len
+        limit = cfg.max_position_embeddings
+        # Sliding-window attention is not implemented; within the window it equals full attention.
+        if cfg.sliding_window:
+            limit = min(limit, cfg.sliding_window)
+        if asked is not None and asked > limit:
+            raise InvalidParameterError("max_seq_len", f"{asked} exceeds the model's context length {limit}")
+        return asked or limit
+
+    def _eos_token_ids(self) -> tuple[int, ...]:
+        ids = set(self.model_config.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return tuple(sorted(ids))

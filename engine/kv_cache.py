@@ -1,0 +1,34 @@
+"""The paged KV pool: one preallocated tensor of fixed-size blocks for all layers."""
+from __future__ import annotations
+
+import psutil
+import torch
+
+from engine.models.config import ModelConfig
+
+
+def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return cfg.num_layers * 2 * block_size * cfg.num_kv_heads * cfg.head_dim * elem
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory the pool could take now: free GPU memory (after the weights are loaded), or available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
+
+
+def num_blocks_for_budget(cfg: ModelConfig, block_size: int, dtype: torch.dtype, device: torch.device,
+                          fraction: float, max_useful_blocks: int) -> int:
+    """Like TensorRT-LLM's kv_cache_free_gpu_mem_fraction; never more blocks than can ever be used."""
+    budget = int(free_memory_bytes(device) * fraction)
+    return max(1, min(budget // bytes_per_block(cfg, block_size, dtype), max_useful_blocks))
+
+
+def allocate_kv_cache(cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+                      device: torch.device) -> list[torch.Tensor]:
+    # One allocation; each layer gets a view [2 (k, v), num_blocks, block_size, kv_heads, head_dim].
+    pool = torch.empty(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
+                       dtype=dtype, device=device)
+    return list(pool.unbind(0))

@@ -1,0 +1,89 @@
+"""Owns the model weights and the KV pool on one device; turns a scheduled batch into tensors,
+runs the model and returns logits for the sequences that sample this step."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from engine.layers.attention import AttentionMetadata
+from engine.loader import Checkpoint
+from engine.models import MODEL_CLASSES
+from engine.scheduler import ScheduledSequence
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def load_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, max_positions: int,
+               attention_backend: str) -> torch.nn.Module:
+    # Parameters are created directly on the device in the target dtype: no float32 copy of a 7B model.
+    with torch.device(device), _default_dtype(dtype):
+        model = MODEL_CLASSES[ckpt.config.architecture](ckpt.config, max_positions, attention_backend)
+    model.load_weights(ckpt.read_weights())
+    return model.eval()
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], block_size: int, device: torch.device):
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.device = device
+
+    @torch.inference_mode()
+    def execute(self, batch: list[ScheduledSequence]) -> torch.Tensor:
+        """Run one step; returns logits [sampling sequences, vocab] in float32, in batch order."""
+        input_ids, positions, meta, logits_index = self._prepare(batch)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        return self.model.compute_logits(hidden[logits_index])
+
+    def _prepare(self, batch: list[ScheduledSequence]):
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_index: list[list[int]] = []
+        query_pos: list[list[int]] = []
+        logits_index: list[int] = []
+        bs = self.block_size
+        for item in batch:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            span = range(start, start + item.num_tokens)
+            query_index.append(list(range(len(ids), len(ids) + item.num_tokens)))
+            query_pos.append(list(span))
+            ids.extend(seq.token_at(p) for p in span)
+            positions.extend(span)
+            slots.extend(seq.block_table[p // bs] * bs + p % bs for p in span)
+            if item.samples:
+                logits_index.append(len(ids) - 1)
+        max_q = max(len(q) for q in query_index)
+        max_ctx = max(p[-1] + 1 for p in query_pos)
+        max_blocks = -(-max_ctx // bs)
+        tables = [item.seq.block_table[:max_blocks] + [0] * (max_blocks - len(item.seq.block_table[:max_blocks]))
+                  for item in batch]
+        valid = [[True] * len(q) + [False] * (max_q - len(q)) for q in query_index]
+        # Padded query rows get position 0 so their softmax row is never empty; they are dropped after.
+        query_pos = [q + [0] * (max_q - len(q)) for q in query_pos]
+        query_index = [q + [0] * (max_q - len(q)) for q in query_index]
+
+        dev = self.device
+        pos_t = torch.tensor(query_pos, device=dev)
+        attn_mask = (torch.arange(max_ctx, device=dev)[None, None, :] <= pos_t[:, :, None]).unsqueeze(1)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, device=dev),
+            block_tables=torch.tensor(tables, device=dev),
+            query_index=torch.tensor(query_index, device=dev),
+            query_valid=torch.tensor(valid, device=dev),
+            attn_mask=attn_mask,
+            max_context_len=max_ctx,
+        )
+        return (torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,
+                torch.tensor(logits_index, device=dev))

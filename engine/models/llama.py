@@ -1,0 +1,166 @@
+"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2, Baichuan2-7B), written plainly.
+
+Tokens of all sequences in a step are flattened into one [tokens, hidden] batch; attention is the
+only place that needs to know which sequence a token belongs to, via AttentionMetadata.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.layers.attention import ATTENTION_BACKENDS, AttentionMetadata
+from engine.layers.linear import make_linear
+from engine.layers.norm import RMSNorm
+from engine.layers.rotary import RotaryEmbedding
+from engine.models.config import ModelConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, attention_backend: str):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.qkv_proj = make_linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = make_linear(self.q_size, cfg.hidden_size)
+        self.rotary = rotary
+        self.attn = ATTENTION_BACKENDS[attention_backend](cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                                          scale=cfg.head_dim ** -0.5)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        # x: [tokens, hidden]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(positions, q, k)
+        out = self.attn(q, k, v, kv_cache, meta)  # [tokens, heads, head_dim]
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.intermediate_size = cfg.intermediate_size
+        self.gate_up_proj = make_linear(cfg.hidden_size, 2 * cfg.intermediate_size)
+        self.down_proj = make_linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, attention_backend: str):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, rotary, attention_backend)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, kv_cache, meta)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, max_positions: int, attention_backend: str = "torch_paged"):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, rotary, attention_backend) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = make_linear(cfg.hidden_size, cfg.vocab_size)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
+                meta: AttentionMetadata) -> torch.Tensor:
+        # input_ids, positions: [tokens] -> hidden states [tokens, hidden]
+        x = self.embed_tokens(input_ids)
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            x = layer(x, positions, kv_cache, meta)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # hidden: [seqs, hidden] -> [seqs, vocab] float32
+        return self.lm_head(hidden).float()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    # HF name fragment -> (our parameter name fragment, shard index within the fused parameter)
+    _FUSED = {
+        "self_attn.q_proj": ("attn.qkv_proj", 0),
+        "self_attn.k_proj": ("attn.qkv_proj", 1),
+        "self_attn.v_proj": ("attn.qkv_proj", 2),
+        "mlp.gate_proj": ("mlp.gate_up_proj", 0),
+        "mlp.up_proj": ("mlp.gate_up_proj", 1),
+    }
+    _RENAMED = {
+        "self_attn.W_pack": "attn.qkv_proj",
+        "self_attn.o_proj": "attn.o_proj",
+        "mlp.down_proj": "mlp.down_proj",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "mlp_norm",
+    }
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors, fusing q/k/v and gate/up as they arrive. Raises on missing tensors."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for hf_name, tensor in weights:
+            name, shard = self._our_name(hf_name)
+            if name is None:
+                continue
+            if name == "lm_head.weight" and self.cfg.norm_head:
+                tensor = F.normalize(tensor.float(), dim=-1)
+            param = params[name]
+            with torch.no_grad():
+                if shard is None:
+                    param.copy_(tensor.view_as(param))
+                else:
+                    offset, size = self._shard_range(name, shard)
+                    param.narrow(0, offset, size).copy_(tensor)
+            loaded.add(f"{name}#{shard}")
+        self._check_complete(loaded, params)
+
+    def _our_name(self, hf_name: str) -> tuple[str | None, int | None]:
+        name = hf_name.removeprefix("model.")
+        if "rotary_emb" in name:
+            return None, None
+        if name == "lm_head.weight" and self.cfg.tie_word_embeddings:
+            return None, None
+        for hf, (ours, shard) in self._FUSED.items():
+            if f".{hf}." in name:
+                return name.replace(hf, ours), shard
+        for hf, ours in self._RENAMED.items():
+            if f".{hf}." in name:
+                return name.replace(hf, ours), None
+        return name, None
+
+    def _shard_range(self, name: str, shard: int) -> tuple[int, int]:
+        cfg = self.cfg
+        if "qkv_proj" in name:
+            q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+            return [(0, q), (q, kv), (q + kv, kv)][shard]
+        return shard * cfg.intermediate_size, cfg.intermediate_size
+
+    def _check_complete(self, loaded: set[str], params: dict[str, nn.Parameter]) -> None:
+        fused_shards = {"qkv_proj.weight": 3, "qkv_proj.bias": 3, "gate_up_proj.weight": 2}
+        missing = []
+        for name in params:
+            shards = next((n for suffix, n in fused_shards.items() if name.endswith(suffix)), None)
+            if shards is None:
+                ok = f"{name}#None" in loaded
+            else:
+                ok = f"{name}#None" in loaded or all(f"{name}#{i}" in loaded for i in range(shards))
+            if not ok:
+                missing.append(name)
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:4]}")
