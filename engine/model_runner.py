@@ -78,7 +78,7 @@ class ModelRunner:
         pos_t = torch.tensor(query_pos, device=dev)
         attn_mask = (torch.arange(max_ctx, device=dev)[None, None, :] <= pos_t[:, :, None]).unsqueeze(1)
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
             block_tables=torch.tensor(tables, device=dev),
             query_index=torch.tensor(query_index, device=dev),
             query_valid=torch.tensor(valid, device=dev),
@@ -86,4 +86,4 @@ class ModelRunner:
             max_context_len=max_ctx,
         )
         return (torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,
-                torch.tensor(logits_index, device=dev))
+                torch.tensor(logits_index, dtype=torch.long, device=dev))

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests must never reach a hub; everything they load is local.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHAT_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about GPUs.",
+    "Explain what a KV cache is in one sentence.",
+    "List three prime numbers.",
+    "Translate 'good morning' into Spanish.",
+    "What is 12 times 7?",
+    "Give me a tip for writing clean Python code.",
+    "Who wrote Romeo and Juliet?",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The bundled SmolLM2-135M exported once as a HF folder (float32): engines load it in a second,
+    where the GGUF takes ~10 s to parse and dequantize."""
+    from engine.loader import open_checkpoint
+    from engine.loader.export import export_hf_folder
+    from engine.tokenizer import load_tokenizer
+
+    ckpt = open_checkpoint("smollm2-135m")
+    return export_hf_folder(ckpt, load_tokenizer(ckpt), tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def make_engine(smollm2_dir):
+    from engine import Engine, EngineConfig
+
+    def make(**overrides):
+        return Engine(EngineConfig(**{"model": str(smollm2_dir), "max_seq_len": 512, "max_batch_size": 8, **overrides}))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(make_engine):
+    return make_engine()
