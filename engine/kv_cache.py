@@ -29,6 +29,8 @@ def num_blocks_for_budget(cfg: ModelConfig, block_size: int, dtype: torch.dtype,
 def allocate_kv_cache(cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
                       device: torch.device) -> list[torch.Tensor]:
     # One allocation; each layer gets a view [2 (k, v), num_blocks, block_size, kv_heads, head_dim].
+    # Left uninitialised (on CPU its pages are only touched as blocks are used); attention never reads
+    # a slot past a sequence's end.
     pool = torch.empty(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
                        dtype=dtype, device=device)
     return list(pool.unbind(0))

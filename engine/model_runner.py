@@ -76,13 +76,16 @@ class ModelRunner:
 
         dev = self.device
         pos_t = torch.tensor(query_pos, device=dev)
-        attn_mask = (torch.arange(max_ctx, device=dev)[None, None, :] <= pos_t[:, :, None]).unsqueeze(1)
+        key_pos = torch.arange(max_ctx, device=dev)
+        attn_mask = (key_pos[None, None, :] <= pos_t[:, :, None]).unsqueeze(1)
+        context_lens = torch.tensor([item.seq.num_computed_tokens + item.num_tokens for item in batch], device=dev)
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
             block_tables=torch.tensor(tables, device=dev),
             query_index=torch.tensor(query_index, device=dev),
             query_valid=torch.tensor(valid, device=dev),
             attn_mask=attn_mask,
+            key_valid=(key_pos[None, :] < context_lens[:, None])[:, :, None, None],
             max_context_len=max_ctx,
         )
         return (torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,

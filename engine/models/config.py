@@ -22,7 +22,9 @@ class ModelConfig:
     rope_scaling: dict | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool = False  # Qwen2 has q/k/v biases
+    qkv_bias: bool = False  # Qwen2, and Llama with attention_bias
+    o_proj_bias: bool = False  # Llama with attention_bias (HF puts it on o_proj too)
+    mlp_bias: bool = False  # Llama with mlp_bias: gate/up/down
     norm_head: bool = False  # Baichuan2's NormHead: lm_head rows are L2-normalised
     sliding_window: int | None = None
     bos_token_id: int | None = None
@@ -71,7 +73,9 @@ def _llama_like(cfg: dict, architecture: str, **overrides: Any) -> ModelConfig:
         rope_scaling=scaling,
         max_position_embeddings=cfg.get("max_position_embeddings", 4096),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        attention_bias=bool(cfg.get("attention_bias", False)),
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        o_proj_bias=bool(cfg.get("attention_bias", False)),
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
         sliding_window=sliding,
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=_eos_ids(cfg.get("eos_token_id")),
@@ -85,7 +89,7 @@ def _llama_like(cfg: dict, architecture: str, **overrides: Any) -> ModelConfig:
 HF_CONFIG_READERS: dict[str, Callable[[dict], ModelConfig]] = {
     "llama": lambda c: _llama_like(c, "llama"),
     "mistral": lambda c: _llama_like(c, "mistral"),
-    "qwen2": lambda c: _llama_like(c, "qwen2", attention_bias=True),
+    "qwen2": lambda c: _llama_like(c, "qwen2", qkv_bias=True, o_proj_bias=False, mlp_bias=False),
     # Baichuan2-7B: Llama layout with a fused W_pack projection and NormHead; MHA, RoPE.
     "baichuan": lambda c: _llama_like(c, "baichuan", norm_head=True,
                                       max_position_embeddings=c.get("model_max_length", c.get("max_position_embeddings", 4096))),

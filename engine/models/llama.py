@@ -24,8 +24,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.qkv_proj = make_linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
-        self.o_proj = make_linear(self.q_size, cfg.hidden_size)
+        self.qkv_proj = make_linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
+        self.o_proj = make_linear(self.q_size, cfg.hidden_size, bias=cfg.o_proj_bias)
         self.rotary = rotary
         self.attn = ATTENTION_BACKENDS[attention_backend](cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                                           scale=cfg.head_dim ** -0.5)
@@ -46,8 +46,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.intermediate_size = cfg.intermediate_size
-        self.gate_up_proj = make_linear(cfg.hidden_size, 2 * cfg.intermediate_size)
-        self.down_proj = make_linear(cfg.intermediate_size, cfg.hidden_size)
+        self.gate_up_proj = make_linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = make_linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
@@ -152,7 +152,7 @@ class LlamaForCausalLM(nn.Module):
         return shard * cfg.intermediate_size, cfg.intermediate_size
 
     def _check_complete(self, loaded: set[str], params: dict[str, nn.Parameter]) -> None:
-        fused_shards = {"qkv_proj.weight": 3, "qkv_proj.bias": 3, "gate_up_proj.weight": 2}
+        fused_shards = {"qkv_proj.weight": 3, "qkv_proj.bias": 3, "gate_up_proj.weight": 2, "gate_up_proj.bias": 2}
         missing = []
         for name in params:
             shards = next((n for suffix, n in fused_shards.items() if name.endswith(suffix)), None)

@@ -17,4 +17,5 @@ class AttentionMetadata:
     query_index: torch.Tensor  # [seqs, max_query_len] int64: flattened-token index of each query, padded with 0
     query_valid: torch.Tensor  # [seqs, max_query_len] bool: which entries of query_index are real
     attn_mask: torch.Tensor  # [seqs, 1, max_query_len, max_context_len] bool: key visible to query
+    key_valid: torch.Tensor  # [seqs, max_context_len, 1, 1] bool: slot holds one of the sequence's tokens
     max_context_len: int  # longest context (cached + new tokens) of any sequence this step

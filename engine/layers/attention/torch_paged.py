@@ -30,6 +30,10 @@ class TorchPagedAttention:
         ctx = meta.max_context_len
         keys = k_cache[meta.block_tables].view(n_seqs, -1, self.num_kv_heads, self.head_dim)[:, :ctx]
         values = v_cache[meta.block_tables].view(n_seqs, -1, self.num_kv_heads, self.head_dim)[:, :ctx]
+        # Slots past a sequence's end (block padding, reused blocks) may hold anything, NaN included;
+        # a masked NaN still poisons softmax(QK^T)V, so they are zeroed, not just masked.
+        keys = keys.masked_fill(~meta.key_valid, 0.0)
+        values = values.masked_fill(~meta.key_valid, 0.0)
         queries = q[meta.query_index]  # [seqs, max_query_len, heads, head_dim]
 
         out = F.scaled_dot_product_attention(
