@@ -76,9 +76,12 @@ class LlamaForCausalLM(nn.Module):
         rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
         self.layers = nn.ModuleList(DecoderLayer(cfg, rotary, attention_backend) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = make_linear(cfg.hidden_size, cfg.vocab_size)
         if cfg.tie_word_embeddings:
+            with torch.device("meta"):  # its weight is the embedding's: allocate nothing for it
+                self.lm_head = make_linear(cfg.hidden_size, cfg.vocab_size)
             self.lm_head.weight = self.embed_tokens.weight
+        else:
+            self.lm_head = make_linear(cfg.hidden_size, cfg.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:

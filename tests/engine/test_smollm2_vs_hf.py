@@ -20,7 +20,8 @@ def hf_model():
 def test_greedy_tokens_equal_hf_for_8_chat_prompts_batched_in_flight(hf_model):
     engine = Engine(EngineConfig(model="smollm2-135m", max_seq_len=256, max_batch_size=8))
     prompts = [engine.apply_chat_template([{"role": "user", "content": p}]) for p in CHAT_PROMPTS]
-    params = SamplingParams(max_tokens=32, ignore_eos=True)  # always 32 tokens, even past <|im_end|>
+    # Always 32 tokens: min_tokens masks EOS like HF's min_new_tokens (ignore_eos would sample it and go on).
+    params = SamplingParams(max_tokens=32, min_tokens=32)
     ours = engine.generate(prompts, params)
     for prompt, out in zip(prompts, ours):
         with torch.inference_mode():

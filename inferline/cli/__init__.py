@@ -1,0 +1,37 @@
+"""The `inferline` console script: a typer app with one module per command."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from inferline.cli.bench import MEMORY_HELP, bench
+from inferline.cli.logs import LEVELS, configure_logging
+from inferline.cli.run import run
+
+app = typer.Typer(
+    name="inferline",
+    help="inferline's command line: run a model on a few prompts, or benchmark it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals can be whole tensors
+)
+app.command("run")(run)
+app.command("bench", epilog=MEMORY_HELP)(bench)
+
+
+@app.callback()
+def _setup(
+    log_level: Annotated[str, typer.Option(help=f"Log level of the stderr log: {', '.join(LEVELS)}.")] = "info",
+) -> None:
+    # Runs before every command, so logs are routed to stderr however the app is invoked (script or CliRunner).
+    if log_level not in LEVELS:
+        raise typer.BadParameter(f"must be one of {', '.join(LEVELS)}", param_hint="--log-level")
+    configure_logging(log_level)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

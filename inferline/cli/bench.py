@@ -1,0 +1,141 @@
+"""`inferline bench`: latency/throughput/memory over a grid of batch sizes and lengths, like
+TensorRT-LLM's benchmarks/python/benchmark.py, optionally against HF transformers in the same process."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Callable, Optional, Protocol
+
+import structlog
+import torch
+import typer
+
+from engine import InvalidParameterError
+from inferline.cli.bench_cases import Case, make_cases, parse_batch_sizes, parse_input_output_len, random_prompts
+from inferline.cli.bench_report import CaseResult, CaseTiming, Comparison, comparison_table
+from inferline.cli.device import DEVICE_HELP, DTYPE_HELP, resolve_device
+from inferline.cli.engine_bench import EngineSide
+from inferline.cli.errors import user_errors
+from inferline.cli.memory import GIB, PeakMemoryTracker, release_memory
+
+log = structlog.get_logger(__name__)
+
+MEMORY_HELP = (
+    "peak_mem(gb) is GiB counted from just before each side loads its model (weights + KV cache + activations): "
+    "on CUDA torch.cuda.max_memory_allocated() minus what was allocated before; on CPU the peak process RSS, "
+    "sampled every 2 ms by a background thread, minus the RSS before the load."
+)
+
+
+class Side(Protocol):
+    name: str
+
+    @property
+    def precision(self) -> str: ...
+
+    def measure(self, prompts: list[list[int]], output_len: int, warmup: int, runs: int) -> CaseTiming: ...
+
+    def close(self) -> None: ...
+
+
+def bench(
+    model: Annotated[str, typer.Option(help="Bundled model name (smollm2-135m), HF checkpoint folder or .gguf file.")],
+    batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes, e.g. 1,8.")] = "8",
+    input_output_len: Annotated[str, typer.Option(
+        help="Semicolon-separated IN,OUT token counts, e.g. '32,50;128,50'. Every sequence gets exactly IN random "
+             "prompt tokens and generates exactly OUT tokens (EOS ignored).")] = "128,20",
+    compare_hf: Annotated[bool, typer.Option(
+        help="Also run HF transformers (AutoModelForCausalLM, eager attention, same dtype and device) on the same "
+             "prompts after our engine is freed, and print a comparison table.")] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per case before the timed ones.")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed runs per case; latency is their median.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write every result to this JSON file.")] = None,
+) -> None:
+    """Benchmark generation latency, throughput and peak memory; one [BENCHMARK] line per case on stdout."""
+    with user_errors({"max_seq_len": "--input-output-len", "max_batch_size": "--batch-size"}):
+        cases = make_cases(parse_batch_sizes(batch_size), parse_input_output_len(input_output_len))
+        if warmup < 0:
+            raise InvalidParameterError("--warmup", f"must be >= 0, got {warmup}")
+        if runs < 1:
+            raise InvalidParameterError("--runs", f"must be >= 1, got {runs}")
+        dev = resolve_device(device)
+        prompts: dict[Case, list[list[int]]] = {}
+
+        def load_ours() -> EngineSide:
+            side = EngineSide(model, dev, dtype, max(c.batch_size for c in cases),
+                              max(c.input_len + c.output_len for c in cases))
+            # Both sides get these same prompts; the checkpoint's vocabulary comes with our engine.
+            for case in cases:
+                prompts[case] = random_prompts(case, side.engine.model_config.vocab_size, side.engine.tokenizer, seed)
+            return side
+
+        _import_loading_code()
+        ours = _run_side(load_ours, model, dev, cases, prompts, warmup, runs)
+        hf: list[CaseResult] = []
+        if compare_hf:
+            hf_dtype = getattr(torch, ours[0].precision)  # whatever our engine resolved dtype=None to
+            from inferline.cli.hf_reference import HFSide, resolve_hf_model  # transformers' model code, only if asked
+
+            spec = resolve_hf_model(model)
+            hf = _run_side(lambda: HFSide(spec, dev, hf_dtype), model, dev, cases, prompts, warmup, runs)
+    comparisons = [Comparison(o, h) for o, h in zip(ours, hf)]
+    if comparisons:
+        typer.echo("\n" + comparison_table(comparisons))
+        typer.echo("lat. red. = 1 - ours/hf latency; speedup = hf/ours latency; mem red. = 1 - ours/hf peak memory")
+    if json_file is not None:
+        _write_json(json_file, model, dev, warmup, runs, seed, ours + hf, comparisons)
+
+
+def _run_side(load: Callable[[], Side], model: str, device: str, cases: list[Case],
+              prompts: dict[Case, list[list[int]]], warmup: int, runs: int) -> list[CaseResult]:
+    """Load one side under a fresh memory tracker, run every case, print each line as it finishes."""
+    torch_device = torch.device(device)
+    results = []
+    with PeakMemoryTracker(torch_device) as memory:
+        log.info("bench_load", memory_baseline_gib=round(memory.baseline / GIB, 3))
+        side = load()
+        load_peak = memory.checkpoint()
+        for case in cases:
+            log.info("bench_case", engine=side.name, batch_size=case.batch_size, input_len=case.input_len,
+                     output_len=case.output_len, warmup=warmup, runs=runs)
+            timing = side.measure(prompts[case], case.output_len, warmup, runs)
+            result = CaseResult(side.name, _model_label(model), device, side.precision, case, timing,
+                                load_peak, memory.checkpoint())
+            typer.echo(result.benchmark_line())
+            results.append(result)
+        side.close()
+        del side
+    release_memory(torch_device)
+    return results
+
+
+def _import_loading_code() -> None:
+    """Import, before any memory window opens, the transformers code that loading pulls in lazily (our
+    tokenizer, GGUF conversion, HF's model loading; ~0.05-0.1 GiB of RSS, with accelerate and sympy):
+    else the first side to load would be charged for Python modules the second then gets for free."""
+    import importlib
+
+    for module in ("transformers.models.auto.tokenization_auto", "transformers.modeling_utils",
+                   "transformers.modeling_gguf_pytorch_utils"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # an optional piece (e.g. gguf support) missing: its loader would fail anyway
+            pass
+
+
+def _model_label(model: str) -> str:
+    return Path(model).name if ("/" in model or model.endswith(".gguf")) else model
+
+
+def _write_json(path: Path, model: str, device: str, warmup: int, runs: int, seed: int,
+                results: list[CaseResult], comparisons: list[Comparison]) -> None:
+    payload = {"model": model, "device": device, "warmup": warmup, "runs": runs, "seed": seed,
+               "results": [r.to_json() for r in results], "comparison": [c.to_json() for c in comparisons]}
+    try:
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+    except OSError as err:
+        raise InvalidParameterError("--json", f"cannot write {path}: {err.strerror}") from None
+    log.info("bench_json_written", path=str(path))
