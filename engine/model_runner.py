@@ -67,12 +67,11 @@ class ModelRunner:
         max_q = max(len(q) for q in query_index)
         max_ctx = max(p[-1] + 1 for p in query_pos)
         max_blocks = -(-max_ctx // bs)
-        tables = [item.seq.block_table[:max_blocks] + [0] * (max_blocks - len(item.seq.block_table[:max_blocks]))
-                  for item in batch]
-        valid = [[True] * len(q) + [False] * (max_q - len(q)) for q in query_index]
+        tables = [_padded(item.seq.block_table[:max_blocks], max_blocks, 0) for item in batch]
+        valid = [_padded([True] * len(q), max_q, False) for q in query_index]
         # Padded query rows get position 0 so their softmax row is never empty; they are dropped after.
-        query_pos = [q + [0] * (max_q - len(q)) for q in query_pos]
-        query_index = [q + [0] * (max_q - len(q)) for q in query_index]
+        query_pos = [_padded(q, max_q, 0) for q in query_pos]
+        query_index = [_padded(q, max_q, 0) for q in query_index]
 
         dev = self.device
         pos_t = torch.tensor(query_pos, device=dev)
@@ -90,3 +89,7 @@ class ModelRunner:
         )
         return (torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,
                 torch.tensor(logits_index, dtype=torch.long, device=dev))
+
+
+def _padded(values: list, length: int, fill: object) -> list:
+    return values + [fill] * (length - len(values))

@@ -114,13 +114,12 @@ class Scheduler:
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         static = self.config.batching == "static"
-        if static and self.running and not (self.waiting and self.waiting[0].request_id in self._static_batch):
-            return
         if static and not self.running:
-            self._static_batch = set()
+            self._static_batch = {s.request_id for s in list(self.waiting)[:self.config.max_batch_size]}
         while self.waiting and len(self.running) < self.config.max_batch_size:
             seq = self.waiting[0]
-            if static and self.running and seq.request_id not in self._static_batch:
+            # Static: only members of the current batch (new, or preempted and coming back) get in.
+            if static and seq.request_id not in self._static_batch:
                 break
             n = min(seq.num_uncomputed_tokens, budget)
             if n <= 0 and not static:
@@ -133,8 +132,6 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            if static:
-                self._static_batch.add(seq.request_id)
             if n > 0:
                 out.scheduled.append(ScheduledSequence(seq, n))
                 budget -= n

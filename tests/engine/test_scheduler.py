@@ -143,6 +143,7 @@ def test_static_batching_admits_no_one_until_the_whole_batch_is_done():
     sched.add(make_seq("b", 3, 6))
     sched.add(make_seq("c", 3, 2))
     steps = run_to_end(sched)
+    assert steps[0][0] == {"a": 3, "b": 3}  # the batch is admitted together
     first_c = next(i for i, (sch, _, _) in enumerate(steps) if "c" in sch)
     last_b = max(i for i, (sch, _, _) in enumerate(steps) if "b" in sch)
     assert first_c == last_b + 1  # c waits for b, the batch's longest member, although a left early
