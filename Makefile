@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast run bench clean
+.PHONY: setup test test-fast run bench protos clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ run: setup
 
 bench: setup
 	$(BIN)/inferline bench --model smollm2-135m --batch-size 1,8 --input-output-len "32,50" --compare-hf
+
+# Regenerate the committed gRPC code from protos/ (tests/test_protos.py checks they agree).
+protos: setup
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/inferline/v1/*.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -57,3 +57,12 @@ def make_engine(smollm2_dir):
 @pytest.fixture(scope="session")
 def smollm2_engine(make_engine):
     return make_engine()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A real redis-server of the test session's own, on a free port."""
+    from tests.servers import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url

@@ -1,0 +1,45 @@
+"""Builds a service's grpc.aio server: error interceptor, health (grpc.health.v1), reflection."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from inferline.grpc.errors import ErrorInterceptor
+from inferline.grpc.reflection import enable_reflection
+
+# Generous enough for long prompts, small enough that a 10 MB prompt is refused by the transport.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def build_server(
+    services: Sequence[tuple[Callable[[object, grpc.aio.Server], None], object, str]],
+    address: str,
+    extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """`services`: (add_XServicer_to_server, servicer, full service name). Returns the server, its
+    health servicer (every service starts SERVING) and the bound port (address may end in :0)."""
+    server = grpc.aio.server(
+        interceptors=[*extra_interceptors, ErrorInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)],
+        options=[("grpc.max_receive_message_length", max_message_bytes),
+                 ("grpc.max_send_message_length", max_message_bytes)],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = []
+    for add, servicer, name in services:
+        add(servicer, server)
+        names.append(name)
+    enable_reflection(server, [*names, health.SERVICE_NAME])
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, health_servicer, port
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, service_names: Sequence[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *service_names):
+        await health_servicer.set(name, status)
