@@ -137,8 +137,22 @@ class EngineStore:
             os.rename(staging, target)
         return final
 
-    def delete(self, name: str) -> Manifest:
-        manifest = self.manifest(name)
+    def clean_staging(self) -> list[Path]:
+        """Remove what crashed builds or deletes left in .staging; only safe with one builder per store."""
+        staging = self.root / ".staging"
+        leftovers = sorted(staging.iterdir()) if staging.is_dir() else []
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return leftovers
+
+    def delete(self, name: str) -> Manifest | None:
+        """Remove an engine; returns its manifest, or None when the manifest was unreadable."""
+        if not self.path(name).is_dir():
+            raise EngineNotFoundError(name)
+        try:
+            manifest: Manifest | None = self.manifest(name)
+        except EngineCorruptError:
+            manifest = None
         trash = self.root / ".staging" / f"{name}-deleted-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(exist_ok=True)
         os.rename(self.path(name), trash)

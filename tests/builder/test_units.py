@@ -1,0 +1,100 @@
+"""Builder pieces without a server: settings, request validation, sources and fingerprints."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from builder.build import BuildSpec, fingerprint
+from builder.errors import BuildInputError, SourceNotAllowedError
+from builder.settings import BuilderSettings
+from builder.source import resolve_source
+
+
+def test_settings_defaults_env_and_redis_url_alias(monkeypatch, tmp_path):
+    for var in ("REDIS_URL", "INFERLINE_BUILDER_REDIS_URL", "INFERLINE_BUILDER_PORT", "INFERLINE_BUILDER_ALLOWED_ROOTS"):
+        monkeypatch.delenv(var, raising=False)
+    assert BuilderSettings().port == 50053 and BuilderSettings().allowed_roots == []
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.setenv("REDIS_URL", "redis://shared:6379/0")
+    monkeypatch.setenv("INFERLINE_BUILDER_ALLOWED_ROOTS", f"{tmp_path}/a,{tmp_path}/b")
+    monkeypatch.setenv("INFERLINE_BUILDER_PORT", "6000")
+    settings = BuilderSettings()
+    assert (settings.redis_url, settings.port) == ("redis://shared:6379/0", 6000)
+    assert settings.allowed_roots == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+    monkeypatch.setenv("INFERLINE_BUILDER_REDIS_URL", "redis://own:6379/1")  # the builder's own wins
+    assert BuilderSettings().redis_url == "redis://own:6379/1"
+    monkeypatch.setenv("INFERLINE_BUILDER_ALLOWED_ROOTS", f'["{tmp_path}/a"]')
+    assert BuilderSettings().allowed_roots == [(tmp_path / "a").resolve()]
+
+
+@pytest.mark.parametrize("fields, field", [
+    (dict(port=70000), "port"),
+    (dict(redis_url="http://x"), "redis_url"),
+    (dict(allowed_roots=["/no/such/dir"]), "allowed_roots"),
+    (dict(log_level="chatty"), "log_level"),
+])
+def test_bad_settings_are_refused_naming_the_setting(fields, field):
+    with pytest.raises(ValidationError) as info:
+        BuilderSettings(**fields)
+    assert info.value.errors()[0]["loc"][0] == field
+
+
+def spec(**fields) -> BuildSpec:
+    return BuildSpec.parse(**{"source": "smollm2-135m", "name": "e", "max_batch_size": 1, **fields})
+
+
+def test_spec_normalises_quantization_and_keeps_the_rest():
+    assert spec(quantization="").quantization == spec(quantization="none").quantization == "none"
+    with pytest.raises(BuildInputError) as info:
+        spec(name="x" * 65)
+    assert info.value.field == "name"
+
+
+def test_fingerprint_changes_with_every_input_and_only_with_them():
+    identity = {"format": "hf", "files": [{"name": "config.json", "bytes": 2, "sha256": "0" * 64}]}
+    base = fingerprint(identity, "float32", spec())
+    assert fingerprint(dict(identity), "float32", spec()) == base
+    assert fingerprint(identity, "float32", spec(name="other")) == base  # the name is not an input of the build
+    others = {fingerprint({**identity, "files": []}, "float32", spec()), fingerprint(identity, "bfloat16", spec()),
+              fingerprint(identity, "float32", spec(max_batch_size=2)), fingerprint(identity, "float32", spec(max_seq_len=64))}
+    assert base not in others and len(others) == 4
+
+
+def test_source_identity_is_content_not_location(tmp_path, tiny_llama_dir):
+    a = resolve_source(str(tiny_llama_dir), [tiny_llama_dir.parent])
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_llama_dir, copy)
+    (copy / "README.md").write_text("edited: not an identity file\n")
+    b = resolve_source(str(copy), [tmp_path])
+    assert a.identity() == b.identity()
+    assert {f["name"] for f in a.identity()["files"]} == {"config.json", "generation_config.json", "model.safetensors"}
+    config = copy / "config.json"
+    config.write_text(config.read_text().replace('"rms_norm_eps"', '"rms_norm_eps" ', 1))
+    assert resolve_source(str(copy), [tmp_path]).identity() != a.identity()
+
+
+def test_bundled_names_need_no_allowed_root():
+    source = resolve_source("smollm2-135m", [])
+    assert source.kind == "bundled" and source.path.suffix == ".gguf"
+    assert source.identity()["bundled"] == "smollm2-135m"
+
+
+def test_a_gguf_alone_in_a_folder_is_that_file(tmp_path):
+    gguf = resolve_source("smollm2-135m", []).path
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.gguf").symlink_to(gguf)
+    with pytest.raises(SourceNotAllowedError, match="model.gguf"):  # the link leaves the root
+        resolve_source(str(tmp_path / "m"), [tmp_path])
+    source = resolve_source(str(tmp_path / "m"), [tmp_path, gguf.parent])
+    assert (source.kind, source.path) == ("gguf", gguf)
+    with pytest.raises(BuildInputError, match="not a .gguf"):
+        resolve_source(str(gguf.parent / "__init__.py"), [gguf.parent])
+
+
+def test_no_allowed_roots_means_bundled_only(tiny_llama_dir: Path):
+    with pytest.raises(SourceNotAllowedError, match="only bundled models"):
+        resolve_source(str(tiny_llama_dir), [])
