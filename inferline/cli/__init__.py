@@ -6,18 +6,22 @@ from typing import Annotated
 import typer
 
 from inferline.cli.bench import MEMORY_HELP, bench
+from inferline.cli.generate import generate
 from inferline.cli.logs import LEVELS, configure_logging
 from inferline.cli.run import run
+from inferline.cli.up import up
 
 app = typer.Typer(
     name="inferline",
-    help="inferline's command line: run a model on a few prompts, or benchmark it.",
+    help="inferline's command line: run or benchmark a model offline, start a local stack, query a gateway.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals can be whole tensors
 )
 app.command("run")(run)
 app.command("bench", epilog=MEMORY_HELP)(bench)
+app.command("up")(up)
+app.command("generate")(generate)
 
 
 @app.callback()

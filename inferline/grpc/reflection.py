@@ -21,10 +21,8 @@ class MethodAwareReflectionServicer(ReflectionServicer):
         service_name, _, method = fully_qualified_name.rpartition(".")
         pool = self._pool
         try:
-            service = pool.FindServiceByName(service_name)
-        except KeyError:
-            return response
-        if service.FindMethodByName(method) is None:
+            pool.FindServiceByName(service_name).FindMethodByName(method)
+        except KeyError:  # no such service, or no such method in it
             return response
         return super()._file_containing_symbol(request, service_name)
 

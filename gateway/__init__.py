@@ -1,0 +1,2 @@
+"""The gateway: the public InferenceService. It validates and tokenizes requests, then relays them to
+the router (`python -m gateway`; docs/serving.md)."""

@@ -1,0 +1,127 @@
+"""The public InferenceService: validate and tokenize, then relay the router's Route stream.
+
+Errors are raised as grpc-interceptor exceptions; the shared ErrorInterceptor turns them into
+statuses. A router status is passed on with its code and message (RESOURCE_EXHAUSTED when a queue
+is full, NOT_FOUND, DEADLINE_EXCEEDED, ...), except UNAVAILABLE, whose transport details (internal
+addresses) are logged rather than shown to clients.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import AsyncIterator, Iterator
+
+import grpc
+import structlog
+from grpc_interceptor.exceptions import GrpcException, Unavailable
+
+from gateway.handlers import MalformedRequest, parsed
+from gateway.models import ModelCatalog
+from gateway.relay import INCOMPLETE, ResponseBuilder, stream_chunk
+from gateway.tokenizers import EngineTokenizers
+from gateway.validation import Limits, request_id_of, to_route_request
+from inferline.logs import request_context
+from inferline.v1 import common_pb2, generate_pb2, generate_pb2_grpc, router_pb2, router_pb2_grpc
+
+log = structlog.get_logger(__name__)
+REQUEST_ID_HEADER = "x-request-id"
+GenerateRequestIn = generate_pb2.GenerateRequest | MalformedRequest
+
+
+class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, tokenizers: EngineTokenizers, catalog: ModelCatalog, router: router_pb2_grpc.RouterServiceStub,
+                 limits: Limits):
+        self.tokenizers = tokenizers
+        self.catalog = catalog
+        self.router = router
+        self.limits = limits
+
+    async def Generate(self, request: GenerateRequestIn, context: grpc.aio.ServicerContext
+                       ) -> generate_pb2.GenerateResponse:
+        req = parsed(request)
+        rid = request_id_of(req)
+        await _announce(context, rid)
+        with request_context(rid), _outcome("generate", req.model) as done:
+            route_req = await to_route_request(req, rid, self.tokenizers, self.limits)
+            builder = ResponseBuilder(rid)
+            async with contextlib.aclosing(self._route(route_req, context)) as events:
+                async for event in events:
+                    builder.add(event)
+            response = builder.build()
+            done.update(prompt_tokens=response.usage.prompt_tokens, completion_tokens=response.usage.completion_tokens,
+                        finish_reason=response.finish_reason)
+            return response
+
+    async def GenerateStream(self, request: GenerateRequestIn, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[generate_pb2.GenerateStreamResponse]:
+        req = parsed(request)
+        rid = request_id_of(req)
+        await _announce(context, rid)
+        with request_context(rid), _outcome("generate_stream", req.model):
+            route_req = await to_route_request(req, rid, self.tokenizers, self.limits)
+            finished = False
+            async with contextlib.aclosing(self._route(route_req, context)) as events:
+                async for event in events:
+                    finished = finished or event.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
+                    yield stream_chunk(event, rid)
+            if not finished:
+                raise Unavailable(INCOMPLETE)
+
+    async def ListModels(self, request: generate_pb2.ListModelsRequest | MalformedRequest,
+                         context: grpc.aio.ServicerContext) -> generate_pb2.ListModelsResponse:
+        parsed(request)
+        return await self.catalog.list_models()
+
+    async def _route(self, route_req: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[router_pb2.RouteEvent]:
+        # The router gets what is left of the client's deadline, so it stops the request (and frees
+        # its worker slot) when the client would no longer read the answer anyway.
+        call = self.router.Route(route_req, timeout=context.time_remaining(),
+                                 metadata=((REQUEST_ID_HEADER, route_req.request_id),))
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as e:
+            raise _router_error(e) from None
+        finally:
+            # Reached with the call still running when the client cancelled (our task is cancelled)
+            # or we stopped reading: cancelling the Route call cancels the request in the router.
+            if not call.done():
+                call.cancel()
+
+
+def _router_error(e: grpc.aio.AioRpcError) -> GrpcException:
+    if e.code() == grpc.StatusCode.UNAVAILABLE:
+        log.warning("router_unavailable", details=e.details())
+        return Unavailable("router: unavailable, retry later")
+    return GrpcException(e.details() or e.code().name, status_code=e.code())
+
+
+async def _announce(context: grpc.aio.ServicerContext, rid: str) -> None:
+    # Initial metadata reaches the client before the first chunk; trailing metadata also comes with
+    # an error status, so a rejected request can still be found in the logs by its id.
+    metadata = ((REQUEST_ID_HEADER, rid),)
+    await context.send_initial_metadata(metadata)
+    context.set_trailing_metadata(metadata)
+
+
+@contextlib.contextmanager
+def _outcome(method: str, model: str) -> Iterator[dict[str, object]]:
+    """One log line per request: done (with the fields the caller adds), failed (with the status it
+    gets) or cancelled."""
+    fields: dict[str, object] = {}
+    start = time.perf_counter()
+    try:
+        yield fields
+    except GrpcException as e:
+        log.info(f"{method}_failed", model=model, ms=_ms(start), code=e.status_code.name, details=e.details)
+        raise
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away
+        log.info(f"{method}_cancelled", model=model, ms=_ms(start))
+        raise
+    log.info(f"{method}_done", model=model, ms=_ms(start), **fields)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)

@@ -1,0 +1,87 @@
+"""Per-engine tokenizers, loaded from the engine store and cached.
+
+The gateway tokenizes with the very files the workers load (engine.tokenizer.load_tokenizer on the
+engine's store folder), so token ids and the chat template agree with what the engine would do with
+text. An entry is keyed by the engine's checksum (sha256 of its manifest): a rebuilt engine is
+picked up on the next request without a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from grpc_interceptor.exceptions import FailedPrecondition, Internal, InvalidArgument, NotFound
+
+from engine.loader import open_checkpoint
+from engine.tokenizer import load_tokenizer
+from inferline.engine_store import NAME_PATTERN, EngineCorruptError, EngineNotFoundError, EngineStore, Manifest
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineTokenizer:
+    name: str
+    checksum: str
+    manifest: Manifest
+    tokenizer: Any  # a transformers tokenizer
+    vocab_size: int
+    # HF fast tokenizers are not safe to call from several threads at once ("Already borrowed").
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.manifest.max_seq_len
+
+
+class EngineTokenizers:
+    def __init__(self, store: EngineStore):
+        self.store = store
+        self._cache: dict[str, EngineTokenizer] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, name: str) -> EngineTokenizer:
+        """The engine's tokenizer and limits; NOT_FOUND naming the model when the store lacks it."""
+        if not name:
+            raise InvalidArgument("model: is empty; name one of the engines that ListModels returns")
+        checksum = self._checksum(name)
+        cached = self._cache.get(name)
+        if cached is not None and cached.checksum == checksum:
+            return cached
+        # One load per engine at a time: concurrent first requests wait for it instead of each loading.
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            cached = self._cache.get(name)
+            if cached is None or cached.checksum != checksum:
+                cached = await asyncio.to_thread(self._load, name, checksum)
+                self._cache[name] = cached
+        return cached
+
+    def _checksum(self, name: str) -> str:
+        # A name the store could never hold (path tricks included) is as unknown as a missing one.
+        try:
+            if NAME_PATTERN.match(name) and self.store.exists(name):
+                return self.store.checksum(name)
+        except FileNotFoundError:  # deleted between the two reads
+            pass
+        self._cache.pop(name, None)  # a deleted engine's tokenizer is not kept
+        raise NotFound(f"model: {name!r} is not in the engine store; ListModels lists the engines")
+
+    def _load(self, name: str, checksum: str) -> EngineTokenizer:
+        # Blocking (file reads, tokenizer construction): runs in a thread, off the event loop.
+        try:
+            manifest = self.store.manifest(name)
+            ckpt = open_checkpoint(str(self.store.path(name)))
+        except EngineNotFoundError:
+            raise NotFound(f"model: {name!r} is not in the engine store; ListModels lists the engines") from None
+        except (EngineCorruptError, ValueError) as e:  # engine errors are ValueErrors too
+            log.error("engine_unreadable", model=name, error=str(e))
+            raise Internal(f"model: engine {name!r} cannot be read from the store: {e}") from e
+        tokenizer = load_tokenizer(ckpt)
+        if tokenizer is None:
+            raise FailedPrecondition(f"model: engine {name!r} has no tokenizer files, so text cannot be tokenized")
+        log.info("tokenizer_loaded", model=name, checksum=checksum[:12], max_seq_len=manifest.max_seq_len)
+        return EngineTokenizer(name=name, checksum=checksum, manifest=manifest, tokenizer=tokenizer,
+                               vocab_size=ckpt.config.vocab_size)
