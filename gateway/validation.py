@@ -7,9 +7,7 @@ import asyncio
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 from grpc_interceptor.exceptions import InvalidArgument
 from jinja2 import TemplateError
 
@@ -17,12 +15,12 @@ from engine.errors import InvalidParameterError
 from engine.sampling_params import SamplingParams
 from gateway.settings import GatewaySettings
 from gateway.tokenizers import EngineTokenizer, EngineTokenizers
+from inferline.sampling import sampling_params_from_proto
 from inferline.v1 import common_pb2, generate_pb2, router_pb2
 
 ROLES = ("system", "user", "assistant")
 # Request ids end up in Redis keys, log lines and metadata: keep them short and unambiguous.
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_OPTIONAL_FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(frozen=True)
@@ -84,26 +82,10 @@ def sampling_params_of(p: common_pb2.SamplingParameters, limits: Limits) -> Samp
         raise InvalidArgument(f"stop: at most {limits.max_stop_strings} stop strings, got {len(p.stop)}")
     if p.top_logprobs and not p.logprobs:
         raise InvalidArgument(f"top_logprobs: needs logprobs set to true, got top_logprobs={p.top_logprobs} without it")
-    kwargs: dict[str, Any] = dict(max_tokens=p.max_tokens, min_tokens=p.min_tokens, stop=tuple(p.stop),
-                                  stop_token_ids=tuple(p.stop_token_ids), ignore_eos=p.ignore_eos,
-                                  logprobs=p.logprobs, top_logprobs=p.top_logprobs)
-    for name in _OPTIONAL_FLOATS:
-        if p.HasField(name):
-            kwargs[name] = _float32(getattr(p, name))
-    if p.HasField("top_k"):
-        kwargs["top_k"] = p.top_k
-    if p.HasField("seed"):
-        kwargs["seed"] = p.seed
     try:
-        return SamplingParams(**kwargs)
+        return sampling_params_from_proto(p)
     except InvalidParameterError as e:
         raise InvalidArgument(str(e)) from e
-
-
-def _float32(value: float) -> float:
-    # Proto floats are float32: 1.1 arrives as 1.100000023841858. Its shortest decimal form keeps
-    # error messages readable and compares to the bounds (0, 1, +-2) exactly as the float32 does.
-    return float(str(np.float32(value)))
 
 
 def tokenize(engine: EngineTokenizer, text_or_turns: str | list[dict[str, str]]) -> list[int]:

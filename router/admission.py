@@ -1,0 +1,107 @@
+"""Admission and queueing: is anyone serving the model, is its queue within its limits, then XADD.
+
+The limit checks and the XADD run in one Lua script: concurrent calls (of this router or others)
+cannot all pass the check and overshoot the limit together.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from grpc_interceptor.exceptions import NotFound, ResourceExhausted
+from redis.exceptions import ResponseError
+
+from inferline.v1 import router_pb2
+from inferline.redis_protocol import (F_ENQUEUED_MS, F_PAYLOAD, F_RID, F_ROUTER, WORKERS_GROUP, ensure_group,
+                                   queued_tokens_key, requests_stream, text, worker_key, workers_set)
+
+# KEYS: requests stream, queued-tokens counter. ARGV: group, max depth, max tokens, prompt tokens,
+# then the entry's field/value pairs. Queued = entries not yet taken = XLEN - pending, since workers
+# delete the entries they acknowledge.
+ADMIT_AND_ENQUEUE = """
+local queued = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[1])[1]
+if queued >= tonumber(ARGV[2]) then return {'depth', queued} end
+local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tokens + tonumber(ARGV[4]) > tonumber(ARGV[3]) then return {'tokens', tokens} end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+redis.call('INCRBY', KEYS[2], ARGV[4])
+return {'ok', id}
+"""
+
+
+@dataclass(frozen=True)
+class ModelQueueState:
+    model: str
+    queued: int
+    queued_tokens: int
+    workers: int
+
+
+class Admission:
+    def __init__(self, client: aioredis.Redis, router_id: str, max_queue_depth: int, max_queued_tokens: int):
+        self.client = client
+        self.router_id = router_id
+        self.max_queue_depth = max_queue_depth
+        self.max_queued_tokens = max_queued_tokens
+        self._admit_and_enqueue = client.register_script(ADMIT_AND_ENQUEUE)
+        self._groups_made: set[str] = set()
+
+    async def live_workers(self, model: str) -> int:
+        """Workers whose heartbeat hash has not expired; ids of expired ones leave the set."""
+        ids = [text(i) for i in await self.client.smembers(workers_set(model))]
+        if not ids:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.exists(worker_key(worker_id))
+        alive = await pipe.execute()
+        stale = [w for w, ok in zip(ids, alive) if not ok]
+        if stale:  # a worker that comes back re-adds itself with its next heartbeat
+            await self.client.srem(workers_set(model), *stale)
+        return len(ids) - len(stale)
+
+    async def require_workers(self, model: str) -> None:
+        # NOT_FOUND, not queueing: a model no worker serves is most likely a wrong name, and a request
+        # queued for it would only wait out its deadline.
+        if await self.live_workers(model) == 0:
+            raise NotFound(f"model {model!r} is not served: no live worker has it loaded")
+
+    async def enqueue(self, request: router_pb2.RouteRequest) -> str:
+        """Queue the request if the model's queue has room; returns its stream entry id."""
+        model = request.model
+        if model not in self._groups_made:
+            await ensure_group(self.client, model)  # XPENDING in the script needs the group
+            self._groups_made.add(model)
+        prompt_tokens = len(request.prompt_token_ids)
+        fields = [F_RID, request.request_id, F_ROUTER, self.router_id, F_PAYLOAD, request.SerializeToString(),
+                  F_ENQUEUED_MS, int(time.time() * 1000)]
+        args = [WORKERS_GROUP, self.max_queue_depth, self.max_queued_tokens, prompt_tokens, *fields]
+        keys = [requests_stream(model), queued_tokens_key(model)]
+        try:
+            outcome, value = await self._admit_and_enqueue(keys=keys, args=args)
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # The stream was deleted under us (FLUSHDB, an operator): make it again, once.
+            await ensure_group(self.client, model)
+            outcome, value = await self._admit_and_enqueue(keys=keys, args=args)
+        outcome = text(outcome)
+        if outcome == "depth":
+            raise ResourceExhausted(f"model {model!r} queue is full: {value} requests queued "
+                                    f"(max_queue_depth={self.max_queue_depth})")
+        if outcome == "tokens":
+            raise ResourceExhausted(f"model {model!r} queue is full: {value} prompt tokens queued, "
+                                    f"{prompt_tokens} more would exceed max_queued_tokens={self.max_queued_tokens}")
+        return text(value)
+
+    async def queue_state(self, model: str) -> ModelQueueState:
+        stream = requests_stream(model)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(stream)
+        pipe.xpending(stream, WORKERS_GROUP)
+        pipe.get(queued_tokens_key(model))
+        length, pending, tokens = await pipe.execute(raise_on_error=False)
+        pending_count = 0 if isinstance(pending, Exception) else int(pending["pending"])  # no group yet
+        return ModelQueueState(model=model, queued=max(0, int(length) - pending_count),
+                               queued_tokens=max(0, int(tokens or 0)), workers=await self.live_workers(model))

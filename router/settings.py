@@ -1,0 +1,32 @@
+"""Router settings: environment (INFERLINE_ROUTER_*, REDIS_URL accepted too) or command-line flags."""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_router_id() -> str:
+    # Random part: a restarted router with the same pid must not read its predecessor's results stream.
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERLINE_ROUTER_", cli_kebab_case=True,
+                                      cli_prog_name="python -m router")
+
+    host: str = "0.0.0.0"
+    port: int = Field(50052, ge=0, le=65535)
+    redis_url: str = Field("redis://localhost:6379/0",
+                           validation_alias=AliasChoices("redis_url", "INFERLINE_ROUTER_REDIS_URL", "REDIS_URL"))
+    router_id: str = Field(default_factory=default_router_id)
+    max_queue_depth: int = Field(1024, ge=1, description="per model: requests queued and not yet taken by a worker")
+    max_queued_tokens: int = Field(1_000_000, ge=1, description="per model: prompt tokens of those requests")
+    cancel_ttl_s: int = Field(600, ge=1, description="how long a cancellation is kept; longer than requests "
+                                                     "stay queued, or a late-taken cancelled request runs")
+    results_block_ms: int = Field(1000, ge=1, description="how long the results reader blocks per XREAD")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, how long running calls may finish")
+    log_level: str = "info"

@@ -1,0 +1,133 @@
+"""Workers and routers as real `python -m` processes on loopback, for tests. Each writes its JSON log
+lines to a file (a pipe nobody reads would fill up and stall it)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import grpc
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def service_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Two cores shared by several processes: one torch thread each, or they thrash.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+class ServiceProcess:
+    def __init__(self, name: str, module: str, args: list[str], log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=service_env(),
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_events(self) -> list[dict]:
+        events = []
+        for line in self.log_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass
+        return events
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit status."""
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
+
+    def failure(self, what: str) -> AssertionError:
+        return AssertionError(f"{what}; {self.name} exit={self.proc.poll()}, log tail:\n{self.log_text()[-3000:]}")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, proc: ServiceProcess | None = None,
+               interval: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and not proc.alive():
+            raise proc.failure(f"{proc.name} exited while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise proc.failure(f"timed out waiting for {what}") if proc else AssertionError(f"timed out: {what}")
+        time.sleep(interval)
+
+
+def start_worker(log_dir: Path, redis_url: str, model: str, worker_id: str, model_path: Path | None,
+                 **settings: object) -> ServiceProcess:
+    args = ["--redis-url", redis_url, "--engine", model, "--worker-id", worker_id, "--device", "cpu"]
+    if model_path is not None:
+        args += ["--model-path", str(model_path)]
+    for name, value in settings.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return ServiceProcess(worker_id, "worker", args, log_dir)
+
+
+def wait_worker_ready(client: redis.Redis, worker: ServiceProcess, timeout: float = 90) -> None:
+    wait_until(lambda: client.exists(f"inferline:worker:{worker.name}"), timeout, "the worker's heartbeat", worker)
+
+
+def start_router(log_dir: Path, redis_url: str, router_id: str, port: int, **settings: object) -> ServiceProcess:
+    args = ["--redis-url", redis_url, "--router-id", router_id, "--host", "127.0.0.1", "--port", str(port)]
+    for name, value in settings.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return ServiceProcess(router_id, "router", args, log_dir)
+
+
+def wait_router_ready(router: ServiceProcess, port: int, timeout: float = 60) -> None:
+    def serving() -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+            except grpc.RpcError:
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    wait_until(serving, timeout, "the router's health to be SERVING", router, interval=0.2)
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """The in-process reference engine shares two cores with the service processes: with one thread
+    it runs ~5x faster than with two fighting them (and uses the workers' own thread count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

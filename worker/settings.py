@@ -1,0 +1,53 @@
+"""Worker settings: environment (INFERLINE_WORKER_*, REDIS_URL accepted too) or command-line flags."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERLINE_WORKER_", cli_kebab_case=True,
+                                      cli_prog_name="python -m worker")
+
+    redis_url: str = Field("redis://localhost:6379/0",
+                           validation_alias=AliasChoices("redis_url", "INFERLINE_WORKER_REDIS_URL", "REDIS_URL"))
+    engine: str = Field(description="engine name in the store; requests are read from this model's stream")
+    store_dir: Path = Field(Path("engines"), description="the engine store's root directory")
+    model_path: Path | None = Field(None, description="dev/test only: serve this model folder (or bundled "
+                                                      "model name) without a store; --engine names the stream")
+    device: str | None = Field(None, description="cpu, cuda or cuda:N; default cuda when available")
+    dtype: str | None = Field(None, description="override the manifest's dtype")
+    max_batch_size: int | None = Field(None, ge=1, description="override the manifest's max_batch_size")
+    max_seq_len: int | None = Field(None, ge=2, description="override the manifest's max_seq_len")
+    worker_id: str = Field(default_factory=default_worker_id)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker silent this long is dead; its requests "
+                                                          "are taken over by others")
+    kv_low_watermark: float = Field(0.02, ge=0, lt=1, description="take no new request while the free share "
+                                                                  "of KV blocks is below this")
+    idle_block_ms: int = Field(100, ge=1, description="how long an idle worker blocks reading its stream")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long running requests may finish")
+    results_maxlen: int = Field(100_000, ge=1000, description="approximate cap of a router's results stream")
+    results_ttl_s: int = Field(3600, ge=60, description="a results stream nobody writes to expires after this")
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_interval(self) -> "WorkerSettings":
+        # Entries are re-claimed every heartbeat; if the expiry were shorter, live workers' requests
+        # would be taken over while they run.
+        if self.heartbeat_ttl_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(f"heartbeat_ttl_s ({self.heartbeat_ttl_s}) must be at least twice "
+                             f"heartbeat_interval_s ({self.heartbeat_interval_s})")
+        return self
+
+    @property
+    def autoclaim_min_idle_ms(self) -> int:
+        return int(self.heartbeat_ttl_s * 1000)

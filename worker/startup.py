@@ -1,0 +1,44 @@
+"""Load the engine the worker serves: verified from the engine store (every file's sha256), or, for
+development and tests, a plain model folder given with --model-path."""
+from __future__ import annotations
+
+import structlog
+import torch
+
+from engine import Engine, EngineConfig, InvalidParameterError
+from inferline.engine_store import EngineStore, EngineStoreError
+from worker.settings import WorkerSettings
+
+log = structlog.get_logger(__name__)
+
+
+class EngineUnavailableError(Exception):
+    """The engine cannot be served (missing, corrupt, or refused by the engine); the message says why."""
+
+
+def engine_config(settings: WorkerSettings) -> EngineConfig:
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if settings.model_path is not None:
+        # Dev/test: no manifest, so the batch and sequence limits come from the settings (or the engine's defaults).
+        overrides = {k: v for k, v in (("max_batch_size", settings.max_batch_size), ("max_seq_len", settings.max_seq_len))
+                     if v is not None}
+        return EngineConfig(model=str(settings.model_path), device=device, dtype=settings.dtype, **overrides)
+    if not settings.store_dir.is_dir():
+        raise EngineUnavailableError(f"engine store {str(settings.store_dir)!r} does not exist")
+    store = EngineStore(settings.store_dir)
+    try:
+        manifest = store.verify(settings.engine)
+        folder = store.path(settings.engine)
+    except (EngineStoreError, ValueError) as e:  # ValueError: not a valid engine name
+        raise EngineUnavailableError(str(e)) from e
+    log.info("engine_verified", engine=settings.engine, fingerprint=manifest.fingerprint, files=len(manifest.files))
+    return EngineConfig(model=str(folder), device=device, dtype=settings.dtype or manifest.dtype,
+                        max_batch_size=settings.max_batch_size or manifest.max_batch_size,
+                        max_seq_len=settings.max_seq_len or manifest.max_seq_len)
+
+
+def load_engine(settings: WorkerSettings) -> Engine:
+    try:
+        return Engine(engine_config(settings))
+    except InvalidParameterError as e:  # also ModelNotFoundError / UnsupportedModelError
+        raise EngineUnavailableError(str(e)) from e
