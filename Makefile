@@ -25,8 +25,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not slow"
 
 run: setup
-	$(BIN)/inferline run --model smollm2-135m --chat --max-output-len 64 \
-		--input-text "What is in-flight batching, in one sentence?"
+	$(BIN)/inferline up --prompt "What is in-flight batching, in one sentence?"
 
 bench: setup
 	$(BIN)/inferline bench --model smollm2-135m --batch-size 1,8 --input-output-len "32,50" --compare-hf

@@ -40,6 +40,7 @@ def up(
     engine_name = engine or Path(model).stem.lower().replace("_", "-")
     state_dir = state_dir.resolve()
     store_dir, log_dir = state_dir / "engines", state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -50,11 +51,15 @@ def up(
             typer.echo(f"redis: {redis_url}" + ("" if os.environ.get("REDIS_URL") else " (started here)"), err=True)
             common = {"REDIS_URL": redis_url}
             builder_port, router_port = free_port(), free_port()
+            source_root = Path(model).expanduser().resolve().parent if Path(model).expanduser().exists() else None
             builder = _start(started, "builder", "builder", log_dir, common | {
-                "INFERLINE_BUILDER_PORT": str(builder_port), "INFERLINE_BUILDER_STORE_DIR": str(store_dir)})
+                "INFERLINE_BUILDER_HOST": "127.0.0.1", "INFERLINE_BUILDER_PORT": str(builder_port),
+                "INFERLINE_BUILDER_STORE_DIR": str(store_dir),
+                "INFERLINE_BUILDER_ALLOWED_ROOTS": str(source_root or "")})
             wait_healthy(builder, f"127.0.0.1:{builder_port}")
             _build(f"127.0.0.1:{builder_port}", model, engine_name, device)
-            router = _start(started, "router", "router", log_dir, common | {"INFERLINE_ROUTER_PORT": str(router_port)})
+            router = _start(started, "router", "router", log_dir, common | {"INFERLINE_ROUTER_HOST": "127.0.0.1",
+                                                                          "INFERLINE_ROUTER_PORT": str(router_port)})
             wait_healthy(router, f"127.0.0.1:{router_port}")
             for i in range(workers):
                 _start(started, f"worker-{i}", "worker", log_dir, common | {
