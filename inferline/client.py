@@ -63,6 +63,8 @@ class Request:
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
     max_tokens: int = 128
+    min_tokens: int = 0
+    ignore_eos: bool = False
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -71,7 +73,8 @@ class Request:
     request_id: str = ""
 
     def to_proto(self) -> generate_pb2.GenerateRequest:
-        params = common_pb2.SamplingParameters(max_tokens=self.max_tokens, stop=self.stop)
+        params = common_pb2.SamplingParameters(max_tokens=self.max_tokens, min_tokens=self.min_tokens,
+                                               ignore_eos=self.ignore_eos, stop=self.stop)
         for name in ("temperature", "top_p", "top_k", "seed"):
             if getattr(self, name) is not None:
                 setattr(params, name, getattr(self, name))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+STORE_MODEL = "smollm2-135m"  # the engine name in the engine_store_dir fixture
+STORE_MAX_SEQ_LEN = 256
 
 CHAT_PROMPTS = [
     "What is the capital of France?",
@@ -66,3 +70,22 @@ def redis_url(tmp_path_factory) -> str:
 
     with redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def engine_store_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An engine store holding the bundled model as engine STORE_MODEL (files hard-linked)."""
+    from inferline.engine_store import EngineStore, Manifest
+
+    root = tmp_path_factory.mktemp("engines")
+    store = EngineStore(root)
+    staging = store.new_staging_dir(STORE_MODEL)
+    for f in smollm2_dir.iterdir():
+        try:  # hard links: the 540 MB of weights need not be copied (the gateway never reads them)
+            os.link(f, staging / f.name)
+        except OSError:
+            shutil.copy2(f, staging / f.name)
+    store.commit(staging, Manifest(name=STORE_MODEL, fingerprint="test", architecture="llama", dtype="float32",
+                                   quantization={"scheme": "none"}, max_batch_size=4, max_seq_len=STORE_MAX_SEQ_LEN,
+                                   source=STORE_MODEL))
+    return root

@@ -2,8 +2,6 @@
 itself, both grpc.aio servers on a background loop, reached through plain blocking clients."""
 from __future__ import annotations
 
-import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,28 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.server import Gateway, create_gateway
 from gateway.settings import GatewaySettings
-from inferline.engine_store import EngineStore, Manifest
 from inferline.v1 import generate_pb2, generate_pb2_grpc
+from tests.conftest import STORE_MAX_SEQ_LEN as MAX_SEQ_LEN
+from tests.conftest import STORE_MODEL as MODEL
 from tests.gateway.fakes import FakeRouter, LoopThread, start_fake_router
-
-MODEL = "smollm2-135m"
-MAX_SEQ_LEN = 256
-
-
-@pytest.fixture(scope="session")
-def engine_store_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("engines")
-    store = EngineStore(root)
-    staging = store.new_staging_dir(MODEL)
-    for f in smollm2_dir.iterdir():
-        try:  # hard links: the 540 MB of weights need not be copied (the gateway never reads them)
-            os.link(f, staging / f.name)
-        except OSError:
-            shutil.copy2(f, staging / f.name)
-    store.commit(staging, Manifest(name=MODEL, fingerprint="test", architecture="llama", dtype="float32",
-                                   quantization={"scheme": "none"}, max_batch_size=4, max_seq_len=MAX_SEQ_LEN,
-                                   source=MODEL))
-    return root
 
 
 @pytest.fixture(scope="session")

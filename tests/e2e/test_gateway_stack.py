@@ -1,0 +1,119 @@
+"""The whole serving path as clients see it: gateway -> router -> Redis -> 2 workers, all real
+processes on loopback, serving the bundled SmolLM2 from an engine store."""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+import redis
+
+from engine import Engine, EngineConfig, SamplingParams
+from inferline.client import AsyncClient, DeadlineExceeded, Request
+from tests.conftest import STORE_MODEL
+from tests.servers import free_port
+from tests.worker.processes import (ServiceProcess, one_torch_thread, start_router, start_worker, wait_router_ready,
+                                    wait_until, wait_worker_ready)
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_url: str, engine_store_dir: Path) -> Iterator[tuple[str, redis.Redis]]:
+    logs = tmp_path_factory.mktemp("stack-logs")
+    router_port, gateway_port = free_port(), free_port()
+    router = start_router(logs, redis_url, "e2e-router", router_port)
+    workers = [start_worker(logs, redis_url, STORE_MODEL, f"e2e-worker-{i}", None, store_dir=engine_store_dir,
+                            heartbeat_interval_s=0.5) for i in range(WORKERS)]
+    gateway = ServiceProcess("gateway", "gateway", ["--port", str(gateway_port), "--router-address",
+                                                    f"127.0.0.1:{router_port}", "--store-dir", str(engine_store_dir),
+                                                    "--redis-url", redis_url], logs)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        wait_router_ready(router, router_port)
+        for w in workers:
+            wait_worker_ready(client, w)
+        wait_router_ready(gateway, gateway_port)  # the same grpc.health.v1 check
+        with one_torch_thread():
+            yield f"127.0.0.1:{gateway_port}", client
+    finally:
+        for proc in (gateway, *workers, router):
+            proc.stop()
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def reference_engine(smollm2_dir) -> Engine:
+    return Engine(EngineConfig(model=str(smollm2_dir), max_seq_len=256, max_batch_size=8))
+
+
+def test_32_concurrent_clients_get_the_offline_greedy_output_unary_and_streaming(stack, reference_engine):
+    address, _ = stack
+    prompts = [f"Question {i}: say something about the number {i}." for i in range(32)]
+    max_tokens = [4 + i % 9 for i in range(32)]
+    expected = reference_engine.generate(prompts, [SamplingParams(max_tokens=m) for m in max_tokens])
+
+    async def run_all():
+        async with AsyncClient(address) as client:
+            async def unary(i):
+                return await client.generate(Request(model=STORE_MODEL, prompt=prompts[i], max_tokens=max_tokens[i]),
+                                             timeout=300)
+
+            async def streamed(i):
+                return [c async for c in client.generate_stream(
+                    Request(model=STORE_MODEL, prompt=prompts[i], max_tokens=max_tokens[i]), timeout=300)]
+
+            return await asyncio.gather(*(unary(i) if i % 2 else streamed(i) for i in range(32)))
+
+    results = asyncio.run(run_all())
+    for i, (result, want) in enumerate(zip(results, expected)):
+        if i % 2:
+            assert list(result.token_ids) == want.token_ids and result.text == want.text
+            assert result.usage.completion_tokens == len(want.token_ids)
+            assert result.timings.total_ms >= result.timings.time_to_first_token_ms > 0
+        else:
+            chunks = result
+            assert [t for c in chunks for t in c.token_ids] == want.token_ids
+            assert "".join(c.text_delta for c in chunks) == want.text
+            assert all(not c.finish_reason for c in chunks[:-1]) and chunks[-1].finish_reason
+            assert chunks[-1].usage.completion_tokens == len(want.token_ids)
+
+
+def test_deadline_ends_the_call_and_frees_the_workers_kv_within_a_second(stack):
+    address, client = stack
+
+    def kv_used() -> int:
+        return sum(int(client.hget(f"inferline:worker:e2e-worker-{i}", "kv_used") or 0) for i in range(WORKERS))
+
+    async def call():
+        async with AsyncClient(address) as c:
+            request = Request(model=STORE_MODEL, prompt="Tell me a very long story.", max_tokens=200,
+                              min_tokens=200)  # ~3 s of decoding at least: longer than the deadline
+            return [chunk async for chunk in c.generate_stream(request, timeout=2.0)]
+
+    wait_until(lambda: kv_used() == 0, 10, "idle workers")
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(call())
+    expired = time.monotonic()
+    wait_until(lambda: kv_used() == 0, 5, "KV blocks freed after the deadline")
+    assert time.monotonic() - expired < 1.5  # heartbeats every 0.5 s: freed within a second, seen within 1.5
+
+
+def test_bad_input_through_the_whole_stack_keeps_it_serving(stack):
+    address, _ = stack
+
+    async def calls():
+        async with AsyncClient(address) as c:
+            with pytest.raises(Exception) as bad:
+                await c.generate(Request(model=STORE_MODEL, prompt="hi", max_tokens=8, top_p=1.5), timeout=30)
+            good = await c.generate(Request(model=STORE_MODEL, prompt="hi", max_tokens=2), timeout=60)
+            return bad.value, good
+
+    bad, good = asyncio.run(calls())
+    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in bad.message
+    assert len(good.token_ids) == 2
