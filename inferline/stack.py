@@ -42,26 +42,37 @@ class ServiceProcess:
                                          env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if not self.alive():
             code = None if self.proc is None else self.proc.returncode
             raise ServiceFailed(f"{self.name} exited (status {code}); last log lines:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_text(self) -> str:
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+            return self.log_file.read_text(errors="replace")
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        if self.alive():
             self.proc.kill()
-            self.proc.wait()
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM (the service drains), SIGKILL if it has not exited in time; returns the exit status."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return None if self.proc is None else self.proc.returncode
 
 
 def wait_healthy(service: ServiceProcess, address: str, timeout_s: float = 120.0) -> None:

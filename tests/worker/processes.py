@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +12,8 @@ from typing import Callable, Iterator, TypeVar
 import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from inferline import stack
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -29,16 +28,12 @@ def service_env() -> dict[str, str]:
     return env
 
 
-class ServiceProcess:
-    def __init__(self, name: str, module: str, args: list[str], log_dir: Path):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=service_env(),
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+class ServiceProcess(stack.ServiceProcess):
+    """A service started at once from the repository, one torch thread, its log parsed for assertions."""
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def __init__(self, name: str, module: str, args: list[str], log_dir: Path):
+        super().__init__(name, module, env=service_env(), log_dir=log_dir, args=args)
+        self.start()
 
     def log_events(self) -> list[dict]:
         events = []
@@ -48,25 +43,6 @@ class ServiceProcess:
             except ValueError:
                 pass
         return events
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit status."""
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-        return self.proc.returncode
 
     def failure(self, what: str) -> AssertionError:
         return AssertionError(f"{what}; {self.name} exit={self.proc.poll()}, log tail:\n{self.log_text()[-3000:]}")
