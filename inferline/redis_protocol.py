@@ -16,29 +16,66 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 PREFIX = "inferline:"
 WORKERS_GROUP = "workers"  # the one consumer group of every requests stream
 
-# Fields of a requests:{model} entry (written by the router).
+# Fields of a requests stream entry (any band; written by the router).
 F_RID = "rid"
 F_ROUTER = "router"
 F_PAYLOAD = "payload"  # RouteRequest bytes
 F_ENQUEUED_MS = "enqueued_ms"  # router's wall clock, ms since the epoch
 
-# Fields of a results:{router_id} entry (written by workers). `entry` is the id of the requests-stream
-# entry the event belongs to: it tells runs of the same request id apart (a retry with the same
+# Fields of a results:{router_id} entry (written by workers). `entry` is the run id (see run_id) of the
+# requests-stream entry the event belongs to: it tells runs of the same request id apart (a retry with the same
 # idempotency key, or a stale run of a worker presumed dead), so the router keeps only its own.
 F_SEQ = "seq"
 F_EVENT = "event"  # RouteEvent bytes
 F_ENTRY = "entry"
 
 
-def requests_stream(model: str) -> str:
-    return f"{PREFIX}requests:{model}"
+# Priority bands, highest first: a worker fills its free slots from the first band that has entries,
+# then the next. Each band of a model is a stream of its own, with the `workers` group on every one.
+HIGH, NORMAL, LOW = "high", "normal", "low"
+BANDS = (HIGH, NORMAL, LOW)
 
 
-REQUESTS_STREAM_PATTERN = f"{PREFIX}requests:*"
+def band_of(priority: int) -> str:
+    """RouteRequest.priority: higher runs earlier among queued requests; 0 (unset) is NORMAL."""
+    return HIGH if priority > 0 else LOW if priority < 0 else NORMAL
+
+
+def _requests_prefix(band: str) -> str:
+    # NORMAL keeps the original name `requests:{model}`; the other bands put the band in the prefix
+    # (`requests-high:{model}`), so no model name (even one ending in ":high") maps onto another's key.
+    return f"{PREFIX}requests:" if band == NORMAL else f"{PREFIX}requests-{band}:"
+
+
+def requests_stream(model: str, band: str = NORMAL) -> str:
+    return f"{_requests_prefix(band)}{model}"
+
+
+def requests_streams(model: str) -> list[str]:
+    """The model's request streams, highest band first."""
+    return [requests_stream(model, band) for band in BANDS]
+
+
+REQUESTS_STREAM_PATTERNS = tuple(f"{_requests_prefix(band)}*" for band in BANDS)
 
 
 def model_of_requests_stream(key: str) -> str:
-    return key.removeprefix(f"{PREFIX}requests:")
+    for band in BANDS:
+        if key.startswith(prefix := _requests_prefix(band)):
+            return key.removeprefix(prefix)
+    raise ValueError(f"not a requests stream: {key!r}")
+
+
+def run_id(band: str, stream_id: str) -> str:
+    """Names one run of a request: the engine's request id, results' `entry`, the value of cancel:{rid}.
+    A stream entry id is unique only within its stream, so other bands than NORMAL prefix their band."""
+    return stream_id if band == NORMAL else f"{band}:{stream_id}"
+
+
+def split_run_id(value: str) -> tuple[str, str]:
+    """(band, stream entry id) of a run id."""
+    band, sep, stream_id = value.partition(":")
+    return (band, stream_id) if sep else (NORMAL, value)
 
 
 def results_stream(router_id: str) -> str:
@@ -75,13 +112,14 @@ def connect(url: str) -> aioredis.Redis:
 
 
 async def ensure_group(client: aioredis.Redis, model: str) -> None:
-    """Create the model's stream and its `workers` group if missing. The group starts at id 0 so
-    entries queued before any worker existed are still delivered."""
-    try:
-        await client.xgroup_create(requests_stream(model), WORKERS_GROUP, id="0", mkstream=True)
-    except ResponseError as e:
-        if "BUSYGROUP" not in str(e):
-            raise
+    """Create the model's band streams and their `workers` group where missing. The group starts at
+    id 0 so entries queued before any worker existed are still delivered."""
+    for stream in requests_streams(model):
+        try:
+            await client.xgroup_create(stream, WORKERS_GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
 
 
 def text(value: bytes | str | None) -> str:

@@ -1,4 +1,5 @@
-"""Admission and queueing: is anyone serving the model, is its queue within its limits, then XADD.
+"""Admission and queueing: is anyone serving the model, is its queue within its limits, then XADD to
+the request's priority band (docs/serving.md, "Priority bands").
 
 The limit checks and the XADD run in one Lua script: concurrent calls (of this router or others)
 cannot all pass the check and overshoot the limit together.
@@ -13,14 +14,19 @@ from grpc_interceptor.exceptions import NotFound, ResourceExhausted
 from redis.exceptions import ResponseError
 
 from inferline.v1 import router_pb2
-from inferline.redis_protocol import (F_ENQUEUED_MS, F_PAYLOAD, F_RID, F_ROUTER, WORKERS_GROUP, ensure_group,
-                                   queued_tokens_key, requests_stream, text, worker_key, workers_set)
+from inferline.redis_protocol import (F_ENQUEUED_MS, F_PAYLOAD, F_RID, F_ROUTER, WORKERS_GROUP, band_of,
+                                      ensure_group, queued_tokens_key, requests_stream, requests_streams, run_id,
+                                      text, worker_key, workers_set)
 
-# KEYS: requests stream, queued-tokens counter. ARGV: group, max depth, max tokens, prompt tokens,
-# then the entry's field/value pairs. Queued = entries not yet taken = XLEN - pending, since workers
-# delete the entries they acknowledge.
+# KEYS: the request's band stream, queued-tokens counter, then every band stream of the model (the
+# limits are per model, across bands). ARGV: group, max depth, max tokens, prompt tokens, then the
+# entry's field/value pairs. Queued = entries not yet taken = sum over bands of XLEN - pending, since
+# workers delete the entries they acknowledge.
 ADMIT_AND_ENQUEUE = """
-local queued = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[1])[1]
+local queued = 0
+for i = 3, #KEYS do
+  queued = queued + redis.call('XLEN', KEYS[i]) - redis.call('XPENDING', KEYS[i], ARGV[1])[1]
+end
 if queued >= tonumber(ARGV[2]) then return {'depth', queued} end
 local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tokens + tonumber(ARGV[4]) > tonumber(ARGV[3]) then return {'tokens', tokens} end
@@ -68,8 +74,9 @@ class Admission:
             raise NotFound(f"model {model!r} is not served: no live worker has it loaded")
 
     async def enqueue(self, request: router_pb2.RouteRequest) -> str:
-        """Queue the request if the model's queue has room; returns its stream entry id."""
-        model = request.model
+        """Queue the request in its priority band if the model's queue has room; returns the run id
+        (the stream entry id, prefixed with the band unless NORMAL)."""
+        model, band = request.model, band_of(request.priority)
         if model not in self._groups_made:
             await ensure_group(self.client, model)  # XPENDING in the script needs the group
             self._groups_made.add(model)
@@ -77,13 +84,13 @@ class Admission:
         fields = [F_RID, request.request_id, F_ROUTER, self.router_id, F_PAYLOAD, request.SerializeToString(),
                   F_ENQUEUED_MS, int(time.time() * 1000)]
         args = [WORKERS_GROUP, self.max_queue_depth, self.max_queued_tokens, prompt_tokens, *fields]
-        keys = [requests_stream(model), queued_tokens_key(model)]
+        keys = [requests_stream(model, band), queued_tokens_key(model), *requests_streams(model)]
         try:
             outcome, value = await self._admit_and_enqueue(keys=keys, args=args)
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
-            # The stream was deleted under us (FLUSHDB, an operator): make it again, once.
+            # A stream was deleted under us (FLUSHDB, an operator): make them again, once.
             await ensure_group(self.client, model)
             outcome, value = await self._admit_and_enqueue(keys=keys, args=args)
         outcome = text(outcome)
@@ -93,15 +100,19 @@ class Admission:
         if outcome == "tokens":
             raise ResourceExhausted(f"model {model!r} queue is full: {value} prompt tokens queued, "
                                     f"{prompt_tokens} more would exceed max_queued_tokens={self.max_queued_tokens}")
-        return text(value)
+        return run_id(band, text(value))
 
     async def queue_state(self, model: str) -> ModelQueueState:
-        stream = requests_stream(model)
+        streams = requests_streams(model)
         pipe = self.client.pipeline(transaction=False)
-        pipe.xlen(stream)
-        pipe.xpending(stream, WORKERS_GROUP)
+        for stream in streams:
+            pipe.xlen(stream)
+            pipe.xpending(stream, WORKERS_GROUP)
         pipe.get(queued_tokens_key(model))
-        length, pending, tokens = await pipe.execute(raise_on_error=False)
-        pending_count = 0 if isinstance(pending, Exception) else int(pending["pending"])  # no group yet
-        return ModelQueueState(model=model, queued=max(0, int(length) - pending_count),
-                               queued_tokens=max(0, int(tokens or 0)), workers=await self.live_workers(model))
+        *per_stream, tokens = await pipe.execute(raise_on_error=False)
+        queued = 0
+        for length, pending in zip(per_stream[::2], per_stream[1::2]):
+            pending_count = 0 if isinstance(pending, Exception) else int(pending["pending"])  # no group yet
+            queued += max(0, int(length) - pending_count)
+        return ModelQueueState(model=model, queued=queued, queued_tokens=max(0, int(tokens or 0)),
+                               workers=await self.live_workers(model))

@@ -28,7 +28,7 @@ from inferline.v1 import router_pb2, router_pb2_grpc
 from router.admission import Admission
 from router.results import DuplicateRequestError, ResultsFanout
 from router.sequencing import EventOrder, is_final, status_of_error
-from inferline.redis_protocol import REQUESTS_STREAM_PATTERN, cancel_key, model_of_requests_stream, text
+from inferline.redis_protocol import REQUESTS_STREAM_PATTERNS, cancel_key, model_of_requests_stream, text
 
 log = structlog.get_logger(__name__)
 
@@ -113,8 +113,11 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
 
     async def GetQueueStats(self, request: router_pb2.QueueStatsRequest,
                             context: grpc.aio.ServicerContext) -> router_pb2.QueueStatsResponse:
-        keys = sorted({text(k) async for k in self.client.scan_iter(match=REQUESTS_STREAM_PATTERN, _type="stream")})
-        states = [await self.admission.queue_state(model_of_requests_stream(k)) for k in keys]
+        models: set[str] = set()
+        for pattern in REQUESTS_STREAM_PATTERNS:  # every band: a model may have entries in one only
+            models.update({model_of_requests_stream(text(k))
+                           async for k in self.client.scan_iter(match=pattern, _type="stream")})
+        states = [await self.admission.queue_state(m) for m in sorted(models)]
         return router_pb2.QueueStatsResponse(models=[
             router_pb2.ModelQueue(model=s.model, queued=s.queued, queued_tokens=s.queued_tokens, workers=s.workers)
             for s in states])

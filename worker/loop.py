@@ -1,6 +1,7 @@
 """The step loop: each iteration takes as many new entries as the engine has room for, drops
 cancelled ones, runs one engine step (in a thread, so heartbeats and Redis stay responsive) and
-publishes what it produced. The engine's request id is the stream entry id: one run of a request."""
+publishes what it produced. The engine's request id is the entry's run id (band + stream entry id):
+one run of a request."""
 from __future__ import annotations
 
 import asyncio
@@ -40,7 +41,7 @@ class StepLoop:
         self.queue = queue
         self.settings = settings
         self.max_batch_size = engine.config.max_batch_size
-        self.running: dict[str, RunningRequest] = {}  # by entry id
+        self.running: dict[str, RunningRequest] = {}  # by run id (QueueEntry.entry_id)
         self.draining = False
         # Read by the heartbeat while a step runs in its thread, so never the engine itself.
         self.stats: EngineStats = engine.stats()

@@ -1,8 +1,11 @@
-"""The worker's side of the Redis protocol: take entries from its model's requests stream, publish
-events to the routers' results streams, acknowledge finished entries, keep running ones its own."""
+"""The worker's side of the Redis protocol: take entries from its model's request streams (one per
+priority band, highest first), publish events to the routers' results streams, acknowledge finished
+entries, keep running ones its own. Entries are known by run id (band + stream entry id): an entry
+id alone is unique only within its band's stream."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections import defaultdict
 from typing import Iterable, Sequence
 
 import redis.asyncio as aioredis
@@ -11,41 +14,49 @@ from google.protobuf.message import DecodeError
 from redis.exceptions import ResponseError
 
 from inferline.v1 import router_pb2
-from inferline.redis_protocol import (F_ENQUEUED_MS, F_ENTRY, F_EVENT, F_PAYLOAD, F_RID, F_ROUTER, F_SEQ,
-                                   WORKERS_GROUP, cancel_key, ensure_group, queued_tokens_key,
-                                   requests_stream, results_stream, text)
+from inferline.redis_protocol import (BANDS, F_ENQUEUED_MS, F_ENTRY, F_EVENT, F_PAYLOAD, F_RID, F_ROUTER, F_SEQ,
+                                      WORKERS_GROUP, cancel_key, ensure_group, queued_tokens_key, requests_stream,
+                                      results_stream, run_id, split_run_id, text)
 
 log = structlog.get_logger(__name__)
 
-# Reset the idle time of the entries this consumer still owns; return the ids it no longer owns (taken
-# over by another worker while this one was presumed dead). A bare `XCLAIM ... 0 JUSTID` would steal
-# them back, and two workers would then run one request. Atomic, so no take-over slips in between.
+# Reset the idle time of the entries this consumer still owns; return the run ids it no longer owns
+# (taken over by another worker while this one was presumed dead). A bare `XCLAIM ... 0 JUSTID` would
+# steal them back, and two workers would then run one request. Atomic, so no take-over slips in
+# between. KEYS: the band streams. ARGV: group, consumer, then per entry: index into KEYS, stream
+# entry id, run id (an entry id is unique only within its stream).
 TOUCH_OWN_ENTRIES = """
 local lost = {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+for i = 3, #ARGV, 3 do
+  local key, id = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
+  local p = redis.call('XPENDING', key, ARGV[1], id, id, 1)
   if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, id, 'JUSTID')
   else
-    table.insert(lost, ARGV[i])
+    table.insert(lost, ARGV[i + 2])
   end
 end
 return lost
 """
 
 
+HANDED_BACK_IDLE_MS = 24 * 3600 * 1000  # idle enough for any worker's next XAUTOCLAIM
+
+
 @dataclass(frozen=True)
 class QueueEntry:
     """One requests-stream entry: a request to run, and where its events go."""
 
-    entry_id: str
+    entry_id: str  # the run id: the engine's request id, results' `entry`, what cancel:{rid} holds
     rid: str
     router: str
     enqueued_ms: float
     request: router_pb2.RouteRequest | None  # None: the payload is not a RouteRequest
+    band: str
+    stream_id: str  # the id within the band's stream
 
     @classmethod
-    def parse(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> "QueueEntry":
+    def parse(cls, band: str, stream_id: bytes | str, fields: dict[bytes, bytes]) -> "QueueEntry":
         try:
             request: router_pb2.RouteRequest | None = router_pb2.RouteRequest.FromString(fields.get(F_PAYLOAD.encode(), b""))
         except DecodeError:
@@ -54,8 +65,8 @@ class QueueEntry:
             enqueued_ms = float(text(fields.get(F_ENQUEUED_MS.encode())))
         except ValueError:
             enqueued_ms = 0.0
-        return cls(text(entry_id), text(fields.get(F_RID.encode())), text(fields.get(F_ROUTER.encode())),
-                   enqueued_ms, request)
+        return cls(run_id(band, text(stream_id)), text(fields.get(F_RID.encode())), text(fields.get(F_ROUTER.encode())),
+                   enqueued_ms, request, band, text(stream_id))
 
     @property
     def prompt_tokens(self) -> int:
@@ -76,7 +87,7 @@ class RequestQueue:
         self.client = client
         self.model = model
         self.consumer = consumer
-        self.stream = requests_stream(model)
+        self.streams = {band: requests_stream(model, band) for band in BANDS}  # highest band first
         self.results_maxlen = results_maxlen
         self.results_ttl_s = results_ttl_s
         self._touch = client.register_script(TOUCH_OWN_ENTRIES)
@@ -84,34 +95,55 @@ class RequestQueue:
     async def ensure_group(self) -> None:
         await ensure_group(self.client, self.model)
 
-    async def read_new(self, count: int, block_ms: int | None) -> list[QueueEntry]:
-        """Up to `count` never-delivered entries, now owned by this consumer. They leave the queue, so
-        their prompt tokens leave the model's queued-token budget."""
+    async def _read(self, streams: list[str], count: int, block_ms: int | None = None) -> list[QueueEntry]:
+        """XREADGROUP `>` of `streams` (COUNT applies to each), parsed."""
         try:
-            response = await self.client.xreadgroup(WORKERS_GROUP, self.consumer, {self.stream: ">"}, count=count,
-                                                    block=block_ms or None)
+            response = await self.client.xreadgroup(WORKERS_GROUP, self.consumer, {s: ">" for s in streams},
+                                                    count=count, block=block_ms)
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
-            # The stream was deleted under us (FLUSHDB, an operator): make it again and carry on.
+            # A stream was deleted under us (FLUSHDB, an operator): make them again and carry on.
             await self.ensure_group()
             return []
-        entries = [QueueEntry.parse(eid, fields) for _stream, messages in response or []
-                   for eid, fields in messages if fields]
-        tokens = sum(e.prompt_tokens for e in entries)
+        band_of_stream = {stream: band for band, stream in self.streams.items()}
+        return [QueueEntry.parse(band_of_stream[text(stream)], eid, fields)
+                for stream, messages in response or [] for eid, fields in messages if fields]
+
+    async def read_new(self, count: int, block_ms: int | None) -> list[QueueEntry]:
+        """Up to `count` never-delivered entries, highest band first (FIFO within a band), now owned by
+        this consumer. They leave the queue, so their prompt tokens leave the model's queued-token
+        budget. `block_ms`: when every band is empty, wait that long for an entry in any of them."""
+        entries: list[QueueEntry] = []
+        for stream in self.streams.values():
+            if len(entries) < count:
+                entries += await self._read([stream], count - len(entries))
+        if not entries and block_ms:
+            # COUNT applies per stream: should several bands fill at once (one transaction adding to
+            # several), the lowest-band extras are handed back below so no more than `count` run here.
+            entries = await self._read(list(self.streams.values()), count, block_ms)
+            entries.sort(key=lambda e: BANDS.index(e.band))
+        tokens = sum(e.prompt_tokens for e in entries)  # extras too: whoever takes them over won't count them
         if tokens:
             await self.client.decrby(queued_tokens_key(self.model), tokens)
-        return entries
+        if extra := entries[count:]:
+            await self.release([e.entry_id for e in extra], idle_ms=HANDED_BACK_IDLE_MS)
+        return entries[:count]
 
     async def claim_dead(self, count: int, min_idle_ms: int) -> list[QueueEntry]:
-        """Take over up to `count` entries nobody has re-claimed for `min_idle_ms` (their worker died).
-        Their tokens already left the queued-token budget when first taken."""
-        _next, messages, *_deleted = await self.client.xautoclaim(self.stream, WORKERS_GROUP, self.consumer,
-                                                                  min_idle_ms, start_id="0-0", count=count)
-        return [QueueEntry.parse(eid, fields) for eid, fields in messages if fields]
+        """Take over up to `count` entries nobody has re-claimed for `min_idle_ms` (their worker died),
+        highest band first. Their tokens already left the queued-token budget when first taken."""
+        entries: list[QueueEntry] = []
+        for band, stream in self.streams.items():
+            if len(entries) >= count:
+                break
+            _next, messages, *_deleted = await self.client.xautoclaim(stream, WORKERS_GROUP, self.consumer, min_idle_ms,
+                                                                      start_id="0-0", count=count - len(entries))
+            entries += [QueueEntry.parse(band, eid, fields) for eid, fields in messages if fields]
+        return entries
 
     async def cancelled(self, entries: Sequence[QueueEntry]) -> set[str]:
-        """Entry ids among `entries` whose request the router cancelled (one MGET)."""
+        """Run ids among `entries` whose request the router cancelled (one MGET)."""
         if not entries:
             return set()
         values = await self.client.mget([cancel_key(e.rid) for e in entries])
@@ -119,7 +151,7 @@ class RequestQueue:
 
     async def publish(self, publications: Iterable[Publication]) -> None:
         """Every event of a step in one round trip; a final event acknowledges its entry right after
-        it (the order within a pipeline holds), and deletes it so the stream holds only live entries
+        it (the order within a pipeline holds), and deletes it so the streams hold only live entries
         (the router counts queued = XLEN - pending)."""
         pipe = self.client.pipeline(transaction=False)
         routers: set[str] = set()
@@ -130,8 +162,9 @@ class RequestQueue:
                       maxlen=self.results_maxlen, approximate=True)
             routers.add(p.entry.router)
             if p.final:
-                pipe.xack(self.stream, WORKERS_GROUP, p.entry.entry_id)
-                pipe.xdel(self.stream, p.entry.entry_id)
+                stream = self.streams[p.entry.band]
+                pipe.xack(stream, WORKERS_GROUP, p.entry.stream_id)
+                pipe.xdel(stream, p.entry.stream_id)
         if not routers:
             return
         for router in routers:  # a dead router's stream goes away on its own
@@ -139,23 +172,34 @@ class RequestQueue:
         await pipe.execute()
 
     async def touch(self, entry_ids: Sequence[str]) -> list[str]:
-        """Reset the idle time of our running entries; returns those another worker has taken over."""
+        """Reset the idle time of our running entries (run ids); returns those another worker has
+        taken over."""
         if not entry_ids:
             return []
-        lost = await self._touch(keys=[self.stream], args=[WORKERS_GROUP, self.consumer, *entry_ids])
+        index = {band: i for i, band in enumerate(self.streams, start=1)}
+        args: list[str | int] = [WORKERS_GROUP, self.consumer]
+        for entry_id in entry_ids:
+            band, stream_id = split_run_id(entry_id)
+            args += [index[band], stream_id, entry_id]
+        lost = await self._touch(keys=list(self.streams.values()), args=args)
         return [text(x) for x in lost]
 
     async def release(self, entry_ids: Sequence[str], idle_ms: int) -> None:
-        """Hand entries back unfinished (drain timeout): mark them idle for `idle_ms`, so the next
-        XAUTOCLAIM of a live worker takes them at once instead of a heartbeat expiry later."""
-        if entry_ids:
-            await self.client.xclaim(self.stream, WORKERS_GROUP, self.consumer, 0, list(entry_ids),
+        """Hand entries (run ids) back unfinished (drain timeout): mark them idle for `idle_ms`, so the
+        next XAUTOCLAIM of a live worker takes them at once instead of a heartbeat expiry later."""
+        by_band: dict[str, list[str]] = defaultdict(list)
+        for entry_id in entry_ids:
+            band, stream_id = split_run_id(entry_id)
+            by_band[band].append(stream_id)
+        for band, stream_ids in by_band.items():
+            await self.client.xclaim(self.streams[band], WORKERS_GROUP, self.consumer, 0, stream_ids,
                                      idle=idle_ms, justid=True)
-
 
     async def forget_consumer(self) -> None:
         """Leave the consumer group (after a clean drain: nothing is pending under this name, and
         deleting a consumer would drop its pending entries)."""
-        pending = await self.client.xpending_range(self.stream, WORKERS_GROUP, "-", "+", 1, consumername=self.consumer)
-        if not pending:
-            await self.client.xgroup_delconsumer(self.stream, WORKERS_GROUP, self.consumer)
+        for stream in self.streams.values():
+            if await self.client.xpending_range(stream, WORKERS_GROUP, "-", "+", 1, consumername=self.consumer):
+                return
+        for stream in self.streams.values():
+            await self.client.xgroup_delconsumer(stream, WORKERS_GROUP, self.consumer)
