@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import enum
-import itertools
 from dataclasses import dataclass, field
 
 from engine.sampling_params import SamplingParams
-
-_arrival = itertools.count()
 
 
 class SequenceStatus(enum.Enum):
@@ -31,7 +28,6 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_preemptions: int = 0
     finish_reason: str | None = None
-    arrival: int = field(default_factory=lambda: next(_arrival))
 
     @property
     def num_tokens(self) -> int:
@@ -44,10 +40,6 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status is SequenceStatus.FINISHED
 
     @property
     def max_lifetime_tokens(self) -> int:
