@@ -2,14 +2,11 @@
 to gRPC statuses; build.py and source.py know nothing of gRPC."""
 from __future__ import annotations
 
+from engine.errors import InvalidParameterError
 
-class BuildInputError(ValueError):
-    """A request field is invalid. `field` names it; the message starts with it."""
 
-    def __init__(self, field: str, problem: str):
-        self.field = field
-        self.problem = problem
-        super().__init__(f"{field}: {problem}")
+class BuildInputError(InvalidParameterError):
+    """A request field is invalid: the engine's field-naming error, raised for the builder's own fields."""
 
 
 class SourceNotAllowedError(BuildInputError):
