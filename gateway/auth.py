@@ -5,6 +5,7 @@ reveals nothing. Reflection is not exempt (it describes the API).
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Any, Callable, Sequence
 
@@ -41,3 +42,21 @@ class ApiKeyInterceptor(AsyncServerInterceptor):
         # Compare against every key in constant time so timing reveals neither a key nor which one matched.
         matches = [hmac.compare_digest(given, k) for k in self._keys]
         return None if any(matches) else "invalid API key"
+
+
+def api_key_of(metadata: Sequence[tuple[str, str | bytes]]) -> str:
+    """The bearer key a call carries ('' without one)."""
+    for k, v in metadata:
+        if k == "authorization":
+            value = v if isinstance(v, str) else v.decode("latin-1")
+            scheme, _, key = value.partition(" ")
+            return key.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+def scoped_request_id(request_id: str, api_key: str) -> str:
+    """A client's request id as the router knows it: prefixed with a digest of its API key, so two
+    clients choosing the same id neither share nor see each other's generation."""
+    if not api_key:
+        return request_id
+    return f"{hashlib.sha256(api_key.encode()).hexdigest()[:16]}/{request_id}"

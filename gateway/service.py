@@ -16,6 +16,7 @@ import grpc
 import structlog
 from grpc_interceptor.exceptions import GrpcException, Unavailable
 
+from gateway.auth import api_key_of, scoped_request_id
 from gateway.handlers import MalformedRequest, parsed
 from gateway.models import ModelCatalog
 from gateway.relay import INCOMPLETE, ResponseBuilder, stream_chunk
@@ -43,7 +44,7 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
         rid = request_id_of(req)
         await _announce(context, rid)
         with request_context(rid), _outcome("generate", req.model) as done:
-            route_req = await to_route_request(req, rid, self.tokenizers, self.limits)
+            route_req = await self._route_request(req, rid, context)
             builder = ResponseBuilder(rid)
             async with contextlib.aclosing(self._route(route_req, context)) as events:
                 async for event in events:
@@ -59,7 +60,7 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
         rid = request_id_of(req)
         await _announce(context, rid)
         with request_context(rid), _outcome("generate_stream", req.model):
-            route_req = await to_route_request(req, rid, self.tokenizers, self.limits)
+            route_req = await self._route_request(req, rid, context)
             finished = False
             async with contextlib.aclosing(self._route(route_req, context)) as events:
                 async for event in events:
@@ -72,6 +73,14 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
                          context: grpc.aio.ServicerContext) -> generate_pb2.ListModelsResponse:
         parsed(request)
         return await self.catalog.list_models()
+
+    async def _route_request(self, req: generate_pb2.GenerateRequest, rid: str,
+                             context: grpc.aio.ServicerContext) -> router_pb2.RouteRequest:
+        route_req = await to_route_request(req, rid, self.tokenizers, self.limits)
+        if req.request_id:  # the client's own id: its idempotency key (per API key)
+            route_req.idempotent = True
+            route_req.request_id = scoped_request_id(rid, api_key_of(context.invocation_metadata() or ()))
+        return route_req
 
     async def _route(self, route_req: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[router_pb2.RouteEvent]:

@@ -88,6 +88,16 @@ def cancel_key(request_id: str) -> str:
     return f"{PREFIX}cancel:{request_id}"
 
 
+def idempotency_key(request_id: str) -> str:
+    """Hash of an idempotent request (fp, owner, state): who runs it, or that it finished."""
+    return f"{PREFIX}idem:{request_id}"
+
+
+def idempotency_events(request_id: str) -> str:
+    """Stream of the events its owner delivered (field `event`), or `end` when the owner gave up."""
+    return f"{PREFIX}idem-events:{request_id}"
+
+
 def worker_key(worker_id: str) -> str:
     return f"{PREFIX}worker:{worker_id}"
 

@@ -16,6 +16,7 @@ from inferline.grpc.server import build_server, set_serving
 from inferline.logs import configure_service_logging
 from inferline.v1 import router_pb2_grpc
 from router.admission import Admission
+from router.idempotency import IdempotencyStore
 from router.results import ResultsFanout
 from router.service import SERVICE_NAME, RouterService
 from router.settings import RouterSettings
@@ -28,7 +29,8 @@ async def serve(settings: RouterSettings) -> None:
     client = connect(settings.redis_url)
     admission = Admission(client, settings.router_id, settings.max_queue_depth, settings.max_queued_tokens)
     results = ResultsFanout(client, settings.router_id, settings.results_block_ms)
-    service = RouterService(client, admission, results, settings.cancel_ttl_s)
+    idempotency = IdempotencyStore(client, settings.router_id, settings.idempotency_lease_s, settings.idempotency_ttl_s)
+    service = RouterService(client, admission, results, idempotency, settings.cancel_ttl_s)
     server, health, port = build_server([(router_pb2_grpc.add_RouterServiceServicer_to_server, service, SERVICE_NAME)],
                                         f"{settings.host}:{settings.port}")
     background: set[asyncio.Task] = set()
@@ -45,6 +47,7 @@ async def serve(settings: RouterSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     reader = asyncio.create_task(results.run(), name="results-reader")
+    leases = asyncio.create_task(idempotency.keep_leases(), name="idempotency-leases")
     try:
         await client.ping()
         await set_serving(health, [SERVICE_NAME], True)
@@ -60,6 +63,7 @@ async def serve(settings: RouterSettings) -> None:
         log.info("router_stopped")
     finally:
         reader.cancel()
+        leases.cancel()
         await client.aclose()
 
 

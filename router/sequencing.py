@@ -11,17 +11,19 @@ from inferline.v1 import common_pb2, router_pb2
 class EventOrder:
     def __init__(self) -> None:
         self.next_seq = 0
+        self.finished = False  # the final event (finish reason or error) was let through
         self._early: dict[int, router_pb2.RouteEvent] = {}  # arrived before a lower seq
 
     def accept(self, event: router_pb2.RouteEvent) -> list[router_pb2.RouteEvent]:
         """The events that can be delivered now, in order (none for a duplicate)."""
-        if event.seq < self.next_seq:
+        if event.seq < self.next_seq or self.finished:
             return []
         self._early.setdefault(event.seq, event)
         ready = []
-        while self.next_seq in self._early:
-            ready.append(self._early.pop(self.next_seq))
+        while self.next_seq in self._early and not self.finished:
+            ready.append(event := self._early.pop(self.next_seq))
             self.next_seq += 1
+            self.finished = is_final(event)
         return ready
 
 

@@ -8,14 +8,16 @@ Route's statuses, all decided before anything is queued unless noted:
   answers NOT_FOUND for those seconds; callers may retry.
 - RESOURCE_EXHAUSTED: the model's queue is at max_queue_depth, or the prompt would push its queued
   tokens past max_queued_tokens (the message names the limit).
-- ALREADY_EXISTS: this router has a call with the same request_id in flight. Per router only: the
-  same id sent to two routers runs twice (each run its own entry; events never cross).
+- ALREADY_EXISTS: an idempotent request_id already used for a different request (router/idempotency.py);
+  or a non-idempotent id (the gateway's own, unique) this router already has in flight.
 - Any other error event's code, e.g. INTERNAL when a worker failed to start the request.
+An idempotent request whose id is already claimed follows the claimant's events instead of queueing.
 Cancelling the call or passing its deadline sets cancel:{rid} to the entry id of this run.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import AsyncIterator
 
 import grpc
@@ -26,8 +28,9 @@ from grpc_interceptor.exceptions import AlreadyExists, GrpcException, InvalidArg
 from inferline.logs import request_context
 from inferline.v1 import router_pb2, router_pb2_grpc
 from router.admission import Admission
+from router.idempotency import Claim, IdempotencyStore, fingerprint
 from router.results import DuplicateRequestError, ResultsFanout
-from router.sequencing import EventOrder, is_final, status_of_error
+from router.sequencing import EventOrder, status_of_error
 from inferline.redis_protocol import REQUESTS_STREAM_PATTERNS, cancel_key, model_of_requests_stream, text
 
 log = structlog.get_logger(__name__)
@@ -44,8 +47,10 @@ def check_request(request: router_pb2.RouteRequest) -> None:
 
 
 class RouterService(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, client: aioredis.Redis, admission: Admission, results: ResultsFanout, cancel_ttl_s: int):
+    def __init__(self, client: aioredis.Redis, admission: Admission, results: ResultsFanout,
+                 idempotency: IdempotencyStore, cancel_ttl_s: int):
         self.client = client
+        self.idempotency = idempotency
         self.admission = admission
         self.results = results
         self.cancel_ttl_s = cancel_ttl_s
@@ -54,53 +59,84 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
     async def Route(self, request: router_pb2.RouteRequest,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteEvent]:
         check_request(request)
+        with request_context(request.request_id):
+            order = EventOrder()
+            async with contextlib.aclosing(self._events(request, order)) as events:
+                async for event in events:
+                    if event.error_code:
+                        log.info("request_failed", code=event.error_code, error=event.error_message)
+                        raise GrpcException(event.error_message, status_of_error(event))
+                    yield event
+            log.info("request_done", finish_reason=event.finish_reason, completion_tokens=event.usage.completion_tokens)
+
+    async def _events(self, request: router_pb2.RouteRequest, order: EventOrder
+                      ) -> AsyncIterator[router_pb2.RouteEvent]:
+        """The request's events in order, each once, up to the final one: from its own run, or, for an
+        idempotent id someone else claimed, from theirs (taking over should they give up)."""
+        if not request.idempotent:
+            async for event in self._run(request, order, record=False):
+                yield event
+            return
+        rid, request_fingerprint = request.request_id, fingerprint(request)
+        while not order.finished:
+            claim = await self.idempotency.claim(rid, request_fingerprint)
+            if claim is Claim.MISMATCH:
+                raise AlreadyExists(f"request_id: {rid!r} was already used for a different request "
+                                    "(another model, prompt or parameters)")
+            if claim is Claim.CLAIMED:
+                async for event in self._run(request, order, record=True):
+                    yield event
+                return
+            log.info("request_following", delivered=order.next_seq)
+            async for event in self.idempotency.follow(rid, order):
+                yield event
+
+    async def _run(self, request: router_pb2.RouteRequest, order: EventOrder, record: bool
+                   ) -> AsyncIterator[router_pb2.RouteEvent]:
+        """Queue one run of the request and relay its events; `record`: this run owns an idempotent
+        id, and followers read what it delivers."""
         rid = request.request_id
+        try:
+            inbox = self.results.subscribe(rid)
+        except DuplicateRequestError:
+            raise AlreadyExists(f"request_id: {rid!r} is already in flight") from None
+        enqueue: asyncio.Task[str] | None = None
+        try:
+            await self.admission.require_workers(request.model)
+            # Shielded: a caller cancelling mid-XADD must still learn the entry id, to cancel that run.
+            enqueue = asyncio.ensure_future(self.admission.enqueue(request))
+            entry_id = await asyncio.shield(enqueue)
+            log.info("request_queued", model=request.model, entry=entry_id, prompt_tokens=len(request.prompt_token_ids))
+            while not order.finished:
+                message = await inbox.get()
+                if message.entry_id != entry_id:  # another run of this request id
+                    continue
+                for event in order.accept(message.event):
+                    if record:
+                        await self.idempotency.record(rid, event)
+                    yield event
+        finally:
+            self.results.unsubscribe(rid)
+            if not order.finished:
+                # The caller cancelled, its deadline passed, or it went away: stop the run wherever it
+                # is, and let a follower (if any) take the id over. In a task of its own: this one may
+                # be cancelled again.
+                self._spawn(self._give_up(rid, enqueue, record))
+
+    async def _give_up(self, rid: str, enqueue: asyncio.Task[str] | None, record: bool) -> None:
         with request_context(rid):
-            try:
-                inbox = self.results.subscribe(rid)
-            except DuplicateRequestError:
-                # A retry racing its own first attempt. Joining the running stream would be nicer; for
-                # now the caller learns the first attempt still runs.
-                raise AlreadyExists(f"request_id: {rid!r} is already in flight") from None
-            enqueue: asyncio.Task[str] | None = None
-            finished = False
-            try:
-                await self.admission.require_workers(request.model)
-                # Shielded: a caller cancelling mid-XADD must still learn the entry id, to cancel that run.
-                enqueue = asyncio.ensure_future(self.admission.enqueue(request))
-                entry_id = await asyncio.shield(enqueue)
-                log.info("request_queued", model=request.model, entry=entry_id,
-                         prompt_tokens=len(request.prompt_token_ids))
-                order = EventOrder()
-                while not finished:
-                    message = await inbox.get()
-                    if message.entry_id != entry_id:  # another run of this request id
-                        continue
-                    for event in order.accept(message.event):
-                        finished = is_final(event)
-                        if event.error_code:
-                            log.info("request_failed", code=event.error_code, error=event.error_message)
-                            raise GrpcException(event.error_message, status_of_error(event))
-                        yield event
-                        if finished:
-                            log.info("request_done", finish_reason=event.finish_reason,
-                                     completion_tokens=event.usage.completion_tokens)
-                            break
-            finally:
-                self.results.unsubscribe(rid)
-                if not finished and enqueue is not None:
-                    # The caller cancelled, its deadline passed, or it went away: stop the run
-                    # wherever it is. In a task of its own: this one may be cancelled again.
-                    self._spawn(self._cancel_run(rid, enqueue))
+            if enqueue is not None:
+                await self._cancel_run(rid, enqueue)
+            if record:
+                await self.idempotency.release(rid, "abandoned")
 
     async def _cancel_run(self, rid: str, enqueue: asyncio.Task[str]) -> None:
-        with request_context(rid):
-            try:
-                entry_id = await enqueue
-            except Exception:  # never queued (refused, Redis down): nothing to cancel
-                return
-            await self.client.set(cancel_key(rid), entry_id, ex=self.cancel_ttl_s)
-            log.info("request_cancelled", entry=entry_id)
+        try:
+            entry_id = await enqueue
+        except Exception:  # never queued (refused, Redis down): nothing to cancel
+            return
+        await self.client.set(cancel_key(rid), entry_id, ex=self.cancel_ttl_s)
+        log.info("request_cancelled", entry=entry_id)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)

@@ -27,6 +27,10 @@ class RouterSettings(BaseSettings):
     max_queued_tokens: int = Field(1_000_000, ge=1, description="per model: prompt tokens of those requests")
     cancel_ttl_s: int = Field(600, ge=1, description="how long a cancellation is kept; longer than requests "
                                                      "stay queued, or a late-taken cancelled request runs")
+    idempotency_ttl_s: float = Field(600.0, gt=0, description="how long a finished request with a client-chosen "
+                                                             "request_id is replayed to retries")
+    idempotency_lease_s: float = Field(10.0, gt=0, description="a running idempotent request's claim lapses this "
+                                                               "long after its router stopped renewing it (died)")
     results_block_ms: int = Field(1000, ge=1, description="how long the results reader blocks per XREAD")
     shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, how long running calls may finish")
     log_level: str = "info"

@@ -112,7 +112,22 @@ class StepLoop:
         self._next_autoclaim = time.monotonic() + self.settings.heartbeat_interval_s
         entries = await self.queue.claim_dead(free, self.settings.autoclaim_min_idle_ms)
         # An entry of our own can look dead after a stall; it is ours again now, and still running.
-        await self._admit([e for e in entries if e.entry_id not in self.running], taken_over=True)
+        entries = [e for e in entries if e.entry_id not in self.running]
+        limit = self.settings.max_deliveries
+        await self._fail_abandoned([e for e in entries if e.deliveries > limit])
+        await self._admit([e for e in entries if e.deliveries <= limit], taken_over=True)
+
+    async def _fail_abandoned(self, entries: list[QueueEntry]) -> None:
+        """A request every worker dies on (it crashes the process, or exhausts its memory) must not
+        take the fleet down one worker after another: past max_deliveries it fails with INTERNAL."""
+        failures = []
+        for e in entries:
+            with request_context(e.rid):
+                log.error("request_abandoned", entry=e.entry_id, deliveries=e.deliveries)
+            message = (f"request abandoned: {e.deliveries - 1} workers died while running it "
+                       f"(max_deliveries={self.settings.max_deliveries})")
+            failures.append(Publication(e, error_event(e.rid, 0, grpc.StatusCode.INTERNAL, message), final=True))
+        await self.queue.publish(failures)
 
     async def _admit(self, entries: list[QueueEntry], taken_over: bool) -> None:
         if not entries:

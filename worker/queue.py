@@ -4,7 +4,7 @@ entries, keep running ones its own. Entries are known by run id (band + stream e
 id alone is unique only within its band's stream."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -54,6 +54,7 @@ class QueueEntry:
     request: router_pb2.RouteRequest | None  # None: the payload is not a RouteRequest
     band: str
     stream_id: str  # the id within the band's stream
+    deliveries: int = 1  # how many workers have taken it: 1, plus one per take-over
 
     @classmethod
     def parse(cls, band: str, stream_id: bytes | str, fields: dict[bytes, bytes]) -> "QueueEntry":
@@ -139,8 +140,20 @@ class RequestQueue:
                 break
             _next, messages, *_deleted = await self.client.xautoclaim(stream, WORKERS_GROUP, self.consumer, min_idle_ms,
                                                                       start_id="0-0", count=count - len(entries))
-            entries += [QueueEntry.parse(band, eid, fields) for eid, fields in messages if fields]
+            claimed = [QueueEntry.parse(band, eid, fields) for eid, fields in messages if fields]
+            entries += await self._with_deliveries(stream, claimed)
         return entries
+
+    async def _with_deliveries(self, stream: str, entries: list[QueueEntry]) -> list[QueueEntry]:
+        """The entries with their delivery counts (XAUTOCLAIM counted this take-over)."""
+        if not entries:
+            return entries
+        pipe = self.client.pipeline(transaction=False)
+        for e in entries:
+            pipe.xpending_range(stream, WORKERS_GROUP, e.stream_id, e.stream_id, 1)
+        pending = await pipe.execute()
+        return [replace(e, deliveries=int(p[0]["times_delivered"]) if p else e.deliveries)
+                for e, p in zip(entries, pending)]
 
     async def cancelled(self, entries: Sequence[QueueEntry]) -> set[str]:
         """Run ids among `entries` whose request the router cancelled (one MGET)."""

@@ -31,6 +31,8 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker silent this long is dead; its requests "
                                                           "are taken over by others")
+    max_deliveries: int = Field(3, ge=1, description="a request taken over after its worker died is run by at "
+                                                     "most this many workers in all, then fails with INTERNAL")
     kv_low_watermark: float = Field(0.02, ge=0, lt=1, description="take no new request while the free share "
                                                                   "of KV blocks is below this")
     idle_block_ms: int = Field(100, ge=1, description="how long an idle worker blocks reading its stream")

@@ -117,3 +117,32 @@ def test_bad_input_through_the_whole_stack_keeps_it_serving(stack):
     bad, good = asyncio.run(calls())
     assert bad.code == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in bad.message
     assert len(good.token_ids) == 2
+
+
+def test_a_client_request_id_generates_once_for_concurrent_and_later_retries(stack):
+    address, client = stack
+    # Sampled without a seed: a second generation would almost surely differ.
+    request = Request(model=STORE_MODEL, prompt="Name a colour.", max_tokens=12, temperature=1.0,
+                      request_id="idempotent-e2e-1")
+
+    async def calls():
+        async with AsyncClient(address) as c:
+            unary, chunks = await asyncio.gather(
+                c.generate(request, timeout=120),
+                _collect(c.generate_stream(request, timeout=120)))
+            retry = await c.generate(request, timeout=30)
+            with pytest.raises(Exception) as reused:  # the same id for another request
+                await c.generate(Request(model=STORE_MODEL, prompt="Name a fruit.", max_tokens=12,
+                                         request_id="idempotent-e2e-1"), timeout=30)
+            return unary, chunks, retry, reused.value
+
+    unary, chunks, retry, reused = asyncio.run(calls())
+    assert [t for ch in chunks for t in ch.token_ids] == list(unary.token_ids) == list(retry.token_ids)
+    assert "".join(ch.text_delta for ch in chunks) == unary.text == retry.text
+    assert unary.request_id == retry.request_id == "idempotent-e2e-1"
+    assert reused.code == grpc.StatusCode.ALREADY_EXISTS and "idempotent-e2e-1" in reused.message
+    assert client.hget("inferline:idem:idempotent-e2e-1", "state") == b"done"
+
+
+async def _collect(stream):
+    return [chunk async for chunk in stream]

@@ -43,12 +43,16 @@ def test_calls_without_a_valid_key_are_unauthenticated(auth_channel, metadata, m
     assert [m.name for m in ok.models] == [MODEL]
 
 
-def test_a_valid_key_generates(auth_channel):
+def test_a_valid_key_generates_and_scopes_the_idempotency_key_to_it(auth_channel, fake_router):
     stub = generate_pb2_grpc.InferenceServiceStub(auth_channel)
     req = generate_pb2.GenerateRequest(model=MODEL, prompt="hi", request_id="ok-auth",
                                        parameters=common_pb2.SamplingParameters(max_tokens=2))
-    response = stub.Generate(req, metadata=(("authorization", "bearer key-one"),), timeout=10)
-    assert response.text == "Hello, world"
+    for key in ("key-one", "key-two"):
+        response = stub.Generate(req, metadata=(("authorization", f"bearer {key}"),), timeout=10)
+        assert response.text == "Hello, world" and response.request_id == "ok-auth"
+    # Two clients choosing the same id get two router requests, never one another's generation.
+    routed = [seen.request for rid, seen in fake_router[0].seen.items() if rid.endswith("/ok-auth")]
+    assert len({r.request_id for r in routed}) == 2 and all(r.idempotent for r in routed)
 
 
 def test_health_needs_no_key(auth_channel):

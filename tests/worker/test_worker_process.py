@@ -66,6 +66,26 @@ def test_invalid_parameters_end_with_an_error_event(worker, client, smollm2_engi
     wait_until(lambda: client.xlen(f"inferline:requests:{MODEL}") == 0, 2, "the refused entry to be acknowledged")
 
 
+def test_a_request_every_worker_died_on_fails_instead_of_running_again(worker, client, smollm2_engine):
+    [job] = make_jobs(smollm2_engine, 1, "poison")
+    stream = f"inferline:requests:{MODEL}"
+    request = job.request(MODEL)
+    # Three workers took it in turn and died running it (default max_deliveries=3): the first read
+    # it, each next one took it over by XAUTOCLAIM. One transaction, so the live worker cannot read it
+    # first; it claims it once it looks idle.
+    pipe = client.pipeline(transaction=True)
+    pipe.xadd(stream, {"rid": request.request_id, "router": ROUTER, "payload": request.SerializeToString(),
+                       "enqueued_ms": int(time.time() * 1000)})
+    pipe.xreadgroup("workers", "dead-1", {stream: ">"}, count=1)
+    for consumer in ("dead-2", "dead-3"):
+        pipe.xautoclaim(stream, "workers", consumer, 0, start_id="0-0", count=1)
+    entry_id = pipe.execute()[0]
+    [event] = collect_events(client, ROUTER, {job.request_id})[job.request_id]
+    assert event.error_code == "INTERNAL" and "3 workers died" in event.error_message
+    assert not event.token_ids
+    wait_until(lambda: not client.xrange(stream, entry_id, entry_id), 2, "the entry to be acknowledged")
+
+
 def test_heartbeat_describes_the_worker(worker, client):
     key = f"inferline:worker:{worker.name}"
     wait_until(lambda: client.hget(key, "free_slots") == b"4", 3, "an idle heartbeat", worker)
