@@ -41,7 +41,7 @@ async def serve(settings: BuilderSettings, stop: asyncio.Event, on_ready: Callab
             raise StartupError(f"redis_url: cannot reach Redis at {settings.redis_url}: {e}") from e
         registry = EngineRegistry(redis)
         await registry.sync(store)
-        servicer = BuilderService(store, registry, settings.allowed_roots)
+        servicer = BuilderService(store, registry, settings.allowed_roots, settings.quantize)
         try:
             server, health, port = build_server(
                 [(builder_pb2_grpc.add_BuilderServiceServicer_to_server, servicer, SERVICE_NAME)], settings.address)

@@ -27,7 +27,10 @@ import torch
 
 from builder.errors import BuildInputError
 from builder.source import Source, resolve_source
+from builder.quantize.settings import QuantizeSettings
+from builder.quantized_build import convert_quantized
 from engine.config import DTYPES
+from engine.layers.quantization import SCHEMES, QuantizationConfig
 from engine.errors import InvalidParameterError
 from engine.loader import Checkpoint, open_checkpoint
 from engine.loader.export import export_hf_folder
@@ -39,8 +42,7 @@ log = structlog.get_logger(__name__)
 
 BUILDER_VERSION = 1  # bump whenever a build writes different files for the same inputs
 DEFAULT_DTYPE = "float32"
-# Schemes a later issue adds (weight-only int8/int4, W8A8, FP8): named so callers learn they are coming.
-LATER_QUANTIZATIONS = ("int8_wo", "int4_wo", "awq", "gptq", "smoothquant", "fp8")
+QUANTIZATIONS = ("none", *SCHEMES)
 
 # (stage, fraction of the whole build done, message). build_engine reports resolve, convert and
 # checksum; the servicer reports register and done, which need Redis.
@@ -55,41 +57,56 @@ class BuildSpec:
     source: str
     name: str
     dtype: str  # "" = the checkpoint's own, else a key of engine.config.DTYPES
-    quantization: str  # normalised: "none"
+    quantization: QuantizationConfig | None  # None: unquantized
     max_batch_size: int
     max_seq_len: int  # 0 = the model's context length
 
+    @property
+    def scheme(self) -> str:
+        return self.quantization.scheme if self.quantization else "none"
+
     @classmethod
     def parse(cls, *, source: str, name: str, dtype: str = "", quantization: str = "", max_batch_size: int,
-              max_seq_len: int = 0) -> BuildSpec:
+              max_seq_len: int = 0, group_size: int = 0, quantize_lm_head: bool = False,
+              smoothquant_alpha: float | None = None, gptq_act_order: bool = False,
+              fp8_granularity: str = "") -> BuildSpec:
         if not NAME_PATTERN.match(name or ""):
             raise BuildInputError("name", f"{name!r} must match {NAME_PATTERN.pattern}")
         if dtype and dtype not in DTYPES:
             raise BuildInputError("dtype", f"must be one of {', '.join(DTYPES)} (or empty for the checkpoint's own), "
                                            f"got {dtype!r}")
-        if quantization in LATER_QUANTIZATIONS:
-            raise BuildInputError("quantization", f"{quantization!r} is not supported yet: quantized engines come "
-                                                  "with issue #4 (quantization in the builder); only 'none' (or empty) for now")
-        if quantization not in ("", "none"):
-            raise BuildInputError("quantization", f"unknown scheme {quantization!r}; only 'none' (or empty) for now")
+        if quantization not in ("", *QUANTIZATIONS):
+            raise BuildInputError("quantization", f"unknown scheme {quantization!r}; one of {', '.join(QUANTIZATIONS)} "
+                                                  "(empty = none)")
         if max_batch_size < 1:
             raise BuildInputError("max_batch_size", f"must be >= 1, got {max_batch_size}")
         if max_seq_len == 1 or max_seq_len < 0:  # the engine needs room for a prompt token and an output token
             raise BuildInputError("max_seq_len", f"must be >= 2 (or 0 for the model's context), got {max_seq_len}")
-        return cls(source=source, name=name, dtype=dtype, quantization="none", max_batch_size=max_batch_size,
+        config = None
+        if quantization not in ("", "none"):
+            try:
+                config = QuantizationConfig(
+                    scheme=quantization, group_size=group_size or 128, lm_head=quantize_lm_head,
+                    alpha=0.5 if smoothquant_alpha is None else smoothquant_alpha, act_order=gptq_act_order,
+                    fp8_granularity=fp8_granularity or "channel")
+            except InvalidParameterError as e:
+                raise BuildInputError(f"quantization_options.{e.field}", e.problem) from e
+        return cls(source=source, name=name, dtype=dtype, quantization=config, max_batch_size=max_batch_size,
                    max_seq_len=max_seq_len)
 
 
-def fingerprint(identity: dict, dtype: str, spec: BuildSpec) -> str:
+def fingerprint(identity: dict, dtype: str, spec: BuildSpec, quantize: QuantizeSettings) -> str:
     inputs = {"builder_version": BUILDER_VERSION, "format_version": FORMAT_VERSION, "source": identity,
-              "dtype": dtype, "quantization": spec.quantization, "max_batch_size": spec.max_batch_size,
+              "dtype": dtype, "quantization": spec.scheme, "max_batch_size": spec.max_batch_size,
               "max_seq_len": spec.max_seq_len}
+    if spec.quantization is not None:  # what decides the quantized values and the quality report
+        inputs["quantization"] = {**spec.quantization.to_dict(), **quantize.identity(spec.quantization.scheme)}
     canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def build_engine(spec: BuildSpec, store: EngineStore, allowed_roots: Sequence[Path] = (),
-                 progress: ProgressCallback | None = None) -> Manifest:
+                 progress: ProgressCallback | None = None, quantize: QuantizeSettings = QuantizeSettings()) -> Manifest:
     """Build `spec` into `store` (blocking; run it in a thread). Returns the stored engine's manifest,
     which is the existing one when an engine of that name has the same fingerprint and verifies."""
     report = progress or (lambda stage, fraction, message: None)
@@ -98,12 +115,16 @@ def build_engine(spec: BuildSpec, store: EngineStore, allowed_roots: Sequence[Pa
     source = resolve_source(spec.source, allowed_roots)
     dtype = spec.dtype or _own_dtype(source)
     report("resolve", 0.02, f"hashing {len(source.files)} source file(s)")
-    fp = fingerprint(source.identity(), dtype, spec)
+    identity = source.identity()
+    fp = fingerprint(identity, dtype, spec, quantize)
     existing = _reusable(store, spec.name, fp, report)
     if existing is not None:
         log.info("build_reused", name=spec.name, fingerprint=fp, seconds=round(time.monotonic() - started, 3))
         return existing
-    manifest = _convert(spec, source, dtype, fp, store, report)
+    if spec.quantization is None:
+        manifest = _convert(spec, source, dtype, fp, store, report)
+    else:
+        manifest = _convert_quantized(spec, source, identity, dtype, fp, store, report, quantize)
     log.info("build_finished", name=spec.name, fingerprint=fp, dtype=dtype, bytes=manifest.size_bytes,
              seconds=round(time.monotonic() - started, 3))
     return manifest
@@ -131,13 +152,17 @@ def _reusable(store: EngineStore, name: str, fp: str, report: ProgressCallback) 
     return manifest
 
 
+def _open_source(spec: BuildSpec, source: Source) -> Checkpoint:
+    try:
+        return open_checkpoint(str(source.path))
+    except InvalidParameterError as e:  # the engine names it `model`; the request calls it `source`
+        raise BuildInputError("source", f"{spec.source}: {e.problem}") from e
+
+
 def _convert(spec: BuildSpec, source: Source, dtype: str, fp: str, store: EngineStore,
              report: ProgressCallback) -> Manifest:
     report("convert", 0.05, f"opening the {source.kind} checkpoint")
-    try:
-        ckpt = open_checkpoint(str(source.path))
-    except InvalidParameterError as e:  # the engine names it `model`; the request calls it `source`
-        raise BuildInputError("source", f"{spec.source}: {e.problem}") from e
+    ckpt = _open_source(spec, source)
     max_seq_len = _resolve_max_seq_len(spec.max_seq_len, ckpt.config)
     report("convert", 0.15, "loading the tokenizer")
     tokenizer = load_tokenizer(ckpt)
@@ -150,13 +175,24 @@ def _convert(spec: BuildSpec, source: Source, dtype: str, fp: str, store: Engine
         report("checksum", 0.80, "hashing every file and committing into the store")
         manifest = store.commit(staging, Manifest(
             name=spec.name, fingerprint=fp, architecture=architecture, dtype=dtype,
-            quantization={"scheme": spec.quantization}, max_batch_size=spec.max_batch_size,
+            quantization={"scheme": "none"}, max_batch_size=spec.max_batch_size,
             max_seq_len=max_seq_len, source=spec.source))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when commit renamed it into place
         raise
     report("checksum", 0.95, f"stored {len(manifest.files)} files, {manifest.size_bytes} bytes")
     return manifest
+
+
+def _convert_quantized(spec: BuildSpec, source: Source, identity: dict, dtype: str, fp: str, store: EngineStore,
+                       report: ProgressCallback, quantize: QuantizeSettings) -> Manifest:
+    report("convert", 0.02, f"opening the {source.kind} checkpoint")
+    ckpt = _open_source(spec, source)
+    return convert_quantized(
+        name=spec.name, source=spec.source, source_identity=identity, ckpt=ckpt,
+        tokenizer=load_tokenizer(ckpt), dtype=dtype, fp=fp, max_batch_size=spec.max_batch_size,
+        max_seq_len=_resolve_max_seq_len(spec.max_seq_len, ckpt.config), config=spec.quantization,
+        store=store, report=report, settings=quantize)
 
 
 def _resolve_max_seq_len(asked: int, cfg: ModelConfig) -> int:

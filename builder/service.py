@@ -24,6 +24,7 @@ import structlog
 from grpc_interceptor.exceptions import DataLoss, InvalidArgument, NotFound, PermissionDenied, Unavailable
 
 from builder.build import BuildSpec, build_engine
+from builder.quantize.settings import QuantizeSettings
 from builder.errors import BuildInputError, SourceNotAllowedError
 from builder.registry import READY, EngineRegistry
 from inferline.engine_store import NAME_PATTERN, EngineCorruptError, EngineNotFoundError, EngineStore, Manifest
@@ -54,16 +55,35 @@ def grpc_errors() -> Iterator[None]:
 
 
 def engine_record(manifest: Manifest, path: Path, checksum: str, status: str) -> pb.EngineRecord:
-    return pb.EngineRecord(
+    quant = manifest.quantization
+    record = pb.EngineRecord(
         name=manifest.name, fingerprint=manifest.fingerprint, path=str(path), checksum=checksum, status=status,
-        dtype=manifest.dtype, quantization=manifest.quantization.get("scheme", "none"),
+        dtype=manifest.dtype, quantization=quant.get("scheme", "none"),
         max_batch_size=manifest.max_batch_size, max_seq_len=manifest.max_seq_len,
         architecture=manifest.architecture, size_bytes=manifest.size_bytes, created_at=manifest.created_at)
+    if quant.get("scheme", "none") != "none":
+        record.quantization_options.CopyFrom(pb.QuantizationOptions(
+            group_size=quant["group_size"], quantize_lm_head=quant["lm_head"], smoothquant_alpha=quant["alpha"],
+            gptq_act_order=quant["act_order"], fp8_granularity=quant["fp8_granularity"]))
+        record.quality.CopyFrom(pb.QualityReport(**quant["quality"]))
+    return record
+
+
+def build_spec(request: pb.BuildEngineRequest) -> BuildSpec:
+    options = request.quantization_options
+    return BuildSpec.parse(
+        source=request.source, name=request.name, dtype=request.dtype, quantization=request.quantization,
+        max_batch_size=request.max_batch_size, max_seq_len=request.max_seq_len, group_size=options.group_size,
+        quantize_lm_head=options.quantize_lm_head,
+        smoothquant_alpha=options.smoothquant_alpha if options.HasField("smoothquant_alpha") else None,
+        gptq_act_order=options.gptq_act_order, fp8_granularity=options.fp8_granularity)
 
 
 class BuilderService(builder_pb2_grpc.BuilderServiceServicer):
-    def __init__(self, store: EngineStore, registry: EngineRegistry, allowed_roots: Sequence[Path]):
+    def __init__(self, store: EngineStore, registry: EngineRegistry, allowed_roots: Sequence[Path],
+                 quantize: QuantizeSettings = QuantizeSettings()):
         self.store = store
+        self.quantize = quantize
         self.registry = registry
         self.allowed_roots = tuple(allowed_roots)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # per valid name; names are few
@@ -75,12 +95,10 @@ class BuilderService(builder_pb2_grpc.BuilderServiceServicer):
         if self._closing:
             raise Unavailable("the builder is shutting down; retry once it is back")
         with grpc_errors():
-            spec = BuildSpec.parse(source=request.source, name=request.name, dtype=request.dtype,
-                                   quantization=request.quantization, max_batch_size=request.max_batch_size,
-                                   max_seq_len=request.max_seq_len)
+            spec = build_spec(request)
         events: asyncio.Queue[pb.BuildEvent | None] = asyncio.Queue()
         with request_context(_request_id(context)):  # the task (and its thread) copy this context
-            log.info("build_requested", name=spec.name, source=spec.source, dtype=spec.dtype,
+            log.info("build_requested", name=spec.name, source=spec.source, dtype=spec.dtype, quantization=spec.scheme,
                      max_batch_size=spec.max_batch_size, max_seq_len=spec.max_seq_len)
             job = asyncio.create_task(self._build(spec, events))
         self._jobs.add(job)
@@ -142,7 +160,8 @@ class BuilderService(builder_pb2_grpc.BuilderServiceServicer):
             if lock.locked():
                 progress("resolve", 0.0, f"waiting for the running build of {spec.name!r}")
             async with lock:
-                manifest = await asyncio.to_thread(build_engine, spec, self.store, self.allowed_roots, progress)
+                manifest = await asyncio.to_thread(build_engine, spec, self.store, self.allowed_roots, progress,
+                                                  self.quantize)
                 events.put_nowait(pb.BuildEvent(stage="register", fraction=0.95, message="registering in Redis"))
                 path, checksum = self.store.path(spec.name), self.store.checksum(spec.name)
                 await self.registry.register(manifest, path, checksum)

@@ -14,6 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from builder.quantize.calibration import CalibrationSettings
+from builder.quantize.settings import EvalSettings, QuantizeSettings
+
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -39,6 +42,13 @@ class BuilderSettings(BaseSettings):
         default_factory=list,
         description="Directories a source path may be under (symlinks resolved), comma-separated or a JSON list. "
                     "Bundled model names are always allowed; empty = bundled models only.")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$",
+                        description="Where quantized builds calibrate and score the model: cpu, cuda or cuda:N.")
+    calibration_samples: int = Field(32, ge=1, description="Calibration sequences (awq, gptq, smoothquant).")
+    calibration_seq_len: int = Field(256, ge=16, description="Tokens per calibration sequence.")
+    eval_window: int = Field(512, ge=16, description="Tokens per perplexity window of the quality report.")
+    eval_windows: int = Field(16, ge=1, description="Most perplexity windows scored (held-out text permitting).")
+    eval_greedy_tokens: int = Field(32, ge=1, description="Greedy tokens per prompt for the agreement score.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the JSON log.")
 
     @field_validator("redis_url")
@@ -74,6 +84,14 @@ class BuilderSettings(BaseSettings):
         if missing:
             raise ValueError(f"not existing directories: {', '.join(missing)}")
         return resolved
+
+    @property
+    def quantize(self) -> QuantizeSettings:
+        return QuantizeSettings(
+            device=self.device,
+            calibration=CalibrationSettings(num_samples=self.calibration_samples, seq_len=self.calibration_seq_len),
+            evaluation=EvalSettings(window=self.eval_window, max_windows=self.eval_windows,
+                                    greedy_tokens=self.eval_greedy_tokens))
 
     @property
     def address(self) -> str:

@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 
 from engine.layers.attention import AttentionMetadata
+from engine.layers.quantization import check_device
 from engine.loader import Checkpoint
 from engine.models import MODEL_CLASSES
 from engine.scheduler import ScheduledSequence
@@ -25,10 +26,16 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def load_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, max_positions: int,
                attention_backend: str) -> torch.nn.Module:
+    if ckpt.quantization is not None:  # before allocating anything: fp8 on a CPU, say, fails here
+        check_device(ckpt.quantization, device)
     # Parameters are created directly on the device in the target dtype: no float32 copy of a 7B model.
     with torch.device(device), _default_dtype(dtype):
-        model = MODEL_CLASSES[ckpt.config.architecture](ckpt.config, max_positions, attention_backend)
+        model = MODEL_CLASSES[ckpt.config.architecture](ckpt.config, max_positions, attention_backend,
+                                                        quantization=ckpt.quantization)
     model.load_weights(ckpt.read_weights())
+    for module in model.modules():  # kernels that want their own weight layout make it once, now
+        if hasattr(module, "prepare"):
+            module.prepare()
     return model.eval()
 
 

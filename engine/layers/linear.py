@@ -1,12 +1,13 @@
-"""Linear layers behind one interface. Quantized schemes add an entry to LINEAR_METHODS; the scheme
-comes from the engine manifest, never from a file name."""
+"""Linear layers behind one interface: unquantized here, quantized formats in
+engine/layers/quantization/. The scheme comes from the engine's config (written by the builder),
+never from a file name."""
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from engine.layers.quantization import QuantizationConfig, quantized_linear
 
 
 class UnquantizedLinear(nn.Module):
@@ -24,8 +25,8 @@ class UnquantizedLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-LINEAR_METHODS: dict[str, Callable[..., nn.Module]] = {"none": UnquantizedLinear}
-
-
-def make_linear(in_features: int, out_features: int, bias: bool = False, quantization: str = "none") -> nn.Module:
-    return LINEAR_METHODS[quantization](in_features, out_features, bias=bias)
+def make_linear(in_features: int, out_features: int, bias: bool = False,
+                quantization: QuantizationConfig | None = None) -> nn.Module:
+    if quantization is None:
+        return UnquantizedLinear(in_features, out_features, bias=bias)
+    return quantized_linear(in_features, out_features, bias, quantization)

@@ -6,6 +6,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from engine.layers.quantization import QuantizationConfig
 from engine.models.config import ModelConfig
 
 
@@ -16,3 +17,5 @@ class Checkpoint:
     format: str  # "hf" or "gguf"
     # Yields (HF tensor name, tensor) pairs; called once per load so nothing is held in memory.
     read_weights: Callable[[], Iterator[tuple[str, torch.Tensor]]]
+    # Set for engines the builder quantized (config.json "quantization_config"); None: plain weights.
+    quantization: QuantizationConfig | None = None

@@ -13,19 +13,22 @@ from torch import nn
 
 from engine.layers.attention import ATTENTION_BACKENDS, AttentionMetadata
 from engine.layers.linear import make_linear
+from engine.layers.quantization import QuantizationConfig
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
 from engine.models.config import ModelConfig
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, attention_backend: str):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, attention_backend: str,
+                 quant: QuantizationConfig | None):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.qkv_proj = make_linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
-        self.o_proj = make_linear(self.q_size, cfg.hidden_size, bias=cfg.o_proj_bias)
+        self.qkv_proj = make_linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias,
+                                    quantization=quant)
+        self.o_proj = make_linear(self.q_size, cfg.hidden_size, bias=cfg.o_proj_bias, quantization=quant)
         self.rotary = rotary
         self.attn = ATTENTION_BACKENDS[attention_backend](cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                                           scale=cfg.head_dim ** -0.5)
@@ -43,11 +46,12 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, quant: QuantizationConfig | None):
         super().__init__()
         self.intermediate_size = cfg.intermediate_size
-        self.gate_up_proj = make_linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down_proj = make_linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.gate_up_proj = make_linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias,
+                                        quantization=quant)
+        self.down_proj = make_linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, quantization=quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
@@ -55,12 +59,13 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, attention_backend: str):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, attention_backend: str,
+                 quant: QuantizationConfig | None = None):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg, rotary, attention_backend)
+        self.attn = Attention(cfg, rotary, attention_backend, quant)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, quant)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -69,14 +74,20 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, max_positions: int, attention_backend: str = "torch_paged"):
+    def __init__(self, cfg: ModelConfig, max_positions: int, attention_backend: str = "torch_paged",
+                 quantization: QuantizationConfig | None = None):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)  # never quantized
         rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, rotary, attention_backend) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, rotary, attention_backend, quantization)
+                                    for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        if cfg.tie_word_embeddings:
+        # A quantized lm_head is its own tensor even when the checkpoint ties it to the embedding.
+        self.lm_head_quantized = quantization is not None and quantization.lm_head
+        if self.lm_head_quantized:
+            self.lm_head = make_linear(cfg.hidden_size, cfg.vocab_size, quantization=quantization)
+        elif cfg.tie_word_embeddings:
             with torch.device("meta"):  # its weight is the embedding's: allocate nothing for it
                 self.lm_head = make_linear(cfg.hidden_size, cfg.vocab_size)
             self.lm_head.weight = self.embed_tokens.weight
@@ -137,7 +148,7 @@ class LlamaForCausalLM(nn.Module):
         name = hf_name.removeprefix("model.")
         if "rotary_emb" in name:
             return None, None
-        if name == "lm_head.weight" and self.cfg.tie_word_embeddings:
+        if name.startswith("lm_head.") and self.cfg.tie_word_embeddings and not self.lm_head_quantized:
             return None, None
         for hf, (ours, shard) in self._FUSED.items():
             if f".{hf}." in name:
@@ -155,10 +166,10 @@ class LlamaForCausalLM(nn.Module):
         return shard * cfg.intermediate_size, cfg.intermediate_size
 
     def _check_complete(self, loaded: set[str], params: dict[str, nn.Parameter]) -> None:
-        fused_shards = {"qkv_proj.weight": 3, "qkv_proj.bias": 3, "gate_up_proj.weight": 2, "gate_up_proj.bias": 2}
+        fused_shards = {".qkv_proj.": 3, ".gate_up_proj.": 2}  # any of their tensors: weight, qweight, scales...
         missing = []
         for name in params:
-            shards = next((n for suffix, n in fused_shards.items() if name.endswith(suffix)), None)
+            shards = next((n for part, n in fused_shards.items() if part in name), None)
             if shards is None:
                 ok = f"{name}#None" in loaded
             else:

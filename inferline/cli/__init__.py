@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from inferline.cli.bench import MEMORY_HELP, bench
+from inferline.cli.build import build
 from inferline.cli.generate import generate
 from inferline.cli.logs import LEVELS, configure_logging
 from inferline.cli.run import run
@@ -22,6 +23,7 @@ app.command("run")(run)
 app.command("bench", epilog=MEMORY_HELP)(bench)
 app.command("up")(up)
 app.command("generate")(generate)
+app.command("build")(build)
 
 
 @app.callback()

@@ -16,7 +16,7 @@ from inferline.cli.bench_report import CaseResult, CaseTiming, Comparison, compa
 from inferline.cli.device import DEVICE_HELP, DTYPE_HELP, resolve_device
 from inferline.cli.engine_bench import EngineSide
 from inferline.cli.errors import user_errors
-from inferline.cli.memory import GIB, PeakMemoryTracker, release_memory
+from inferline.memory import GIB, PeakMemoryTracker, release_memory
 
 log = structlog.get_logger(__name__)
 

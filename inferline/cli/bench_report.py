@@ -7,7 +7,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 
 from inferline.cli.bench_cases import Case
-from inferline.cli.memory import GIB
+from inferline.memory import GIB
 
 
 @dataclass

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from builder.build import BuildSpec, fingerprint
+from builder.quantize.calibration import CalibrationSettings
+from builder.quantize.settings import EvalSettings, QuantizeSettings
 from builder.errors import BuildInputError, SourceNotAllowedError
 from builder.settings import BuilderSettings
 from builder.source import resolve_source
@@ -48,7 +51,10 @@ def spec(**fields) -> BuildSpec:
 
 
 def test_spec_normalises_quantization_and_keeps_the_rest():
-    assert spec(quantization="").quantization == spec(quantization="none").quantization == "none"
+    assert spec(quantization="").quantization is spec(quantization="none").quantization is None
+    assert spec(quantization="").scheme == "none"
+    int4 = spec(quantization="gptq", group_size=64, gptq_act_order=True).quantization
+    assert (int4.scheme, int4.group_size, int4.act_order, int4.alpha) == ("gptq", 64, True, 0.5)
     with pytest.raises(BuildInputError) as info:
         spec(name="x" * 65)
     assert info.value.field == "name"
@@ -56,12 +62,21 @@ def test_spec_normalises_quantization_and_keeps_the_rest():
 
 def test_fingerprint_changes_with_every_input_and_only_with_them():
     identity = {"format": "hf", "files": [{"name": "config.json", "bytes": 2, "sha256": "0" * 64}]}
-    base = fingerprint(identity, "float32", spec())
-    assert fingerprint(dict(identity), "float32", spec()) == base
-    assert fingerprint(identity, "float32", spec(name="other")) == base  # the name is not an input of the build
-    others = {fingerprint({**identity, "files": []}, "float32", spec()), fingerprint(identity, "bfloat16", spec()),
-              fingerprint(identity, "float32", spec(max_batch_size=2)), fingerprint(identity, "float32", spec(max_seq_len=64))}
-    assert base not in others and len(others) == 4
+    q = QuantizeSettings()
+    base = fingerprint(identity, "float32", spec(), q)
+    assert fingerprint(dict(identity), "float32", spec(), q) == base
+    assert fingerprint(identity, "float32", spec(name="other"), q) == base  # the name is not an input of the build
+    assert fingerprint(identity, "float32", spec(), replace(q, calibration=CalibrationSettings(4, 64))) == base
+    awq = spec(quantization="awq")
+    others = {fingerprint({**identity, "files": []}, "float32", spec(), q), fingerprint(identity, "bfloat16", spec(), q),
+              fingerprint(identity, "float32", spec(max_batch_size=2), q),
+              fingerprint(identity, "float32", spec(max_seq_len=64), q),
+              fingerprint(identity, "float32", awq, q), fingerprint(identity, "float32", spec(quantization="gptq"), q),
+              fingerprint(identity, "float32", spec(quantization="awq", group_size=64), q),
+              # calibration and evaluation settings decide a quantized engine's values and report
+              fingerprint(identity, "float32", awq, replace(q, calibration=CalibrationSettings(4, 64))),
+              fingerprint(identity, "float32", awq, replace(q, evaluation=EvalSettings(max_windows=2)))}
+    assert base not in others and len(others) == 9
 
 
 def test_source_identity_is_content_not_location(tmp_path, tiny_llama_dir):

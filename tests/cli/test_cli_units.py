@@ -12,7 +12,7 @@ from engine import InvalidParameterError
 from inferline.cli import app
 from inferline.cli.bench_cases import Case, make_cases, parse_batch_sizes, parse_input_output_len, random_prompts
 from inferline.cli.bench_report import CaseResult, CaseTiming, Comparison, _percentile
-from inferline.cli.memory import PeakMemoryTracker
+from inferline.memory import PeakMemoryTracker
 
 runner = CliRunner()
 

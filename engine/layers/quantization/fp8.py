@@ -1,0 +1,73 @@
+"""FP8 (W8A8, e4m3): weights in float8_e4m3fn with one scale per tensor or per output channel,
+activations quantized to e4m3 per token at run time; torch._scaled_mm multiplies. Hopper and Ada
+(CUDA compute capability >= 8.9) only: check_device says so clearly anywhere else.
+
+Stored: `qweight` float8_e4m3fn [out, in], `scales` float32 [out] (per-tensor granularity stores the
+one scale in every entry, so fused q/k/v or gate/up keep each part's own scale).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.errors import InvalidParameterError
+from engine.layers.quantization.config import QuantizationConfig
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max  # 448
+MIN_CAPABILITY = (8, 9)
+
+
+def check_device(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise InvalidParameterError("quantization", f"fp8 needs a CUDA GPU of compute capability >= 8.9 "
+                                                    f"(Ada, Hopper or newer); this engine was asked to run on {device}")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CAPABILITY:
+        raise InvalidParameterError("quantization", f"fp8 needs CUDA compute capability >= 8.9; "
+                                                    f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
+
+
+def quantize(weight: torch.Tensor, config: QuantizationConfig) -> dict[str, torch.Tensor]:
+    w = weight.float()
+    if config.fp8_granularity == "tensor":
+        scales = (w.abs().amax().clamp(min=1e-12) / FP8_MAX).expand(w.shape[0]).clone()
+    else:
+        scales = w.abs().amax(dim=1).clamp(min=1e-12) / FP8_MAX
+    qweight = (w / scales[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return {"qweight": qweight, "scales": scales}
+
+
+def dequantize(tensors: dict[str, torch.Tensor], config: QuantizationConfig | None) -> torch.Tensor:
+    return tensors["qweight"].float() * tensors["scales"].float()[:, None]
+
+
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [tokens, in] -> (e4m3 [tokens, in], float32 scales [tokens, 1])."""
+    scales = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scales).clamp(-FP8_MAX, FP8_MAX).to(FP8), scales
+
+
+class Fp8Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantizationConfig):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.qweight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8), requires_grad=False)
+        self.scales = nn.Parameter(torch.empty(out_features, dtype=torch.float32), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [tokens, in] -> [tokens, out]; row-wise scaled matmul (per-token x per-channel scales)
+        if not x.is_cuda:  # only the builder's scoring on a CPU gets here: engines refuse fp8 off CUDA
+            return self.reference(x)
+        xq, x_scales = quantize_per_token(x)
+        out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        y = torch._scaled_mm(xq, self.qweight.t(), scale_a=x_scales, scale_b=self.scales.float()[None, :],
+                             out_dtype=out_dtype).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        xq, x_scales = quantize_per_token(x)
+        w = dequantize({"qweight": self.qweight, "scales": self.scales}, None)
+        return F.linear((xq.float() * x_scales).to(x.dtype), w.to(x.dtype), self.bias)

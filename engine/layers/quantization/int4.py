@@ -1,0 +1,135 @@
+"""W4A16: int4 weights in groups of `group_size` input channels, each group with its own scale and
+integer zero point (asymmetric); activations stay in the model dtype. int4_wo, AWQ and GPTQ all store
+this format: they differ in how the int4 values are chosen, not in how they are multiplied.
+
+Stored: `qweight` uint8 [out, ceil(in/2)] (two values per byte, even column in the low nibble),
+`scales` [out, groups] and `zeros` uint8 [out, groups], groups = ceil(in / group_size) (the last group
+may be short: SmolLM2's 576 = 4.5 x 128). w[o, i] = (q[o, i] - zeros[o, g]) * scales[o, g], g = i // group_size.
+
+CUDA multiplies with the Triton W4A16 kernel. CPU uses torch's tinygemm int4 kernel (weights
+repacked once after loading) for bfloat16 activations; for float32 that kernel is ~100x slower than
+dequantize-then-matmul, so float32 dequantizes (see int8_wo.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.layers.quantization.config import QuantizationConfig
+
+CPU_INNER_K_TILES = 2
+
+
+def pack(q: torch.Tensor) -> torch.Tensor:
+    """[out, in] values 0..15 -> uint8 [out, ceil(in/2)], even column in the low nibble."""
+    if q.shape[1] % 2:
+        q = F.pad(q, (0, 1))
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """uint8 [out, ceil(in/2)] -> uint8 [out, in] values 0..15."""
+    q = torch.stack([packed & 0x0F, packed >> 4], dim=-1).view(packed.shape[0], -1)
+    return q[:, :in_features]
+
+
+def group_index(in_features: int, group_size: int, device: torch.device | None = None) -> torch.Tensor:
+    return torch.arange(in_features, device=device) // group_size
+
+
+def quantize_with(weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                  group_size: int) -> torch.Tensor:
+    """Integer values 0..15 [out, in] of `weight` for given per-group scales and zero points (GPTQ
+    calls this column by column with its own error-compensated weights)."""
+    g = group_index(weight.shape[1], group_size, weight.device)
+    return (torch.round(weight.float() / scales[:, g].float()) + zeros[:, g].float()).clamp(0, 15)
+
+
+def group_params(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric min/max scale and zero point per group: ([out, groups] float, [out, groups] float 0..15)."""
+    out, n = weight.shape
+    groups = -(-n // group_size)
+    w = F.pad(weight.float(), (0, groups * group_size - n)).view(out, groups, group_size)
+    # Padding (a short last group) must not widen the group's range.
+    real = (torch.arange(groups * group_size, device=weight.device) < n).view(groups, group_size)
+    w_min = torch.where(real, w, torch.inf).amin(-1)
+    w_max = torch.where(real, w, -torch.inf).amax(-1)
+    w_min, w_max = w_min.clamp(max=0), w_max.clamp(min=0)  # zero stays exactly representable
+    scales = (w_max - w_min).clamp(min=1e-8) / 15.0
+    zeros = torch.round(-w_min / scales).clamp(0, 15)
+    return scales, zeros
+
+
+def quantize(weight: torch.Tensor, config: QuantizationConfig) -> dict[str, torch.Tensor]:
+    # weight: [out, in] float -> round to nearest within each group
+    scales, zeros = group_params(weight, config.group_size)
+    q = quantize_with(weight, scales, zeros, config.group_size)
+    return to_tensors(q, scales, zeros)
+
+
+def to_tensors(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"qweight": pack(q), "scales": scales.float(), "zeros": zeros.to(torch.uint8)}
+
+
+def dequantize(tensors: dict[str, torch.Tensor], config: QuantizationConfig, in_features: int | None = None
+               ) -> torch.Tensor:
+    packed, scales, zeros = tensors["qweight"], tensors["scales"], tensors["zeros"]
+    n = in_features or packed.shape[1] * 2
+    g = group_index(n, config.group_size, packed.device)
+    return (unpack(packed, n).float() - zeros[:, g].float()) * scales[:, g].float()
+
+
+class Int4WeightOnlyLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantizationConfig):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.config = config
+        self.group_size = config.group_size
+        groups = -(-in_features // config.group_size)
+        self.qweight = nn.Parameter(torch.empty(out_features, -(-in_features // 2), dtype=torch.uint8),
+                                    requires_grad=False)
+        self.scales = nn.Parameter(torch.empty(out_features, groups), requires_grad=False)
+        self.zeros = nn.Parameter(torch.empty(out_features, groups, dtype=torch.uint8), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self._cpu_packed: torch.Tensor | None = None  # tinygemm layout, made by prepare()
+        self._cpu_scales_zeros: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """After loading: repack for the CPU bf16 kernel (tinygemm: k padded to whole groups, its own
+        layout, w = (q - 8) * scale + offset with offset = (8 - zero) * scale)."""
+        if self.qweight.is_cuda or self.scales.dtype != torch.bfloat16:
+            return
+        groups = self.scales.shape[1]
+        k_padded = groups * self.group_size
+        q = unpack(self.qweight, self.in_features).to(torch.int32)
+        # Padded columns get q = zero point, i.e. weight 0, so padding x with zeros changes nothing.
+        pad_q = self.zeros[:, -1:].to(torch.int32).expand(-1, k_padded - self.in_features)
+        q = torch.cat([q, pad_q], dim=1)
+        self._cpu_packed = torch._convert_weight_to_int4pack_for_cpu(q, CPU_INNER_K_TILES)
+        scales = self.scales.float()
+        offsets = (8.0 - self.zeros.float()) * scales
+        self._cpu_scales_zeros = torch.stack([scales, offsets], dim=-1).transpose(0, 1).contiguous().to(self.scales.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [tokens, in] -> [tokens, out]
+        if x.is_cuda:
+            from engine.layers.quantization.triton.w4a16 import w4a16_matmul
+
+            y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.group_size)
+        elif x.dtype != torch.bfloat16 or self._cpu_packed is None:
+            return self.reference(x)
+        else:
+            k_padded = self.scales.shape[1] * self.group_size
+            if k_padded != self.in_features:
+                x = F.pad(x, (0, k_padded - self.in_features))
+            y = torch._weight_int4pack_mm_for_cpu(x, self._cpu_packed, self.group_size,
+                                                  self._cpu_scales_zeros.to(x.dtype))
+        return y if self.bias is None else y + self.bias
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        w = dequantize({"qweight": self.qweight, "scales": self.scales, "zeros": self.zeros}, self.config,
+                       self.in_features)
+        return F.linear(x, w.to(x.dtype), self.bias)

@@ -1,0 +1,45 @@
+"""Triton GEMM kernels for the weight-only formats (W8A16, W4A16): the CUDA path of their layers.
+Kernel modules import triton; this one holds only the checks and launch choices they share."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_M_BUCKET = 256  # prefill sizes above this share one tuning
+
+
+def interpreting() -> bool:
+    """Read at call time: tests set TRITON_INTERPRET after other code may have imported this."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def m_bucket(m: int) -> int:
+    """Autotune key for the row count: decode batch sizes change every step, so tune per power of two
+    rather than per exact M."""
+    return min(1 << max(m - 1, 0).bit_length(), MAX_M_BUCKET)
+
+
+def check_activations(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dtype not in ACTIVATION_DTYPES:
+        raise ValueError(f"x: dtype must be float16, bfloat16 or float32, got {getattr(x, 'dtype', type(x))}")
+    if x.dim() != 2:
+        raise ValueError(f"x: must be 2-D [M, K], got shape {tuple(x.shape)}")
+    if not x.is_cuda and not interpreting():
+        raise ValueError(f"x: must be on a CUDA device (or TRITON_INTERPRET=1), got {x.device}")
+
+
+def check_tensor(name: str, t: torch.Tensor, x: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None,
+                 dim: int) -> None:
+    """`t` must be a `dim`-D tensor on x's device with one of `dtypes` (None: any floating dtype)."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is None and not t.is_floating_point():
+        raise ValueError(f"{name}: dtype must be floating point, got {t.dtype}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise ValueError(f"{name}: dtype must be {' or '.join(str(d) for d in dtypes)}, got {t.dtype}")
+    if t.dim() != dim:
+        raise ValueError(f"{name}: must be {dim}-D, got shape {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: is on {t.device}, but x is on {x.device}")

@@ -1,0 +1,128 @@
+"""W4A16 GEMM: y = x @ w.T with w[n, k] = (q[n, k] - zeros[n, g]) * scales[n, g], g = k // group_size,
+q packed two per byte (even column in the low nibble), as engine.layers.quantization.int4 stores it.
+
+Rather than interleave the nibbles back into column order (a register shuffle per tile), the kernel
+splits x instead: its even columns meet the low nibbles and its odd columns the high ones, two
+tl.dot calls on the bytes as loaded. A K tile never spans two groups (BLOCK_K divides group_size), so
+the zero point is subtracted from the integer tile (exact in fp16/bf16) and the scale is applied to
+the tile's [BLOCK_M, BLOCK_N] partial product instead of to every weight."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.layers.quantization.triton import check_activations, check_tensor, interpreting, m_bucket
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_K must divide group_size, so the 32-wide
+# configs keep every group size (a multiple of 32) covered.
+CONFIGS = [
+    # Decode (M <= 16): narrow N tiles give an H100's 132 SMs enough programs without split-K.
+    (16, 32, 128, 4, 4),
+    (16, 64, 64, 4, 4),
+    (16, 64, 128, 4, 4),
+    (16, 128, 64, 4, 4),
+    (16, 128, 128, 4, 3),
+    (16, 64, 32, 4, 4),
+    (16, 128, 32, 4, 4),
+    (32, 64, 128, 4, 4),
+    (32, 128, 64, 4, 4),
+    (64, 128, 32, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 128, 128, 8, 3),
+    (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
+]
+INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}  # small tiles exercise the edge masks
+
+
+@triton.jit
+def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
+                  stride_xm, stride_qn, stride_sn, stride_sg, stride_zn, stride_zg, stride_ym,
+                  K: tl.constexpr, GROUP_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # K and GROUP_SIZE are compile-time constants: a model has only a few, and Triton 3.6's interpreter
+    # cannot loop to a run-time bound under numpy >= 2.4. M_BUCKET is only the autotune key. Axis 0 walks M fastest, so the programs that read one weight
+    # tile run together and all but the first find it in L2.
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = tl.arange(0, BLOCK_K // 2)  # byte j of a tile holds its columns 2j (low) and 2j+1 (high)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + 2 * offs_j[None, :]  # [BLOCK_M, BLOCK_K/2] even columns
+    q_ptrs = q_ptr + offs_n[None, :] * stride_qn + offs_j[:, None]  # [BLOCK_K/2, BLOCK_N] bytes, transposed
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        col = k0 + 2 * offs_j
+        x_even = tl.load(x_ptrs, mask=m_ok[:, None] & (col < K)[None, :], other=0.0)
+        # An odd K leaves the last high nibble as padding: x_odd's zero there cancels it.
+        x_odd = tl.load(x_ptrs + 1, mask=m_ok[:, None] & (col + 1 < K)[None, :], other=0.0)
+        packed = tl.load(q_ptrs, mask=(col < K)[:, None] & n_ok[None, :], other=0)
+        g = k0 // GROUP_SIZE
+        z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_ok, other=0).to(x_even.dtype)
+        s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_ok, other=0.0).to(tl.float32)
+        lo = (packed & 0xF).to(x_even.dtype) - z[None, :]
+        hi = (packed >> 4).to(x_even.dtype) - z[None, :]
+        part = tl.dot(x_even, lo, input_precision=DOT_PRECISION)
+        part = tl.dot(x_odd, hi, part, input_precision=DOT_PRECISION)
+        acc += part * s[None, :]
+        x_ptrs += BLOCK_K
+        q_ptrs += BLOCK_K // 2
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    # A K tile must stay inside one group; row tiles taller than the bucket only waste work.
+    return [c for c in configs if named_args["GROUP_SIZE"] % c.kwargs["BLOCK_K"] == 0
+            and c.kwargs["BLOCK_M"] <= max(16, named_args["M_BUCKET"])]
+
+
+@functools.cache
+def _autotuned() -> triton.runtime.Autotuner:
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+               for bm, bn, bk, w, s in CONFIGS]
+    return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "GROUP_SIZE"],
+                           prune_configs_by={"early_config_prune": _prune})(_w4a16_kernel)
+
+
+def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 group_size: int) -> torch.Tensor:
+    """x: [M, K] float16/bfloat16/float32, qweight: uint8 [N, ceil(K/2)], scales: [N, G] float,
+    zeros: uint8 [N, G] (0..15), G = ceil(K / group_size) -> x @ w.T: [M, N] in x.dtype."""
+    check_activations(x)
+    check_tensor("qweight", qweight, x, (torch.uint8,), 2)
+    check_tensor("scales", scales, x, None, 2)
+    check_tensor("zeros", zeros, x, (torch.uint8,), 2)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 32:
+        raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size!r}")
+    m, k = x.shape
+    n = qweight.shape[0]
+    if qweight.shape[1] != (k + 1) // 2:
+        raise ValueError(f"qweight: has {qweight.shape[1]} bytes per row, but x's K={k} needs {(k + 1) // 2}")
+    groups = -(-k // group_size)
+    if tuple(scales.shape) != (n, groups):
+        raise ValueError(f"scales: expected shape ({n}, {groups}) for N={n}, K={k}, group_size={group_size}, "
+                         f"got {tuple(scales.shape)}")
+    if tuple(zeros.shape) != (n, groups):
+        raise ValueError(f"zeros: expected shape ({n}, {groups}) for N={n}, K={k}, group_size={group_size}, "
+                         f"got {tuple(zeros.shape)}")
+    if not qweight.is_contiguous():
+        raise ValueError("qweight: must be contiguous")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    # fp32 without TF32, as torch's default: the result then matches a float32 reference closely.
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    args = (x, qweight, scales, zeros, y, m, n, m_bucket(m), x.stride(0), qweight.stride(0), scales.stride(0),
+            scales.stride(1), zeros.stride(0), zeros.stride(1), y.stride(0), k, group_size, precision)
+    if interpreting():
+        b = INTERPRET_BLOCKS
+        _w4a16_kernel[(triton.cdiv(m, b["BLOCK_M"]), triton.cdiv(n, b["BLOCK_N"]))](*args, **b)
+    else:
+        _autotuned()[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))](*args)
+    return y

@@ -1,0 +1,107 @@
+"""W8A16 GEMM: y = x @ (q * s[:, None]).T, int8 weights q [N, K] in nn.Linear layout, one scale per
+output channel. Each int8 tile is converted to x's dtype for tl.dot (exact: |q| <= 127 fits fp16 and
+bf16); the scale is applied once per output column after the K loop rather than to every tile."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.layers.quantization.triton import check_activations, check_tensor, interpreting, m_bucket
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+CONFIGS = [
+    # Decode (M <= 16) only streams weights: without split-K, narrow N tiles are what gives the 132 SMs
+    # of an H100 enough programs (N=4096 / 32 = 128), and deep K tiles keep enough loads in flight.
+    (16, 32, 256, 4, 4),
+    (16, 32, 512, 4, 3),
+    (16, 64, 128, 4, 4),
+    (16, 64, 256, 4, 4),
+    (16, 128, 128, 4, 4),
+    (16, 128, 256, 8, 3),
+    (32, 64, 128, 4, 4),
+    (32, 128, 128, 4, 4),
+    (64, 64, 128, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 128, 128, 8, 3),
+    (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
+]
+# The interpreter runs every program in numpy: small tiles exercise the edge masks, and autotuning
+# there would only multiply the run time.
+INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
+
+
+@triton.jit
+def _w8a16_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, M_BUCKET,
+                  stride_xm, stride_qn, stride_s, stride_ym,
+                  K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # K is a compile-time constant: a model has only a few, and Triton 3.6's interpreter cannot loop to
+    # a run-time bound under numpy >= 2.4. M_BUCKET is only the autotune key. Axis 0 walks M fastest, so the programs that read one weight
+    # tile run together and all but the first find it in L2.
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
+    q_ptrs = q_ptr + offs_n[None, :] * stride_qn + offs_k[:, None]  # [BLOCK_K, BLOCK_N]: q transposed
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = k0 + offs_k < K
+        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        q = tl.load(q_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0)
+        acc = tl.dot(x, q.to(x.dtype), acc, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_K
+        q_ptrs += BLOCK_K
+    s = tl.load(s_ptr + offs_n * stride_s, mask=n_ok, other=0.0).to(tl.float32)
+    y = acc * s[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    # Row tiles taller than the bucket only waste work (the 16-row tile is tl.dot's minimum).
+    return [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, named_args["M_BUCKET"])]
+
+
+@functools.cache
+def _autotuned() -> triton.runtime.Autotuner:
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+               for bm, bn, bk, w, s in CONFIGS]
+    return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K"],
+                           prune_configs_by={"early_config_prune": _prune})(_w8a16_kernel)
+
+
+def w8a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x: [M, K] float16/bfloat16/float32, qweight: int8 [N, K], scales: [N] float
+    -> x @ (qweight * scales[:, None]).T: [M, N] in x.dtype."""
+    check_activations(x)
+    check_tensor("qweight", qweight, x, (torch.int8,), 2)
+    check_tensor("scales", scales, x, None, 1)
+    n, k = qweight.shape
+    if k != x.shape[1]:
+        raise ValueError(f"qweight: has K={k} input columns, but x has K={x.shape[1]}")
+    if scales.shape[0] != n:
+        raise ValueError(f"scales: has {scales.shape[0]} entries, but qweight has N={n} rows")
+    if not qweight.is_contiguous():
+        raise ValueError("qweight: must be contiguous")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    m = x.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    # fp32 without TF32, as torch's default: the result then matches a float32 reference closely.
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    args = (x, qweight, scales, y, m, n, m_bucket(m), x.stride(0), qweight.stride(0), scales.stride(0),
+            y.stride(0), k, precision)
+    if interpreting():
+        b = INTERPRET_BLOCKS
+        _w8a16_kernel[(triton.cdiv(m, b["BLOCK_M"]), triton.cdiv(n, b["BLOCK_N"]))](*args, **b)
+    else:
+        _autotuned()[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))](*args)
+    return y

@@ -1,0 +1,56 @@
+"""W8A8 (SmoothQuant): int8 weights with one scale per output channel, activations quantized to int8
+per token at run time (dynamic), an int8 x int8 -> int32 matmul, rescaled to the model dtype.
+
+The smoothing itself (moving activation outliers into the weights with per-channel factors) happens
+when the engine is built: the factors are folded into the preceding RMSNorm weights or linear rows,
+so at run time this layer sees already-smoothed activations. Stored: `qweight` int8 [out, in],
+`scales` [out] (the weight scales).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.layers.quantization import int8_wo
+from engine.layers.quantization.config import QuantizationConfig
+
+quantize = int8_wo.quantize
+dequantize = int8_wo.dequantize
+CUDA_MIN_ROWS = 17  # torch._int_mm on CUDA needs more than 16 rows
+
+
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [tokens, in] -> (int8 [tokens, in], float32 scales [tokens, 1])."""
+    scales = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-8) / 127.0
+    return torch.round(x.float() / scales).clamp(-127, 127).to(torch.int8), scales
+
+
+def int8_matmul(xq: torch.Tensor, wq_t: torch.Tensor) -> torch.Tensor:
+    """int8 [m, k] @ int8 [k, n] -> int32 [m, n]."""
+    m = xq.shape[0]
+    if xq.is_cuda and m < CUDA_MIN_ROWS:
+        return torch._int_mm(F.pad(xq, (0, 0, 0, CUDA_MIN_ROWS - m)), wq_t)[:m]
+    return torch._int_mm(xq, wq_t)
+
+
+class W8A8Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantizationConfig):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.qweight = nn.Parameter(torch.empty(out_features, in_features, dtype=torch.int8), requires_grad=False)
+        self.scales = nn.Parameter(torch.empty(out_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [tokens, in] -> [tokens, out]
+        xq, x_scales = quantize_per_token(x)
+        acc = int8_matmul(xq, self.qweight.t())  # int32 [tokens, out]
+        y = (acc.float() * x_scales * self.scales.float()[None, :]).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same arithmetic in float: quantize x per token, dequantize both, matmul."""
+        xq, x_scales = quantize_per_token(x)
+        w = dequantize({"qweight": self.qweight, "scales": self.scales}, None)  # type: ignore[arg-type]
+        return F.linear((xq.float() * x_scales).to(x.dtype), w.to(x.dtype), self.bias)
