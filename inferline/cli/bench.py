@@ -39,7 +39,9 @@ class Side(Protocol):
 
 
 def bench(
-    model: Annotated[str, typer.Option(help="Bundled model name (smollm2-135m), HF checkpoint folder or .gguf file.")],
+    model: Annotated[str, typer.Option(help="Bundled model name (smollm2-135m), HF checkpoint folder, .gguf file or "
+                                            "engine folder; several comma-separated are run one after another "
+                                            "(e.g. one model quantized several ways).")],
     batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes, e.g. 1,8.")] = "8",
     input_output_len: Annotated[str, typer.Option(
         help="Semicolon-separated IN,OUT token counts, e.g. '32,50;128,50'. Every sequence gets exactly IN random "
@@ -47,6 +49,9 @@ def bench(
     compare_hf: Annotated[bool, typer.Option(
         help="Also run HF transformers (AutoModelForCausalLM, eager attention, same dtype and device) on the same "
              "prompts after our engine is freed, and print a comparison table.")] = False,
+    hf_model: Annotated[Optional[str], typer.Option(
+        help="With --compare-hf: the checkpoint HF transformers runs (default: the first --model). For quantized "
+             "engines, their unquantized source.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
     warmup: Annotated[int, typer.Option(help="Untimed runs per case before the timed ones.")] = 1,
@@ -62,31 +67,37 @@ def bench(
         if runs < 1:
             raise InvalidParameterError("--runs", f"must be >= 1, got {runs}")
         dev = resolve_device(device)
+        models = [m.strip() for m in model.split(",") if m.strip()]
+        if not models:
+            raise InvalidParameterError("--model", "names no model")
         prompts: dict[Case, list[list[int]]] = {}
 
-        def load_ours() -> EngineSide:
-            side = EngineSide(model, dev, dtype, max(c.batch_size for c in cases),
+        def load_ours(name: str) -> EngineSide:
+            side = EngineSide(name, dev, dtype, max(c.batch_size for c in cases),
                               max(c.input_len + c.output_len for c in cases))
-            # Both sides get these same prompts; the checkpoint's vocabulary comes with our engine.
+            # Every side gets these same prompts; the checkpoint's vocabulary comes with our (first) engine.
             for case in cases:
-                prompts[case] = random_prompts(case, side.engine.model_config.vocab_size, side.engine.tokenizer, seed)
+                prompts.setdefault(case, random_prompts(case, side.engine.model_config.vocab_size,
+                                                        side.engine.tokenizer, seed))
             return side
 
         _import_loading_code()
-        ours = _run_side(load_ours, model, dev, cases, prompts, warmup, runs)
+        ours = {name: _run_side(lambda: load_ours(name), name, dev, cases, prompts, warmup, runs) for name in models}
         hf: list[CaseResult] = []
         if compare_hf:
-            hf_dtype = getattr(torch, ours[0].precision)  # whatever our engine resolved dtype=None to
+            hf_dtype = getattr(torch, ours[models[0]][0].precision)  # whatever our engine resolved dtype=None to
             from inferline.cli.hf_reference import HFSide, resolve_hf_model  # transformers' model code, only if asked
 
-            spec = resolve_hf_model(model)
-            hf = _run_side(lambda: HFSide(spec, dev, hf_dtype), model, dev, cases, prompts, warmup, runs)
-    comparisons = [Comparison(o, h) for o, h in zip(ours, hf)]
+            reference = hf_model or models[0]
+            spec = resolve_hf_model(reference)
+            hf = _run_side(lambda: HFSide(spec, dev, hf_dtype), reference, dev, cases, prompts, warmup, runs)
+    comparisons = [Comparison(o, h) for results in ours.values() for o, h in zip(results, hf)]
     if comparisons:
         typer.echo("\n" + comparison_table(comparisons))
         typer.echo("lat. red. = 1 - ours/hf latency; speedup = hf/ours latency; mem red. = 1 - ours/hf peak memory")
     if json_file is not None:
-        _write_json(json_file, model, dev, warmup, runs, seed, ours + hf, comparisons)
+        _write_json(json_file, model, dev, warmup, runs, seed, [r for rs in ours.values() for r in rs] + hf,
+                    comparisons)
 
 
 def _run_side(load: Callable[[], Side], model: str, device: str, cases: list[Case],

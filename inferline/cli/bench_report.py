@@ -126,7 +126,8 @@ class Comparison:
         return sum(a == b for a, b in pairs) / len(pairs) if pairs else math.nan
 
     def to_json(self) -> dict[str, object]:
-        return {**asdict(self.ours.case), "latency_ms": self.ours.latency_ms, "hf_latency_ms": self.hf.latency_ms,
+        return {"model": self.ours.model, **asdict(self.ours.case), "latency_ms": self.ours.latency_ms,
+                "hf_latency_ms": self.hf.latency_ms,
                 "latency_reduction": self.latency_reduction, "speedup": self.speedup,
                 "tokens_per_sec": self.ours.tokens_per_sec, "hf_tokens_per_sec": self.hf.tokens_per_sec,
                 "peak_mem_gb": self.ours.peak_mem_bytes / GIB, "hf_peak_mem_gb": self.hf.peak_mem_bytes / GIB,
@@ -135,9 +136,9 @@ class Comparison:
 
 
 def comparison_table(rows: list[Comparison]) -> str:
-    header = ("batch", "in", "out", "latency ms (ours/hf)", "lat. red.", "speedup", "tok/s (ours/hf)",
+    header = ("model", "batch", "in", "out", "latency ms (ours/hf)", "lat. red.", "speedup", "tok/s (ours/hf)",
               "peak GiB (ours/hf)", "mem red.", "same tokens")
-    body = [(str(r.ours.case.batch_size), str(r.ours.case.input_len), str(r.ours.case.output_len),
+    body = [(r.ours.model, str(r.ours.case.batch_size), str(r.ours.case.input_len), str(r.ours.case.output_len),
              f"{r.ours.latency_ms:.1f} / {r.hf.latency_ms:.1f}", f"{100 * r.latency_reduction:+.1f}%",
              f"{r.speedup:.2f}x", f"{r.ours.tokens_per_sec:.1f} / {r.hf.tokens_per_sec:.1f}",
              f"{r.ours.peak_mem_bytes / GIB:.2f} / {r.hf.peak_mem_bytes / GIB:.2f}",

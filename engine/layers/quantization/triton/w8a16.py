@@ -40,8 +40,8 @@ def _w8a16_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, M_BUCKET,
                   K: tl.constexpr, DOT_PRECISION: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # K is a compile-time constant: a model has only a few, and Triton 3.6's interpreter cannot loop to
-    # a run-time bound under numpy >= 2.4. M_BUCKET is only the autotune key. Axis 0 walks M fastest, so the programs that read one weight
-    # tile run together and all but the first find it in L2.
+    # a run-time bound under numpy >= 2.4. M_BUCKET is only the autotune key. Axis 0 walks M fastest,
+    # so the programs that read one weight tile run together and all but the first find it in L2.
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
