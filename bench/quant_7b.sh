@@ -23,7 +23,8 @@ case "${1:?stage: tests, build or bench}" in
       start=$SECONDS
       python3 -m inferline.cli --log-level warning build --source "$CKPT" --name "b7-$scheme" \
         --quantization "$scheme" --dtype bfloat16 --device cuda --store-dir "$STORE" --calibration-samples 8 \
-        --eval-windows 2 --json > "$OUT/build_$scheme.json" 2> "$OUT/build_$scheme.err"
+        --eval-windows 2 --json > "$OUT/build_$scheme.json" 2> "$OUT/build_$scheme.err" \
+        || echo "$scheme: build FAILED, see build_$scheme.err"
       echo "$scheme: built in $((SECONDS - start)) s" | tee -a "$OUT/build_times.txt"
     done
     du -sb "$CKPT" "$STORE"/* | tee "$OUT/sizes.txt"

@@ -22,6 +22,8 @@ SHAPES = {
     # hidden, intermediate, layers, heads, kv heads, vocab, context (from the model's config.json)
     "baichuan2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=32, vocab_size=125696, max_position_embeddings=4096),
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,  # script tests
+                 num_key_value_heads=4, vocab_size=49152, max_position_embeddings=1024),
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
 }
