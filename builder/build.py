@@ -68,7 +68,7 @@ class BuildSpec:
     @classmethod
     def parse(cls, *, source: str, name: str, dtype: str = "", quantization: str = "", max_batch_size: int,
               max_seq_len: int = 0, group_size: int = 0, quantize_lm_head: bool = False,
-              smoothquant_alpha: float | None = None, gptq_act_order: bool = False,
+              smoothquant_alpha: float | None = None, gptq_act_order: bool | None = None,
               fp8_granularity: str = "") -> BuildSpec:
         if not NAME_PATTERN.match(name or ""):
             raise BuildInputError("name", f"{name!r} must match {NAME_PATTERN.pattern}")
@@ -87,7 +87,7 @@ class BuildSpec:
             try:
                 config = QuantizationConfig(
                     scheme=quantization, group_size=group_size or 128, lm_head=quantize_lm_head,
-                    alpha=0.5 if smoothquant_alpha is None else smoothquant_alpha, act_order=gptq_act_order,
+                    alpha=0.5 if smoothquant_alpha is None else smoothquant_alpha, act_order=True if gptq_act_order is None else gptq_act_order,
                     fp8_granularity=fp8_granularity or "channel")
             except InvalidParameterError as e:
                 raise BuildInputError(f"quantization_options.{e.field}", e.problem) from e
@@ -188,9 +188,13 @@ def _convert_quantized(spec: BuildSpec, source: Source, identity: dict, dtype: s
                        report: ProgressCallback, quantize: QuantizeSettings) -> Manifest:
     report("convert", 0.02, f"opening the {source.kind} checkpoint")
     ckpt = _open_source(spec, source)
+    tokenizer = load_tokenizer(ckpt)
+    if tokenizer is None:
+        raise BuildInputError("source", f"{spec.source}: has no tokenizer files; a quantized build calibrates and "
+                                        "scores on text, so it needs the checkpoint's tokenizer")
     return convert_quantized(
-        name=spec.name, source=spec.source, source_identity=identity, ckpt=ckpt,
-        tokenizer=load_tokenizer(ckpt), dtype=dtype, fp=fp, max_batch_size=spec.max_batch_size,
+        name=spec.name, source=spec.source, source_identity=identity, ckpt=ckpt, tokenizer=tokenizer, dtype=dtype,
+        fp=fp, max_batch_size=spec.max_batch_size,
         max_seq_len=_resolve_max_seq_len(spec.max_seq_len, ckpt.config), config=spec.quantization,
         store=store, report=report, settings=quantize)
 

@@ -87,7 +87,7 @@ def convert_quantized(*, name: str, source: str, source_identity: dict, ckpt: Ch
             shutil.rmtree(staging, ignore_errors=True)
             raise
         finally:
-            del model
+            model = None  # dropped before the allocator's cache is given back
             release_memory(device)
     return manifest
 

@@ -76,7 +76,8 @@ def build_spec(request: pb.BuildEngineRequest) -> BuildSpec:
         max_batch_size=request.max_batch_size, max_seq_len=request.max_seq_len, group_size=options.group_size,
         quantize_lm_head=options.quantize_lm_head,
         smoothquant_alpha=options.smoothquant_alpha if options.HasField("smoothquant_alpha") else None,
-        gptq_act_order=options.gptq_act_order, fp8_granularity=options.fp8_granularity)
+        gptq_act_order=options.gptq_act_order if options.HasField("gptq_act_order") else None,
+        fp8_granularity=options.fp8_granularity)
 
 
 class BuilderService(builder_pb2_grpc.BuilderServiceServicer):

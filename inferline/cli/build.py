@@ -2,9 +2,10 @@
 printing progress on stderr and the final engine record (quality report included) on stdout."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Iterator, Optional
 
 import grpc
 import typer
@@ -26,7 +27,7 @@ def build(
     group_size: Annotated[int, typer.Option(help="int4 schemes: input channels per scale; 0 = 128.")] = 0,
     quantize_lm_head: Annotated[bool, typer.Option(help="Quantize the lm_head too.")] = False,
     smoothquant_alpha: Annotated[Optional[float], typer.Option(help="smoothquant migration strength (0.5).")] = None,
-    gptq_act_order: Annotated[bool, typer.Option(help="gptq: quantize columns by decreasing Hessian diagonal.")] = False,
+    gptq_act_order: Annotated[bool, typer.Option(help="gptq: quantize columns by decreasing Hessian diagonal.")] = True,
     fp8_granularity: Annotated[str, typer.Option(help="fp8 weight scales: channel or tensor.")] = "",
     max_batch_size: Annotated[int, typer.Option(help="Most sequences the engine runs at once.")] = 16,
     max_seq_len: Annotated[int, typer.Option(help="Longest prompt + output; 0 = the model's context.")] = 0,
@@ -44,38 +45,45 @@ def build(
         max_seq_len=max_seq_len, quantization_options=builder_pb2.QuantizationOptions(
             group_size=group_size, quantize_lm_head=quantize_lm_head, gptq_act_order=gptq_act_order,
             fp8_granularity=fp8_granularity, smoothquant_alpha=smoothquant_alpha))
+    if builder:
+        with _progress(name) as progress:
+            record = _remote(builder, request, progress)
+    else:
+        record = _local(request, store_dir, device, calibration_samples, calibration_seq_len, eval_windows)
+    fields = MessageToDict(record, preserving_proto_field_name=True)
+    typer.echo(json.dumps(fields) if as_json else _summary(record))
+
+
+@contextlib.contextmanager
+def _progress(name: str) -> Iterator[Callable[[str, float, str], None]]:
     with tqdm(total=100, desc=f"engine {name}", unit="%", leave=False) as bar:
         def progress(stage: str, fraction: float, message: str) -> None:
             bar.set_postfix_str(f"{stage}: {message}"[:80])
             bar.update(round(100 * fraction) - bar.n)
 
-        if builder:
-            record = _remote(builder, request, progress)
-        else:
-            from builder.settings import BuilderSettings  # the builder's own validation and defaults
-
-            try:
-                settings = BuilderSettings(device=device, calibration_samples=calibration_samples,
-                                           calibration_seq_len=calibration_seq_len, eval_windows=eval_windows)
-            except ValidationError as e:
-                first = e.errors()[0]
-                raise fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-            record = _local(request, store_dir, settings.quantize, progress)
-    fields = MessageToDict(record, preserving_proto_field_name=True)
-    typer.echo(json.dumps(fields) if as_json else _summary(record))
+        yield progress
 
 
-def _local(request: builder_pb2.BuildEngineRequest, store_dir: Path, quantize, progress) -> builder_pb2.EngineRecord:
+def _local(request: builder_pb2.BuildEngineRequest, store_dir: Path, device: str, calibration_samples: int,
+           calibration_seq_len: int, eval_windows: int) -> builder_pb2.EngineRecord:
     # Imported here: the builder's code (and torch) only for local builds.
     from builder.build import build_engine
     from builder.service import build_spec, engine_record
+    from builder.settings import BuilderSettings  # the builder's own validation and defaults
     from inferline.engine_store import EngineStore
 
+    try:
+        settings = BuilderSettings(device=device, calibration_samples=calibration_samples,
+                                   calibration_seq_len=calibration_seq_len, eval_windows=eval_windows)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     with user_errors({"source": "--source", "name": "--name", "quantization": "--quantization"}):
-        spec = build_spec(request)
+        spec = build_spec(request)  # every field checked before the progress bar starts
         store = EngineStore(store_dir)
-        # A local build reads what its user can read: every path is allowed.
-        manifest = build_engine(spec, store, (Path("/"),), progress, quantize)
+        with _progress(spec.name) as progress:
+            # A local build reads what its user can read: every path is allowed.
+            manifest = build_engine(spec, store, (Path("/"),), progress, settings.quantize)
     return engine_record(manifest, store.path(spec.name), store.checksum(spec.name), "stored")
 
 

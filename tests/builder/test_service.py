@@ -158,6 +158,7 @@ def test_get_list_delete(stub, tiny_llama_dir, registry, bundled_builds):
     (dict(name=""), "name", "must match"),
     (dict(dtype="float64"), "dtype", "float32, bfloat16, float16"),
     (dict(quantization="magic"), "quantization", "unknown scheme"),
+    (dict(quantization="int8_wo"), "source", "has no tokenizer files"),
     (dict(quantization="int4_wo", quantization_options=pb.QuantizationOptions(group_size=48)),
      "quantization_options.group_size", "multiple of 32"),
     (dict(quantization="smoothquant", quantization_options=pb.QuantizationOptions(smoothquant_alpha=1.5)),

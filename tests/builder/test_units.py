@@ -53,8 +53,9 @@ def spec(**fields) -> BuildSpec:
 def test_spec_normalises_quantization_and_keeps_the_rest():
     assert spec(quantization="").quantization is spec(quantization="none").quantization is None
     assert spec(quantization="").scheme == "none"
-    int4 = spec(quantization="gptq", group_size=64, gptq_act_order=True).quantization
+    int4 = spec(quantization="gptq", group_size=64).quantization
     assert (int4.scheme, int4.group_size, int4.act_order, int4.alpha) == ("gptq", 64, True, 0.5)
+    assert spec(quantization="gptq", gptq_act_order=False).quantization.act_order is False
     with pytest.raises(BuildInputError) as info:
         spec(name="x" * 65)
     assert info.value.field == "name"

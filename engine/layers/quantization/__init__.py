@@ -3,6 +3,7 @@ offers `quantize(weight, config) -> tensors` (what the builder stores), `dequant
 (the reference) and a layer class whose `forward` picks the CPU or CUDA kernel."""
 from __future__ import annotations
 
+import importlib.util
 from types import ModuleType
 from typing import Callable
 
@@ -35,22 +36,15 @@ def quantize_weight(weight: torch.Tensor, config: QuantizationConfig) -> dict[st
 
 
 def dequantize_weight(tensors: dict[str, torch.Tensor], config: QuantizationConfig, in_features: int) -> torch.Tensor:
-    module = FORMATS[config.weight_format][0]
-    if module is int4:
-        return int4.dequantize(tensors, config, in_features)
-    return module.dequantize(tensors, config)
+    return FORMATS[config.weight_format][0].dequantize(tensors, config, in_features)
 
 
 def check_device(config: QuantizationConfig, device: torch.device) -> None:
     check = DEVICE_CHECKS.get(config.weight_format)
     if check is not None:
         check(device)
-    if device.type == "cuda" and config.weight_format in ("int8_wo", "int4"):
-        try:
-            import triton  # noqa: F401
-        except ImportError as e:
-            raise InvalidParameterError("quantization", f"{config.scheme} on CUDA needs Triton, which is not "
-                                                        "installed") from e
+    if device.type == "cuda" and config.weight_format in ("int8_wo", "int4") and importlib.util.find_spec("triton") is None:
+        raise InvalidParameterError("quantization", f"{config.scheme} on CUDA needs Triton, which is not installed")
 
 
 def is_quantized_linear(module: nn.Module) -> bool:

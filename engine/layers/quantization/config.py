@@ -21,7 +21,7 @@ class QuantizationConfig:
     group_size: int = 128  # int4 formats: input channels sharing one scale and zero point
     lm_head: bool = False  # quantize the output projection too (the embedding always stays unquantized)
     alpha: float = 0.5  # smoothquant: migration strength, 0 (all on activations) .. 1 (all on weights)
-    act_order: bool = False  # gptq: quantize columns in order of decreasing Hessian diagonal
+    act_order: bool = True  # gptq: quantize columns in order of decreasing Hessian diagonal (static groups)
     fp8_granularity: str = "channel"  # fp8 weights: one scale per tensor or per output channel
     calibration: str = ""  # fingerprint of the calibration data and settings ("" when uncalibrated)
 

@@ -39,7 +39,8 @@ def quantize(weight: torch.Tensor, config: QuantizationConfig) -> dict[str, torc
     return {"qweight": qweight, "scales": scales}
 
 
-def dequantize(tensors: dict[str, torch.Tensor], config: QuantizationConfig | None) -> torch.Tensor:
+def dequantize(tensors: dict[str, torch.Tensor], config: QuantizationConfig | None = None,
+               in_features: int | None = None) -> torch.Tensor:
     return tensors["qweight"].float() * tensors["scales"].float()[:, None]
 
 
@@ -69,5 +70,5 @@ class Fp8Linear(nn.Module):
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         xq, x_scales = quantize_per_token(x)
-        w = dequantize({"qweight": self.qweight, "scales": self.scales}, None)
+        w = dequantize({"qweight": self.qweight, "scales": self.scales})
         return F.linear((xq.float() * x_scales).to(x.dtype), w.to(x.dtype), self.bias)

@@ -22,7 +22,8 @@ def quantize(weight: torch.Tensor, config: QuantizationConfig) -> dict[str, torc
     return {"qweight": qweight, "scales": scales}
 
 
-def dequantize(tensors: dict[str, torch.Tensor], config: QuantizationConfig) -> torch.Tensor:
+def dequantize(tensors: dict[str, torch.Tensor], config: QuantizationConfig | None = None,
+               in_features: int | None = None) -> torch.Tensor:
     return tensors["qweight"].float() * tensors["scales"].float()[:, None]
 
 
@@ -48,5 +49,5 @@ class Int8WeightOnlyLinear(nn.Module):
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """Dequantize, then a plain matmul: what every kernel must agree with."""
-        w = dequantize({"qweight": self.qweight, "scales": self.scales}, None).to(x.dtype)  # type: ignore[arg-type]
+        w = dequantize({"qweight": self.qweight, "scales": self.scales}).to(x.dtype)
         return F.linear(x, w, self.bias)
