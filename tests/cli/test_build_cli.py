@@ -3,6 +3,7 @@ included, as one JSON object; the same build again is the same engine; bad input
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def tiny_with_tokenizer(tmp_path_factory) -> Path:
+def tiny_with_tokenizer(tmp_path_factory, smollm2_dir) -> Path:
     """A tiny random Llama with SmolLM2's tokenizer (its vocabulary size, so every token id fits)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from engine.loader import open_checkpoint
-    from engine.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -28,7 +26,9 @@ def tiny_with_tokenizer(tmp_path_factory) -> Path:
                          bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
     folder = tmp_path_factory.mktemp("tiny-tok")
     LlamaForCausalLM(config).float().eval().save_pretrained(folder)
-    load_tokenizer(open_checkpoint("smollm2-135m")).save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (smollm2_dir / name).exists():
+            shutil.copy(smollm2_dir / name, folder / name)
     return folder
 
 

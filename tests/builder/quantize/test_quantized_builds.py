@@ -22,10 +22,13 @@ from tests.worker.workload import collect_events, enqueue
 pytestmark = pytest.mark.slow
 
 SERVED = ("int8_wo", "int4_wo", "awq", "gptq", "smoothquant")
-# Smaller than the builder's defaults, to fit CI's two cores; the gates hold at this size too (and at
-# the defaults: docs/quantization.md has both).
-SETTINGS = QuantizeSettings(calibration=CalibrationSettings(num_samples=8, seq_len=256),
-                            evaluation=EvalSettings(window=512, max_windows=4, greedy_tokens=8))
+# Smaller than the builder's defaults (32 x 256 calibration, 16 scored windows), to fit CI's two cores;
+# AWQ's scale search runs ~20 block forwards per layer, so it calibrates on 2 sequences here (~1.5 min).
+# The gates hold at these sizes and at larger ones: docs/quantization.md has both.
+EVALUATION = EvalSettings(window=512, max_windows=2, greedy_tokens=8)
+SETTINGS = {scheme: QuantizeSettings(calibration=CalibrationSettings(num_samples=2 if scheme == "awq" else 8,
+                                                                     seq_len=256), evaluation=EVALUATION)
+            for scheme in (*SERVED, "fp8")}
 
 
 def spec(source: Path, scheme: str) -> BuildSpec:
@@ -41,8 +44,8 @@ def store(tmp_path_factory) -> EngineStore:
 
 @pytest.fixture(scope="module")
 def built(store, smollm2_dir) -> dict[str, Manifest]:
-    return {scheme: build_engine(spec(smollm2_dir, scheme), store, (smollm2_dir.parent,), quantize=SETTINGS)
-            for scheme in (*SERVED, "fp8")}
+    return {scheme: build_engine(spec(smollm2_dir, scheme), store, (smollm2_dir.parent,), quantize=settings)
+            for scheme, settings in SETTINGS.items()}
 
 
 def quality(manifest: Manifest) -> dict:
@@ -75,14 +78,14 @@ def test_every_report_says_what_it_measured(built):
     assert len(reference) == 1  # one source, one evaluation text: scored once, cached
     for scheme, manifest in built.items():
         q = quality(manifest)
-        assert q["eval_tokens"] == 4 * 511 and 0 < q["greedy_agreement"] <= 1
+        assert q["eval_tokens"] == 2 * 511 and 0 < q["greedy_agreement"] <= 1
         assert q["peak_build_memory_bytes"] > 0 and q["weight_bytes"] > 0
         assert manifest.quantization["scheme"] == scheme
 
 
 def test_the_same_inputs_build_the_same_fingerprint_without_rebuilding(built, store, smollm2_dir):
     before = (store.path("smol-gptq") / "model.safetensors").stat().st_mtime_ns
-    again = build_engine(spec(smollm2_dir, "gptq"), store, (smollm2_dir.parent,), quantize=SETTINGS)
+    again = build_engine(spec(smollm2_dir, "gptq"), store, (smollm2_dir.parent,), quantize=SETTINGS["gptq"])
     assert again.fingerprint == built["gptq"].fingerprint
     assert (store.path("smol-gptq") / "model.safetensors").stat().st_mtime_ns == before
 
