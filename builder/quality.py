@@ -121,10 +121,5 @@ class QualityReport:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter, counting a tied (shared) tensor once."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * p.element_size()
-    return total
+    """Bytes of every parameter; parameters() yields a tied (shared) tensor once."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())

@@ -54,12 +54,12 @@ def quality(manifest: Manifest) -> dict:
 
 def test_int8_weight_only_costs_under_1_percent_perplexity(built):
     q = quality(built["int8_wo"])
-    assert 0 <= q["perplexity_change"] < 0.01, q
+    assert abs(q["perplexity_change"]) < 0.01, q  # within 1%, either way (on 1,022 tokens it can come out better)
     assert q["greedy_agreement"] > 0.8 and q["weight_bytes"] < 0.5 * q["reference_weight_bytes"]
 
 
 def test_smoothquant_costs_under_3_percent_perplexity(built):
-    assert quality(built["smoothquant"])["perplexity_change"] < 0.03, quality(built["smoothquant"])
+    assert abs(quality(built["smoothquant"])["perplexity_change"]) < 0.03, quality(built["smoothquant"])
 
 
 @pytest.mark.parametrize("scheme", ["awq", "gptq"])
@@ -132,4 +132,4 @@ def test_an_fp8_engine_is_refused_on_cpu_saying_why(built, store, tmp_path):
 
 def test_fp8_on_cpu_still_gets_a_quality_report(built):
     q = quality(built["fp8"])
-    assert q["perplexity_change"] < 0.05 and q["weight_bytes"] < 0.5 * q["reference_weight_bytes"]
+    assert abs(q["perplexity_change"]) < 0.05 and q["weight_bytes"] < 0.5 * q["reference_weight_bytes"]
