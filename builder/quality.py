@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from builder.quantize.calibration import contiguous_windows
 from builder.quantize.layerwise import make_batch
 from builder.quantize.settings import EvalSettings
 
@@ -53,10 +54,7 @@ def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def perplexity(model: nn.Module, token_ids: list[int], settings: EvalSettings) -> tuple[float, int]:
     """exp(mean next-token NLL) over non-overlapping windows; returns (perplexity, tokens scored)."""
-    num = min(settings.max_windows, len(token_ids) // settings.window)
-    if num == 0:
-        raise ValueError(f"evaluation text has {len(token_ids)} tokens, fewer than one window of {settings.window}")
-    windows = torch.tensor(token_ids[: num * settings.window]).view(num, settings.window)
+    windows = contiguous_windows(token_ids, settings.max_windows, settings.window)
     nll, count = 0.0, 0
     for chunk in windows.split(settings.windows_per_batch):
         logits = logits_of(model, chunk)

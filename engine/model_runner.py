@@ -15,7 +15,8 @@ from engine.scheduler import ScheduledSequence
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """New tensors (parameters of modules made inside) default to `dtype`."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -29,7 +30,7 @@ def load_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, max_p
     if ckpt.quantization is not None:  # before allocating anything: fp8 on a CPU, say, fails here
         check_device(ckpt.quantization, device)
     # Parameters are created directly on the device in the target dtype: no float32 copy of a 7B model.
-    with torch.device(device), _default_dtype(dtype):
+    with torch.device(device), default_dtype(dtype):
         model = MODEL_CLASSES[ckpt.config.architecture](ckpt.config, max_positions, attention_backend,
                                                         quantization=ckpt.quantization)
     model.load_weights(ckpt.read_weights())

@@ -8,7 +8,7 @@ function is unchanged, and the salient columns now take a larger share of their 
 their rounding error shrinks relative to their size. Then each group's range is clipped where that
 lowers the group's output error, and the weights are rounded to nearest in the int4 format.
 
-Scaling groups, in order (folded as SmoothQuant folds them, see smoothquant.preceding_rows), each
+Scaling groups, in order (folded as SmoothQuant folds them, see folding.py), each
 scored on the output of the module it feeds:
 
     qkv_proj  <- attn_norm weight            scored on the whole attention block
@@ -42,7 +42,7 @@ from torch import nn
 
 from builder.quantize.common import to_quantized
 from builder.quantize.layerwise import LINEARS, Batch, layer_inputs, replace_submodule, run_attention, submodule
-from builder.quantize.smoothquant import preceding_rows
+from builder.quantize.folding import apply_scales, preceding_rows
 from engine.layers.quantization import QuantizationConfig, int4
 
 N_GRID = 20
@@ -53,8 +53,6 @@ CLIP_CHUNK = 256  # output channels per clip step: bounds the [groups, tokens, c
 
 # Scaling groups in data-flow order; a group is skipped when no op before it can absorb 1/s.
 SCALED = LINEARS
-# Where a preceding_rows tensor is a linear's weight, that linear's bias rows scale with it.
-_PRODUCER = {"attn.o_proj": "attn.qkv_proj", "mlp.down_proj": "mlp.gate_up_proj"}
 
 
 # -- the int4 grid ---------------------------------------------------------------------------------
@@ -82,25 +80,6 @@ def group_range(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, to
 def scaled_linears(layer: nn.Module) -> list[str]:
     """The linears whose input scales can be folded into the op before them (o_proj only without GQA)."""
     return [name for name in SCALED if preceding_rows(layer, name) is not None]
-
-
-@torch.no_grad()
-def apply_scales(layer: nn.Module, name: str, s: torch.Tensor) -> None:
-    """Weight columns of `name` times s [in], the op producing its input divided by s: the layer's
-    float function is unchanged (up to rounding)."""
-    before = preceding_rows(layer, name)
-    if before is None:
-        raise ValueError(f"{name}: no op before it produces its input channels one to one")
-    linear = submodule(layer, name)
-    linear.weight.mul_(s.to(linear.weight.dtype)[None, :])
-    tensor, rows = before
-    if tensor.dim() == 1:  # a norm's weight
-        tensor[rows].div_(s.to(tensor.dtype))
-        return
-    tensor[rows].div_(s.to(tensor.dtype)[:, None])
-    bias = submodule(layer, _PRODUCER[name]).bias
-    if bias is not None:
-        bias[rows].div_(s.to(bias.dtype))
 
 
 # -- the scale search ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from engine.layers.quantization import QuantizationConfig, quantize_weight, quantized_linear
+from engine.model_runner import default_dtype
 
 
 @torch.no_grad()
@@ -14,13 +15,8 @@ def to_quantized(linear: nn.Module, config: QuantizationConfig,
     an algorithm chose the quantized values itself (GPTQ), else round-to-nearest of its weight."""
     weight = linear.weight
     tensors = tensors if tensors is not None else quantize_weight(weight, config)
-    with torch.device(weight.device):
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(weight.dtype)
-        try:
-            module = quantized_linear(linear.in_features, linear.out_features, linear.bias is not None, config)
-        finally:
-            torch.set_default_dtype(previous)
+    with torch.device(weight.device), default_dtype(weight.dtype):
+        module = quantized_linear(linear.in_features, linear.out_features, linear.bias is not None, config)
     for name, value in tensors.items():
         getattr(module, name).copy_(value)
     if linear.bias is not None:

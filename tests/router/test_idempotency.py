@@ -9,7 +9,6 @@ import uuid
 
 import grpc
 import pytest
-import redis
 
 from inferline.v1 import common_pb2, router_pb2
 from tests.router.test_router_process import entry_ids_all, publish, queued, request, route, take_entry
@@ -17,12 +16,6 @@ from tests.servers import free_port
 from tests.worker.processes import start_router, wait_router_ready, wait_until
 
 LEASE_S = 1.0
-
-
-@pytest.fixture(scope="module")
-def client(redis_url):
-    with redis.Redis.from_url(redis_url) as c:
-        yield c
 
 
 def launch(tmp_path_factory, redis_url):
@@ -41,16 +34,6 @@ def routers(redis_url, tmp_path_factory):
     finally:
         for proc, _ in started:
             assert proc.stop() == 0
-
-
-@pytest.fixture
-def model(client) -> str:
-    """A model with one live (fake) worker."""
-    name = f"m-{uuid.uuid4().hex[:6]}"
-    client.hset(f"inferline:worker:fake-{name}", mapping={"model": name, "free_slots": 0})
-    client.pexpire(f"inferline:worker:fake-{name}", 60_000)
-    client.sadd(f"inferline:workers:{name}", f"fake-{name}")
-    return name
 
 
 def idem(rid: str, model: str, **kw) -> router_pb2.RouteRequest:

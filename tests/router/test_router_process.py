@@ -18,12 +18,6 @@ MAX_QUEUED_TOKENS = 100
 
 
 @pytest.fixture(scope="module")
-def client(redis_url):
-    with redis.Redis.from_url(redis_url) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def router(redis_url, tmp_path_factory):
     port, router_id = free_port(), f"router-{uuid.uuid4().hex[:6]}"
     proc = start_router(tmp_path_factory.mktemp("logs"), redis_url, router_id, port,
@@ -33,16 +27,6 @@ def router(redis_url, tmp_path_factory):
         yield proc, f"127.0.0.1:{port}"
     finally:
         assert proc.stop() == 0
-
-
-@pytest.fixture
-def model(client) -> str:
-    """A model with one live (fake) worker: a heartbeat hash nobody renews within the test."""
-    name = f"m-{uuid.uuid4().hex[:6]}"
-    client.hset(f"inferline:worker:fake-{name}", mapping={"model": name, "free_slots": 0})
-    client.pexpire(f"inferline:worker:fake-{name}", 60_000)
-    client.sadd(f"inferline:workers:{name}", f"fake-{name}")
-    return name
 
 
 def request(rid: str, model: str, prompt_len: int = 3, **params) -> router_pb2.RouteRequest:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from engine.layers.quantization import int8_wo
-from engine.layers.quantization.config import QuantizationConfig
 
 quantize = int8_wo.quantize
 dequantize = int8_wo.dequantize
@@ -38,13 +36,8 @@ def int8_matmul(xq: torch.Tensor, wq_t: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(xq, wq_t)
 
 
-class W8A8Linear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantizationConfig):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.qweight = nn.Parameter(torch.empty(out_features, in_features, dtype=torch.int8), requires_grad=False)
-        self.scales = nn.Parameter(torch.empty(out_features), requires_grad=False)
-        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+class W8A8Linear(int8_wo.Int8WeightOnlyLinear):
+    """Stores exactly what Int8WeightOnlyLinear stores; multiplies differently (int8 activations too)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [tokens, in] -> [tokens, out]

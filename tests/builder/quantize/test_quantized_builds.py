@@ -17,9 +17,12 @@ from engine import Engine, EngineConfig, SamplingParams
 from inferline.engine_store import EngineStore, Manifest
 from inferline.v1 import common_pb2, router_pb2
 from tests.worker.processes import ServiceProcess, one_torch_thread, start_worker, wait_worker_ready
+from tests.worker.test_worker_startup import EXIT_ENGINE_UNAVAILABLE, error_line
 from tests.worker.workload import collect_events, enqueue
 
-pytestmark = pytest.mark.slow
+# Building six engines takes ~7.5 min on CI's two cores, more when they are shared: above the default
+# 600 s per-test timeout the module fixture would otherwise run under.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SERVED = ("int8_wo", "int4_wo", "awq", "gptq", "smoothquant")
 # Smaller than the builder's defaults (32 x 256 calibration, 16 scored windows), to fit CI's two cores;
@@ -125,8 +128,8 @@ def test_an_fp8_engine_is_refused_on_cpu_saying_why(built, store, tmp_path):
                             tmp_path)
     code = worker.proc.wait(timeout=120)
     worker.stop()
-    assert code == 78  # EX_CONFIG: the engine cannot be served here
-    [line] = [json.loads(x) for x in worker.log_text().splitlines() if '"level": "error"' in x]
+    assert code == EXIT_ENGINE_UNAVAILABLE
+    line = error_line(worker.log_text())
     assert "fp8 needs a CUDA GPU of compute capability >= 8.9" in line["error"]
 
 

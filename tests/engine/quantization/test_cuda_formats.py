@@ -8,27 +8,9 @@ import importlib.util
 import pytest
 import torch
 
-from engine.layers.quantization import QuantizationConfig, quantize_weight, quantized_linear
+from tests.engine.quantization.test_formats import make_layer
 
 pytestmark = pytest.mark.gpu
-
-
-def cuda_layer(scheme: str, in_features: int, out_features: int, dtype: torch.dtype, **options):
-    config = QuantizationConfig(scheme=scheme, **options)
-    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(0)) / in_features ** 0.5
-    tensors = quantize_weight(weight, config)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("cuda"):
-            layer = quantized_linear(in_features, out_features, True, config)
-    finally:
-        torch.set_default_dtype(previous)
-    with torch.no_grad():
-        for name, value in tensors.items():
-            getattr(layer, name).copy_(value)
-        layer.bias.normal_()
-    return layer, weight
 
 
 # (in, out), dtype, tokens: few enough that Triton's autotuning (one per shape, dtype and row bucket)
@@ -42,7 +24,7 @@ CASES = [((576, 1536), torch.bfloat16, 1), ((576, 1536), torch.bfloat16, 300), (
 def test_cuda_layer_equals_its_dequantized_reference(scheme, shape, dtype, tokens):
     if scheme == "fp8" and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs compute capability >= 8.9")
-    layer, weight = cuda_layer(scheme, *shape, dtype, group_size=128)
+    layer, weight, _, _ = make_layer(scheme, *shape, dtype, device="cuda", group_size=128)
     x = torch.randn(tokens, shape[0], device="cuda", dtype=dtype)
     got, want = layer(x), layer.reference(x)
     assert got.dtype == dtype and got.shape == (tokens, shape[1])

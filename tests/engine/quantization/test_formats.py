@@ -9,22 +9,19 @@ from engine.errors import InvalidParameterError
 from engine.layers.quantization import (QuantizationConfig, check_device, dequantize_weight, quantize_weight,
                                         quantized_linear)
 from engine.layers.quantization import int4
+from engine.model_runner import default_dtype
 
 SCHEMES = ["int8_wo", "int4_wo", "smoothquant", "fp8"]
 
 
 def make_layer(scheme: str, in_features: int, out_features: int, dtype: torch.dtype, bias: bool = True,
-               seed: int = 0, **options):
+               seed: int = 0, device: str = "cpu", **options):
     config = QuantizationConfig(scheme=scheme, **options)
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=gen) / in_features ** 0.5
     tensors = quantize_weight(weight, config)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
+    with torch.device(device), default_dtype(dtype):
         layer = quantized_linear(in_features, out_features, bias, config)
-    finally:
-        torch.set_default_dtype(previous)
     with torch.no_grad():
         for name, value in tensors.items():
             getattr(layer, name).copy_(value)
