@@ -22,6 +22,9 @@ SHAPES = {
     # hidden, intermediate, layers, heads, kv heads, vocab, context (from the model's config.json)
     "baichuan2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=32, vocab_size=125696, max_position_embeddings=4096),
+    # Llama-3-8B: GQA (8 KV heads for 32 query heads), the other attention layout the engine must be fast on
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
     "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,  # script tests
                  num_key_value_heads=4, vocab_size=49152, max_position_embeddings=1024),
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -64,7 +67,7 @@ def main() -> None:
     save_file(tensors_of(shape, dtype, args.device, args.seed), str(args.out / "model.safetensors"),
               metadata={"format": "pt"})
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rms_norm_eps": 1e-6,
-              "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": args.dtype, "bos_token_id": 1,
+              "rope_theta": shape.get("rope_theta", 10000.0), "tie_word_embeddings": False, "torch_dtype": args.dtype, "bos_token_id": 1,
               "eos_token_id": 2, "hidden_act": "silu", **shape}
     (args.out / "config.json").write_text(json.dumps(config, indent=2))
     if args.tokenizer is not None:

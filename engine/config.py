@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import InvalidParameterError
-from engine.layers.attention import ATTENTION_BACKENDS
+from engine.layers.attention import BACKEND_CHOICES
 from engine.scheduler import SchedulerConfig
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,7 +27,9 @@ class EngineConfig:
     kv_cache_free_mem_fraction: float = 0.9  # share of free memory (after weights) the KV pool may take
     scheduler_policy: str = "max_utilization"
     batching: str = "inflight"
-    attention_backend: str = "torch_paged"
+    attention_backend: str = "auto"  # "auto": triton_paged on CUDA, torch_paged elsewhere
+    # Replay decode steps from CUDA graphs (CUDA with triton_paged attention); off: every step eager.
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         def check(ok: bool, field: str, problem: str) -> None:
@@ -48,8 +50,8 @@ class EngineConfig:
               f"must be in (0, 1], got {self.kv_cache_free_mem_fraction}")
         check(self.scheduler_policy in POLICIES, "scheduler_policy", f"must be one of {POLICIES}, got {self.scheduler_policy!r}")
         check(self.batching in BATCHING, "batching", f"must be one of {BATCHING}, got {self.batching!r}")
-        check(self.attention_backend in ATTENTION_BACKENDS, "attention_backend",
-              f"must be one of {sorted(ATTENTION_BACKENDS)}, got {self.attention_backend!r}")
+        check(self.attention_backend in BACKEND_CHOICES, "attention_backend",
+              f"must be one of {list(BACKEND_CHOICES)}, got {self.attention_backend!r}")
         if self.device.startswith("cuda"):
             check(torch.cuda.is_available(), "device", "CUDA was asked for but no CUDA device is available")
 

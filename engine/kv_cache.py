@@ -20,9 +20,10 @@ def free_memory_bytes(device: torch.device) -> int:
 
 
 def num_blocks_for_budget(cfg: ModelConfig, block_size: int, dtype: torch.dtype, device: torch.device,
-                          fraction: float, max_useful_blocks: int) -> int:
-    """Like TensorRT-LLM's kv_cache_free_gpu_mem_fraction; never more blocks than can ever be used."""
-    budget = int(free_memory_bytes(device) * fraction)
+                          fraction: float, max_useful_blocks: int, reserved_bytes: int = 0) -> int:
+    """Like TensorRT-LLM's kv_cache_free_gpu_mem_fraction, less what a step's activations need
+    (`reserved_bytes`, measured by a profiling forward); never more blocks than can ever be used."""
+    budget = int(free_memory_bytes(device) * fraction) - reserved_bytes
     return max(1, min(budget // bytes_per_block(cfg, block_size, dtype), max_useful_blocks))
 
 

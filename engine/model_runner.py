@@ -1,17 +1,23 @@
 """Owns the model weights and the KV pool on one device; turns a scheduled batch into tensors,
-runs the model and returns logits for the sequences that sample this step."""
+runs the model and returns logits for the sequences that sample this step.
+
+Decode steps and single-sequence prefill chunks replay CUDA graphs (engine/cuda_graphs.py); other
+steps run eagerly."""
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
+import numpy as np
 import torch
 
+from engine.cuda_graphs import StepGraphs
 from engine.layers.attention import AttentionMetadata
 from engine.layers.quantization import check_device
 from engine.loader import Checkpoint
 from engine.models import MODEL_CLASSES
 from engine.scheduler import ScheduledSequence
+from engine.step_inputs import StepInputs
 
 
 @contextlib.contextmanager
@@ -40,64 +46,95 @@ def load_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, max_p
     return model.eval()
 
 
+# A step with more new prompt chunks than this runs eagerly: each chunk would be one more replay.
+MAX_GRAPHED_CHUNKS = 2
+
+
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], block_size: int, device: torch.device):
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
+        self.graphs: StepGraphs | None = None
+
+    @torch.inference_mode()
+    def capture_graphs(self, max_batch_size: int, max_num_tokens: int, max_seq_len: int) -> None:
+        """Capture decode steps up to max_batch_size sequences and single-sequence prefill chunks
+        (CUDA, graph-safe attention only)."""
+        self.graphs = StepGraphs(self.model, self.kv_caches, max_batch_size,
+                                 max_prefill_tokens=min(max_num_tokens, max_seq_len),
+                                 max_blocks=-(-max_seq_len // self.block_size), max_context_len=max_seq_len)
+        self.graphs.capture()
 
     @torch.inference_mode()
     def execute(self, batch: list[ScheduledSequence]) -> torch.Tensor:
         """Run one step; returns logits [sampling sequences, vocab] in float32, in batch order."""
-        input_ids, positions, meta, logits_index = self._prepare(batch)
+        if self.graphs is not None and (parts := self._graphed_parts(batch)) is not None:
+            if len(parts) == 1:
+                return self.graphs.run(StepInputs.build(batch, self.block_size))
+            # The decodes and each prompt chunk replay their own graphs: two or three replays cost less
+            # than one eager step of ~350 launches (sequences never read each other's cache, so the
+            # order is free). Rows are put back in batch order.
+            rows: dict[int, torch.Tensor] = {}
+            for part in parts:
+                # Copied: two chunks of one length replay the same graph, into the same output buffer.
+                logits = self.graphs.run(StepInputs.build([batch[i] for i in part], self.block_size)).clone()
+                rows.update(zip((i for i in part if batch[i].samples), logits))
+            return torch.stack([rows[i] for i in sorted(rows)]) if rows else logits[:0]
+        return self._run_eager(StepInputs.build(batch, self.block_size))
+
+    def _graphed_parts(self, batch: list[ScheduledSequence]) -> list[list[int]] | None:
+        """The batch split into graph-covered parts (decodes; each prompt chunk), or None for eager."""
+        decodes = [i for i, item in enumerate(batch) if item.num_tokens == 1]
+        chunks = [[i] for i, item in enumerate(batch) if item.num_tokens > 1]
+        if len(chunks) > MAX_GRAPHED_CHUNKS or not self.graphs.covers(batch[i].num_tokens for [i] in chunks):
+            return None
+        return ([decodes] if decodes else []) + chunks
+
+    def _run_eager(self, inputs: StepInputs) -> torch.Tensor:
+        input_ids, positions, meta, logits_index = self._to_device(inputs)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)
         return self.model.compute_logits(hidden[logits_index])
 
-    def _prepare(self, batch: list[ScheduledSequence]):
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_index: list[list[int]] = []
-        query_pos: list[list[int]] = []
-        logits_index: list[int] = []
-        bs = self.block_size
-        for item in batch:
-            seq, start = item.seq, item.seq.num_computed_tokens
-            span = range(start, start + item.num_tokens)
-            query_index.append(list(range(len(ids), len(ids) + item.num_tokens)))
-            query_pos.append(list(span))
-            ids.extend(seq.token_at(p) for p in span)
-            positions.extend(span)
-            slots.extend(seq.block_table[p // bs] * bs + p % bs for p in span)
-            if item.samples:
-                logits_index.append(len(ids) - 1)
-        max_q = max(len(q) for q in query_index)
-        max_ctx = max(p[-1] + 1 for p in query_pos)
-        max_blocks = -(-max_ctx // bs)
-        tables = [_padded(item.seq.block_table[:max_blocks], max_blocks, 0) for item in batch]
-        valid = [_padded([True] * len(q), max_q, False) for q in query_index]
-        # Padded query rows get position 0 so their softmax row is never empty; they are dropped after.
-        query_pos = [_padded(q, max_q, 0) for q in query_pos]
-        query_index = [_padded(q, max_q, 0) for q in query_index]
-
-        dev = self.device
-        pos_t = torch.tensor(query_pos, device=dev)
-        key_pos = torch.arange(max_ctx, device=dev)
-        attn_mask = (key_pos[None, None, :] <= pos_t[:, :, None]).unsqueeze(1)
-        context_lens = torch.tensor([item.seq.num_computed_tokens + item.num_tokens for item in batch], device=dev)
+    @torch.inference_mode()
+    def profile_activation_bytes(self, num_tokens: int, num_seqs: int) -> int:
+        """Peak memory (bytes) a forward of num_tokens tokens in num_seqs sequences takes on top of the
+        weights, measured by running one on a one-block scratch cache (CUDA, graph-safe attention only):
+        what the KV pool must leave free."""
+        cfg = self.model.cfg
+        scratch = torch.empty(2, 1, self.block_size, cfg.num_kv_heads, cfg.head_dim,
+                              dtype=self.model.embed_tokens.weight.dtype, device=self.device)
+        num_seqs = max(1, min(num_seqs, num_tokens))
+        lens = np.full(num_seqs, num_tokens // num_seqs, dtype=np.int32)
+        lens[: num_tokens % num_seqs] += 1
+        query_start = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+        # Slot -1: nothing is stored; every block table points at the scratch block. Values are garbage,
+        # only the shapes (hence the allocations) matter.
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            block_tables=torch.tensor(tables, device=dev),
-            query_index=torch.tensor(query_index, device=dev),
-            query_valid=torch.tensor(valid, device=dev),
-            attn_mask=attn_mask,
-            key_valid=(key_pos[None, :] < context_lens[:, None])[:, :, None, None],
-            max_context_len=max_ctx,
-        )
-        return (torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,
-                torch.tensor(logits_index, dtype=torch.long, device=dev))
+            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.long, device=self.device),
+            block_tables=torch.zeros(num_seqs, 1, dtype=torch.int32, device=self.device),
+            context_lens=torch.zeros(num_seqs, dtype=torch.int32, device=self.device),
+            query_start=torch.from_numpy(query_start).to(self.device),
+            max_query_len=int(lens.max()), max_context_len=int(lens.max()))
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        hidden = self.model(ids, torch.zeros_like(ids), [scratch] * len(self.model.layers), meta)
+        self.model.compute_logits(hidden[torch.from_numpy(query_start[1:] - 1).to(self.device)])
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        del hidden, scratch
+        torch.cuda.empty_cache()
+        return peak
 
+    def _to_device(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        dev = self.device
 
-def _padded(values: list, length: int, fill: object) -> list:
-    return values + [fill] * (length - len(values))
+        def put(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array).to(dev, non_blocking=True)
+
+        meta = AttentionMetadata(slot_mapping=put(inputs.slot_mapping), block_tables=put(inputs.block_tables()),
+                                 context_lens=put(inputs.context_lens), query_start=put(inputs.query_start),
+                                 max_query_len=inputs.max_query_len, max_context_len=inputs.max_context_len)
+        return put(inputs.input_ids), put(inputs.positions), meta, put(inputs.logits_index)

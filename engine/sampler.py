@@ -26,11 +26,17 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[TokenLogprob]:
         # logits: [rows, vocab] float32
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(r.seq.params.logprobs for r in rows) else None
-        logits = logits.clone()
-        for i, row in enumerate(rows):
-            self._apply_penalties(logits[i], row.seq)
-            self._forbid_early_stop(logits[i], row.seq)
+        penalized = [i for i, r in enumerate(rows) if _has_penalties(r.seq)]
+        forbidden = self._forbidden_early_stops(rows)
+        if penalized or forbidden[0]:
+            logits = logits.clone()
+            for i in penalized:
+                self._apply_penalties(logits[i], rows[i].seq)
+            if forbidden[0]:  # every row's masked stop tokens in one indexed write
+                logits[forbidden] = float("-inf")
         greedy = [i for i, r in enumerate(rows) if r.seq.params.greedy]
+        if len(greedy) == len(rows):  # the common serving case: one kernel, one copy to the host
+            return self._with_logprobs(logits.argmax(dim=-1).tolist(), raw_logprobs, rows)
         token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         if greedy:
             token_ids[greedy] = logits[greedy].argmax(dim=-1)
@@ -39,7 +45,20 @@ class Sampler:
                 token_ids[i] = self._sample(logits[i], row)
         return self._with_logprobs(token_ids.tolist(), raw_logprobs, rows)
 
-    def _apply_penalties(self, logits: torch.Tensor, seq: Sequence) -> None:
+    def _forbidden_early_stops(self, rows: list[SamplingRow]) -> tuple[list[int], list[int]]:
+        """(row, token) pairs that must not be sampled: stop and EOS tokens before min_tokens."""
+        row_idx: list[int] = []
+        token_idx: list[int] = []
+        for i, row in enumerate(rows):
+            p = row.seq.params
+            if len(row.seq.output_token_ids) < p.min_tokens:
+                stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
+                row_idx += [i] * len(stops)
+                token_idx += stops
+        return row_idx, token_idx
+
+    @staticmethod
+    def _apply_penalties(logits: torch.Tensor, seq: Sequence) -> None:
         p = seq.params
         if p.repetition_penalty != 1.0:
             seen = torch.tensor(sorted(set(seq.all_token_ids)), device=logits.device)
@@ -48,13 +67,6 @@ class Sampler:
         if (p.presence_penalty or p.frequency_penalty) and seq.output_token_ids:
             ids, counts = torch.tensor(seq.output_token_ids, device=logits.device).unique(return_counts=True)
             logits[ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
-
-    def _forbid_early_stop(self, logits: torch.Tensor, seq: Sequence) -> None:
-        p = seq.params
-        if len(seq.output_token_ids) < p.min_tokens:
-            stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
-            if stops:
-                logits[stops] = float("-inf")
 
     @staticmethod
     def _sample(logits: torch.Tensor, row: SamplingRow) -> int:
@@ -89,3 +101,8 @@ class Sampler:
                 top = tuple(zip(ids.tolist(), vals.tolist()))
             out.append(TokenLogprob(tok, float(raw[i, tok]), top))
         return out
+
+
+def _has_penalties(seq: Sequence) -> bool:
+    p = seq.params
+    return p.repetition_penalty != 1.0 or bool((p.presence_penalty or p.frequency_penalty) and seq.output_token_ids)

@@ -35,6 +35,9 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     skip_special_tokens: bool = True
+    # False: outputs carry token ids only, no text (as vLLM's detokenize=False): for callers that decode
+    # elsewhere, and benchmarks that measure the engine, as TensorRT-LLM's do. Stop strings need text.
+    detokenize: bool = True
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience; frozen storage is a tuple.
@@ -66,6 +69,7 @@ class SamplingParams:
         for s in self.stop:
             _check(isinstance(s, str) and 0 < len(s) <= MAX_STOP_STRING_CHARS,
                    "stop", f"each stop string must be a non-empty string of at most {MAX_STOP_STRING_CHARS} characters, got {s!r}")
+        _check(self.detokenize or not self.stop, "stop", "stop strings need detokenize=True")
         for t in self.stop_token_ids:
             _check(_is_int(t) and t >= 0, "stop_token_ids", f"must be non-negative integers, got {t!r}")
         _check(_is_int(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,

@@ -31,7 +31,6 @@ Choices:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -205,11 +204,8 @@ def first_sequences(x: torch.Tensor, batch: Batch, max_tokens: int) -> tuple[tor
     k = max(1, min(batch.num_seqs, max_tokens // seq_len))
     if k == batch.num_seqs:
         return x, batch
-    meta, n = batch.meta, k * seq_len
-    meta = dataclasses.replace(meta, slot_mapping=meta.slot_mapping[:n], block_tables=meta.block_tables[:k],
-                               query_index=meta.query_index[:k], query_valid=meta.query_valid[:k],
-                               attn_mask=meta.attn_mask[:k], key_valid=meta.key_valid[:k])
-    return x[:n], Batch(batch.positions[:n], batch.kv_cache, meta, k, seq_len)
+    n = k * seq_len
+    return x[:n], Batch(batch.positions[:n], batch.kv_cache, batch.meta.first_sequences(k), k, seq_len)
 
 
 def strided_tokens(x: torch.Tensor, count: int) -> torch.Tensor:

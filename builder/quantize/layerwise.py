@@ -38,18 +38,9 @@ def make_batch(model: nn.Module, num_seqs: int, seq_len: int) -> Batch:
     blocks_per_seq = -(-seq_len // BLOCK_SIZE)
     kv_cache = torch.zeros(2, num_seqs * blocks_per_seq, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim,
                            dtype=dtype, device=device)
-    pos = torch.arange(seq_len, device=device)
     tables = torch.arange(num_seqs * blocks_per_seq, device=device).view(num_seqs, blocks_per_seq)
-    slot_mapping = (tables[:, pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE).flatten()
-    meta = AttentionMetadata(
-        slot_mapping=slot_mapping,
-        block_tables=tables,
-        query_index=torch.arange(num_seqs * seq_len, device=device).view(num_seqs, seq_len),
-        query_valid=torch.ones(num_seqs, seq_len, dtype=torch.bool, device=device),
-        attn_mask=(pos[None, :] <= pos[:, None]).expand(num_seqs, 1, seq_len, seq_len),
-        key_valid=torch.ones(num_seqs, seq_len, 1, 1, dtype=torch.bool, device=device),
-        max_context_len=seq_len,
-    )
+    meta = AttentionMetadata.prefill(tables, seq_len, BLOCK_SIZE)
+    pos = torch.arange(seq_len, device=device)
     return Batch(pos.repeat(num_seqs), kv_cache, meta, num_seqs, seq_len)
 
 

@@ -1,3 +1,7 @@
+"""RMSNorm, optionally fused with the residual add that precedes it. CUDA runs one Triton kernel per
+call; elsewhere the same arithmetic in PyTorch."""
+from __future__ import annotations
+
 import torch
 from torch import nn
 
@@ -10,8 +14,22 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [tokens, dim]
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """norm(x) -> out; with `residual`: (norm(x + residual), x + residual). On CUDA the sum is
+        written over x (a branch output nobody reads again); `residual` is never modified."""
+        # x, residual: [tokens, dim]
+        if x.is_cuda:
+            from engine.layers.triton.rms_norm import fused_add_rms_norm, rms_norm
+
+            if residual is None:
+                return rms_norm(x, self.weight, self.eps)
+            return fused_add_rms_norm(residual, x, self.weight, self.eps)  # its second argument takes the sum
+        if residual is None:
+            return self._norm(x)
+        total = x + residual
+        return self._norm(total), total
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.layers.activation import silu_and_mul
 from engine.layers.attention import ATTENTION_BACKENDS, AttentionMetadata
 from engine.layers.linear import make_linear
 from engine.layers.quantization import QuantizationConfig
@@ -54,8 +55,8 @@ class MLP(nn.Module):
         self.down_proj = make_linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, quantization=quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        # x: [tokens, hidden]
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -69,8 +70,10 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), positions, kv_cache, meta)
-        return x + self.mlp(self.mlp_norm(x))
+        # x: [tokens, hidden], the residual stream; the input is never modified in place
+        attn_out = self.attn(self.attn_norm(x), positions, kv_cache, meta)
+        h, x = self.mlp_norm(attn_out, residual=x)  # x + attn_out, and its norm, in one pass
+        return x + self.mlp(h)
 
 
 class LlamaForCausalLM(nn.Module):

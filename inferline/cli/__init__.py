@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from inferline.cli.bench import MEMORY_HELP, bench
+from inferline.cli.bench_plots import bench_plot
 from inferline.cli.build import build
 from inferline.cli.generate import generate
 from inferline.cli.logs import LEVELS, configure_logging
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.command("run")(run)
 app.command("bench", epilog=MEMORY_HELP)(bench)
+app.command("bench-plot")(bench_plot)
 app.command("up")(up)
 app.command("generate")(generate)
 app.command("build")(build)

@@ -1,17 +1,21 @@
 """`inferline bench`: latency/throughput/memory over a grid of batch sizes and lengths, like
-TensorRT-LLM's benchmarks/python/benchmark.py, optionally against HF transformers in the same process."""
+TensorRT-LLM's benchmarks/python/benchmark.py, optionally against HF transformers in the same process;
+or (--workload mixed, bench_mixed.py) static vs in-flight batching on requests of mixed output lengths."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Callable, Optional, Protocol
+from typing import Annotated, Any, Callable, Optional, Protocol
 
 import structlog
 import torch
 import typer
 
 from engine import InvalidParameterError
+from engine.config import POLICIES
 from inferline.cli.bench_cases import Case, make_cases, parse_batch_sizes, parse_input_output_len, random_prompts
+from inferline.cli.bench_mixed import make_spec, run_mixed
+from inferline.cli.bench_plots import plot_results, prepare_plot_dir
 from inferline.cli.bench_report import CaseResult, CaseTiming, Comparison, comparison_table
 from inferline.cli.device import DEVICE_HELP, DTYPE_HELP, resolve_device
 from inferline.cli.engine_bench import EngineSide
@@ -54,14 +58,36 @@ def bench(
              "engines, their unquantized source.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
-    warmup: Annotated[int, typer.Option(help="Untimed runs per case before the timed ones.")] = 1,
-    runs: Annotated[int, typer.Option(help="Timed runs per case; latency is their median.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per case before the timed ones (mixed: passes of short "
+                                             "warm-up requests per engine).")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed runs per case; latency is their median (mixed: per mode, every "
+                                           "statistic is the median over runs).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the random prompts (mixed: and of the output lengths).")] = 0,
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write every result to this JSON file.")] = None,
+    plot_dir: Annotated[Optional[Path], typer.Option(
+        help="Also draw PNGs here (needs matplotlib): throughput_vs_batch.png for the grid, "
+             "latency_static_vs_inflight.png for --workload mixed.")] = None,
+    scheduler_policy: Annotated[str, typer.Option(
+        help="grid: our engine's scheduler policy. max_utilization admits every request at once and preempts when "
+             "KV runs out; guaranteed_no_evict admits a request only when its whole prompt + output fits.")
+    ] = "max_utilization",
+    workload: Annotated[str, typer.Option(
+        help="grid: every --batch-size x --input-output-len case. mixed: --requests requests of mixed output "
+             "lengths, all submitted at once, under each --batching mode.")] = "grid",
+    requests: Annotated[Optional[int], typer.Option(help="mixed: number of requests.", show_default="256")] = None,
+    input_len: Annotated[Optional[int], typer.Option(help="mixed: prompt tokens per request.", show_default="128")] = None,
+    output_len_range: Annotated[Optional[str], typer.Option(
+        help="mixed: LO,HI; each request's output length is drawn uniformly from it (seeded by --seed), "
+             "the same draws for every mode.", show_default="16,512")] = None,
+    batching: Annotated[Optional[str], typer.Option(
+        help="mixed: batching modes to run, each on a freshly loaded engine.", show_default="static,inflight")] = None,
+    max_batch_size: Annotated[Optional[int], typer.Option(
+        help="mixed: the engines' max_batch_size (sequences per step).", show_default="64")] = None,
 ) -> None:
     """Benchmark generation latency, throughput and peak memory; one [BENCHMARK] line per case on stdout."""
-    with user_errors({"max_seq_len": "--input-output-len", "max_batch_size": "--batch-size"}):
-        cases = make_cases(parse_batch_sizes(batch_size), parse_input_output_len(input_output_len))
+    mixed_options = {"--requests": requests, "--input-len": input_len, "--output-len-range": output_len_range,
+                     "--batching": batching, "--max-batch-size": max_batch_size}
+    with user_errors():  # everything checked before a model loads
         if warmup < 0:
             raise InvalidParameterError("--warmup", f"must be >= 0, got {warmup}")
         if runs < 1:
@@ -70,11 +96,47 @@ def bench(
         models = [m.strip() for m in model.split(",") if m.strip()]
         if not models:
             raise InvalidParameterError("--model", "names no model")
+        if scheduler_policy not in POLICIES:
+            raise InvalidParameterError("--scheduler-policy", f"must be one of {', '.join(POLICIES)}, got {scheduler_policy!r}")
+        if workload == "mixed":
+            if compare_hf or hf_model:
+                raise InvalidParameterError("--compare-hf" if compare_hf else "--hf-model",
+                                            "only applies to --workload grid")
+            if len(models) != 1:
+                raise InvalidParameterError("--model", f"--workload mixed runs one model, got {len(models)}")
+            spec = make_spec(requests, input_len, output_len_range, batching, max_batch_size)
+        elif workload == "grid":
+            given = [option for option, value in mixed_options.items() if value is not None]
+            if given:
+                raise InvalidParameterError(given[0], "only applies to --workload mixed")
+            cases = make_cases(parse_batch_sizes(batch_size), parse_input_output_len(input_output_len))
+        else:
+            raise InvalidParameterError("--workload", f"must be grid or mixed, got {workload!r}")
+        if plot_dir is not None:
+            prepare_plot_dir(plot_dir, "--plot-dir")  # without matplotlib this fails now, not after the runs
+    if workload == "mixed":
+        with user_errors({"max_seq_len": "--input-len/--output-len-range", "max_batch_size": "--max-batch-size"}):
+            _import_loading_code()
+            payload = run_mixed(models[0], _model_label(models[0]), dev, dtype, spec, warmup, runs, seed)
+    else:
+        payload = _bench_grid(model, models, hf_model, compare_hf, dev, dtype, cases, warmup, runs, seed,
+                              scheduler_policy)
+    _save(payload, json_file, plot_dir)
+
+
+def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_hf: bool, dev: str,
+                dtype: Optional[str], cases: list[Case], warmup: int, runs: int, seed: int,
+                scheduler_policy: str) -> dict[str, Any]:
+    with user_errors({"max_seq_len": "--input-output-len", "max_batch_size": "--batch-size"}):
         prompts: dict[Case, list[list[int]]] = {}
 
         def load_ours(name: str) -> EngineSide:
-            side = EngineSide(name, dev, dtype, max(c.batch_size for c in cases),
-                              max(c.input_len + c.output_len for c in cases))
+            max_batch = max(c.batch_size for c in cases)
+            # The step budget fits the largest batch's prompts (at most the engine default, 8192), so the
+            # activation memory reserved next to the KV pool is what the cases need.
+            step_tokens = min(8192, max(max_batch, *(c.batch_size * c.input_len for c in cases)))
+            side = EngineSide(name, dev, dtype, max_batch, max(c.input_len + c.output_len for c in cases),
+                              step_tokens, scheduler_policy)
             # Every side gets these same prompts; the checkpoint's vocabulary comes with our (first) engine.
             for case in cases:
                 prompts.setdefault(case, random_prompts(case, side.engine.model_config.vocab_size,
@@ -95,9 +157,22 @@ def bench(
     if comparisons:
         typer.echo("\n" + comparison_table(comparisons))
         typer.echo("lat. red. = 1 - ours/hf latency; speedup = hf/ours latency; mem red. = 1 - ours/hf peak memory")
-    if json_file is not None:
-        _write_json(json_file, model, dev, warmup, runs, seed, [r for rs in ours.values() for r in rs] + hf,
-                    comparisons)
+    return {"workload": "grid", "model": model, "device": dev, "warmup": warmup, "runs": runs, "seed": seed,
+            "results": [r.to_json() for rs in ours.values() for r in rs] + [r.to_json() for r in hf],
+            "comparison": [c.to_json() for c in comparisons]}
+
+
+def _save(payload: dict[str, Any], json_file: Optional[Path], plot_dir: Optional[Path]) -> None:
+    with user_errors():
+        if json_file is not None:
+            try:
+                json_file.write_text(json.dumps(payload, indent=2) + "\n")
+            except OSError as err:
+                raise InvalidParameterError("--json", f"cannot write {json_file}: {err.strerror}") from None
+            log.info("bench_json_written", path=str(json_file))
+        if plot_dir is not None:
+            for path in plot_results(payload, plot_dir):
+                log.info("bench_plot_written", path=str(path))
 
 
 def _run_side(load: Callable[[], Side], model: str, device: str, cases: list[Case],
@@ -139,14 +214,3 @@ def _import_loading_code() -> None:
 
 def _model_label(model: str) -> str:
     return Path(model).name if ("/" in model or model.endswith(".gguf")) else model
-
-
-def _write_json(path: Path, model: str, device: str, warmup: int, runs: int, seed: int,
-                results: list[CaseResult], comparisons: list[Comparison]) -> None:
-    payload = {"model": model, "device": device, "warmup": warmup, "runs": runs, "seed": seed,
-               "results": [r.to_json() for r in results], "comparison": [c.to_json() for c in comparisons]}
-    try:
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-    except OSError as err:
-        raise InvalidParameterError("--json", f"cannot write {path}: {err.strerror}") from None
-    log.info("bench_json_written", path=str(path))

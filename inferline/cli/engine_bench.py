@@ -18,10 +18,13 @@ log = structlog.get_logger(__name__)
 class EngineSide:
     name = "inferline"
 
-    def __init__(self, model: str, device: str, dtype: str | None, max_batch_size: int, max_seq_len: int):
-        # Sized to the largest case: the KV pool holds max_batch_size sequences of max_seq_len tokens.
-        self.engine = Engine(EngineConfig(model=model, device=device, dtype=dtype,
-                                          max_batch_size=max_batch_size, max_seq_len=max_seq_len))
+    def __init__(self, model: str, device: str, dtype: str | None, max_batch_size: int, max_seq_len: int,
+                 max_num_tokens: int, scheduler_policy: str = "max_utilization"):
+        # Sized to the largest case: the KV pool holds max_batch_size sequences of max_seq_len tokens, and
+        # a step (hence the activation memory reserved for it) holds max_num_tokens.
+        self.engine = Engine(EngineConfig(model=model, device=device, dtype=dtype, max_batch_size=max_batch_size,
+                                          max_seq_len=max_seq_len, max_num_tokens=max_num_tokens,
+                                          scheduler_policy=scheduler_policy))
         self.device = device
 
     @property
@@ -32,7 +35,8 @@ class EngineSide:
         # min_tokens == max_tokens: exactly output_len tokens, EOS masked out all the way, which is what HF's
         # min_new_tokens does. Not ignore_eos: it would let EOS be sampled (then ignored), so the two engines
         # would decode different tokens wherever EOS is the argmax.
-        params = SamplingParams(max_tokens=output_len, min_tokens=output_len)
+        # Token ids only, as TensorRT-LLM's benchmarks measure the engine (HF generate decodes no text either).
+        params = SamplingParams(max_tokens=output_len, min_tokens=output_len, detokenize=False)
         for _ in range(warmup):
             self._run_once(prompts, params)
         latencies, ttfts, token_ids = [], [], []

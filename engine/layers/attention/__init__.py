@@ -1,12 +1,26 @@
 """Attention backends behind one interface: each takes this step's queries, keys and values for all
 scheduled tokens, writes the new K/V into the paged cache and attends over each sequence's blocks.
 
-A backend is picked by name from ATTENTION_BACKENDS; the CUDA-fast ones (paged decode kernel,
-varlen prefill) are added beside the portable reference here.
+A backend is picked by name from ATTENTION_BACKENDS; "auto" is the Triton kernels on CUDA and the
+portable PyTorch reference elsewhere.
 """
+from __future__ import annotations
+
+import torch
+
 from engine.layers.attention.metadata import AttentionMetadata
 from engine.layers.attention.torch_paged import TorchPagedAttention
+from engine.layers.attention.triton_paged import TritonPagedAttention
 
-ATTENTION_BACKENDS = {"torch_paged": TorchPagedAttention}
+ATTENTION_BACKENDS = {"torch_paged": TorchPagedAttention, "triton_paged": TritonPagedAttention}
+BACKEND_CHOICES = ("auto", *ATTENTION_BACKENDS)
 
-__all__ = ["ATTENTION_BACKENDS", "AttentionMetadata", "TorchPagedAttention"]
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    return "triton_paged" if device.type == "cuda" else "torch_paged"
+
+
+__all__ = ["ATTENTION_BACKENDS", "BACKEND_CHOICES", "AttentionMetadata", "TorchPagedAttention",
+           "TritonPagedAttention", "resolve_backend"]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -9,13 +9,33 @@ import torch
 class AttentionMetadata:
     """Where this step's tokens sit, built once per step by the model runner and shared by all layers.
 
-    Tokens of one sequence are contiguous in the flattened batch, sequences in scheduling order.
+    Tokens of one sequence are contiguous in the flattened batch, sequences in scheduling order. Every
+    tensor is on the model's device and none needs a host sync to use, so a decode step built from
+    these can be captured in a CUDA graph (the Python ints are then fixed by the capture).
     """
 
-    slot_mapping: torch.Tensor  # [tokens] int64: cache slot (block * block_size + offset) of each new token
-    block_tables: torch.Tensor  # [seqs, max_blocks] int64: each sequence's blocks, padded with 0
-    query_index: torch.Tensor  # [seqs, max_query_len] int64: flattened-token index of each query, padded with 0
-    query_valid: torch.Tensor  # [seqs, max_query_len] bool: which entries of query_index are real
-    attn_mask: torch.Tensor  # [seqs, 1, max_query_len, max_context_len] bool: key visible to query
-    key_valid: torch.Tensor  # [seqs, max_context_len, 1, 1] bool: slot holds one of the sequence's tokens
+    slot_mapping: torch.Tensor  # [tokens] int64: cache slot (block * block_size + offset) of each new token; -1: padding
+    block_tables: torch.Tensor  # [seqs, max_blocks] int32: each sequence's blocks, padded with 0
+    context_lens: torch.Tensor  # [seqs] int32: tokens in each sequence's cache, this step's new ones included; 0: padding
+    query_start: torch.Tensor  # [seqs + 1] int32: where each sequence's tokens start in the flattened batch
+    max_query_len: int  # most new tokens of any sequence this step (1: a decode-only step)
     max_context_len: int  # longest context (cached + new tokens) of any sequence this step
+    # Per-step tensors a backend derives from the above once and reuses in every layer (masks, indices).
+    derived: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def prefill(cls, block_tables: torch.Tensor, seq_len: int, block_size: int) -> AttentionMetadata:
+        """N sequences of seq_len new tokens each on empty caches (calibration and profiling batches)."""
+        num_seqs, device = block_tables.shape[0], block_tables.device
+        pos = torch.arange(seq_len, device=device)
+        slot_mapping = (block_tables[:, pos // block_size].long() * block_size + pos % block_size).flatten()
+        return cls(slot_mapping=slot_mapping, block_tables=block_tables.int(),
+                   context_lens=torch.full((num_seqs,), seq_len, dtype=torch.int32, device=device),
+                   query_start=torch.arange(0, num_seqs * seq_len + 1, seq_len, dtype=torch.int32, device=device),
+                   max_query_len=seq_len, max_context_len=seq_len)
+
+    def first_sequences(self, k: int) -> AttentionMetadata:
+        """The metadata of the batch's first k sequences."""
+        n = int(self.query_start[k])
+        return AttentionMetadata(self.slot_mapping[:n], self.block_tables[:k], self.context_lens[:k],
+                                 self.query_start[:k + 1], self.max_query_len, self.max_context_len)

@@ -1,7 +1,8 @@
 """Portable paged attention in plain PyTorch (CPU and CUDA): gathers each sequence's blocks and runs
 scaled-dot-product attention with a causal mask offset by what is already cached.
 
-It is the reference the fast CUDA backends are tested against; it favours clarity over speed.
+It is the reference the fast CUDA backend is tested against; it favours clarity over speed, and its
+shapes follow the step's longest context, so it is never captured in a CUDA graph.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from engine.layers.attention.metadata import AttentionMetadata
 
 
 class TorchPagedAttention:
+    supports_cuda_graphs = False
+
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
@@ -25,6 +28,7 @@ class TorchPagedAttention:
         k_cache, v_cache = kv_cache[0], kv_cache[1]
         k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, v)
+        masks = meta.derived.get("torch_paged") or meta.derived.setdefault("torch_paged", _masks(meta))
 
         n_seqs = meta.block_tables.shape[0]
         ctx = meta.max_context_len
@@ -32,12 +36,30 @@ class TorchPagedAttention:
         values = v_cache[meta.block_tables].view(n_seqs, -1, self.num_kv_heads, self.head_dim)[:, :ctx]
         # Slots past a sequence's end (block padding, reused blocks) may hold anything, NaN included;
         # a masked NaN still poisons softmax(QK^T)V, so they are zeroed, not just masked.
-        keys = keys.masked_fill(~meta.key_valid, 0.0)
-        values = values.masked_fill(~meta.key_valid, 0.0)
-        queries = q[meta.query_index]  # [seqs, max_query_len, heads, head_dim]
+        keys = keys.masked_fill(~masks["key_valid"], 0.0)
+        values = values.masked_fill(~masks["key_valid"], 0.0)
+        queries = q[masks["query_index"]]  # [seqs, max_query_len, heads, head_dim]
 
         out = F.scaled_dot_product_attention(
             queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
-            attn_mask=meta.attn_mask, scale=self.scale, enable_gqa=self.num_kv_heads != self.num_heads,
+            attn_mask=masks["attn_mask"], scale=self.scale, enable_gqa=self.num_kv_heads != self.num_heads,
         )  # [seqs, heads, max_query_len, head_dim]
-        return out.transpose(1, 2)[meta.query_valid]  # [tokens, heads, head_dim]
+        return out.transpose(1, 2)[masks["query_valid"]]  # [tokens, heads, head_dim]
+
+
+def _masks(meta: AttentionMetadata) -> dict[str, torch.Tensor]:
+    """Gather indices and masks for the padded [seqs, max_query_len] x [seqs, max_context_len] layout."""
+    device = meta.context_lens.device
+    starts, query_lens = meta.query_start[:-1].long(), (meta.query_start[1:] - meta.query_start[:-1]).long()
+    context_lens = meta.context_lens.long()
+    i = torch.arange(meta.max_query_len, device=device)[None, :]
+    query_valid = i < query_lens[:, None]  # [seqs, max_query_len]
+    # Padded query rows get position 0 so their softmax row is never empty; they are dropped after.
+    query_pos = torch.where(query_valid, context_lens[:, None] - query_lens[:, None] + i, 0)
+    key_pos = torch.arange(meta.max_context_len, device=device)
+    return {
+        "query_index": torch.where(query_valid, starts[:, None] + i, 0),
+        "query_valid": query_valid,
+        "attn_mask": (key_pos[None, None, :] <= query_pos[:, :, None]).unsqueeze(1),  # [seqs, 1, q, ctx]
+        "key_valid": (key_pos[None, :] < context_lens[:, None])[:, :, None, None],  # [seqs, ctx, 1, 1]
+    }

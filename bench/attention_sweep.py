@@ -1,0 +1,68 @@
+"""Time the Triton paged-attention kernel over its launch configurations on the shapes that matter
+(7B decode batches, long prefills), and print each shape's best; engine/layers/attention/triton/
+paged_attention.py's LAUNCH table holds the chosen ones.
+
+    python bench/attention_sweep.py            # CUDA only
+
+Bytes counted per decode launch: every sequence's K and V once (the floor: decode attention only streams
+the cache). Median of triton.testing.do_bench's timed repetitions.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+import triton
+
+from engine.layers.attention.triton import paged_attention as pa
+
+BLOCK_SIZE = 16
+
+
+def make_batch(seqs: int, ctx: int, q_len: int, heads: int, kv_heads: int, head_dim: int = 128):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    blocks_per_seq = -(-ctx // BLOCK_SIZE)
+    num_blocks = seqs * blocks_per_seq
+    cache = torch.randn(2, num_blocks, BLOCK_SIZE, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16,
+                        generator=gen)
+    tables = torch.randperm(num_blocks, device="cuda", generator=gen).view(seqs, blocks_per_seq).int()
+    q = torch.randn(seqs * q_len, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    context_lens = torch.full((seqs,), ctx, dtype=torch.int32, device="cuda")
+    query_start = torch.arange(0, seqs * q_len + 1, q_len, dtype=torch.int32, device="cuda")
+    kv_bytes = 2 * seqs * ctx * kv_heads * head_dim * 2
+    return (q, cache[0], cache[1], tables, context_lens, query_start, q_len, head_dim ** -0.5), kv_bytes
+
+
+def sweep(kind: str, label: str, args: tuple, kv_bytes: int, grid: dict[str, list[int]]) -> None:
+    default = pa.LAUNCH[kind]
+    rows = []
+    for values in itertools.product(*grid.values()):
+        config = pa.LaunchConfig(**dict(zip(grid, values)))
+        pa.LAUNCH[kind] = config
+        try:
+            ms = triton.testing.do_bench(lambda: pa.paged_attention(*args), warmup=20, rep=100, return_mode="median")
+        except Exception as err:  # e.g. out of shared memory
+            print(f"  {config}: failed ({type(err).__name__})")
+            continue
+        rows.append((ms, config))
+    pa.LAUNCH[kind] = default
+    rows.sort(key=lambda r: r[0])
+    base = next((ms for ms, c in rows if c == default), float("nan"))
+    print(f"\n{label}: default {default} {1e3 * base:.1f} us ({kv_bytes / base / 1e9:.2f} TB/s)")
+    for ms, config in rows[:5]:
+        print(f"  {1e3 * ms:8.1f} us  {kv_bytes / ms / 1e9:5.2f} TB/s  {config}")
+
+
+def main() -> None:
+    decode_grid = {"block_m": [16], "block_n": [32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [2, 3, 4]}
+    prefill_grid = {"block_m": [64, 128], "block_n": [32, 64, 128], "num_warps": [4, 8], "num_stages": [2, 3]}
+    for seqs, ctx, heads, kv_heads in [(256, 192, 32, 32), (64, 1100, 32, 32), (1, 178, 32, 32), (256, 192, 32, 8)]:
+        args, kv_bytes = make_batch(seqs, ctx, 1, heads, kv_heads)
+        sweep("decode", f"decode {seqs} seqs x {ctx} ctx, {heads}/{kv_heads} heads", args, kv_bytes, decode_grid)
+    for seqs, q_len in [(1, 2048), (64, 128)]:
+        args, kv_bytes = make_batch(seqs, q_len, q_len, 32, 32)
+        sweep("prefill", f"prefill {seqs} seqs x {q_len} tokens", args, kv_bytes, prefill_grid)
+
+
+if __name__ == "__main__":
+    main()

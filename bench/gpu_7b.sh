@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Issue 5's GPU benchmark: random-weight 7B/8B checkpoints, our engine next to HF transformers in the same
+# run. From the repository root on a CUDA machine:
+#   bench/gpu_7b.sh tests       GPU correctness tests (Triton kernels, CUDA graphs, SmolLM2 on CUDA vs CPU and HF)
+#   bench/gpu_7b.sh latency     batch 1, 32->50 and 128->50, and the time to first token at 128 and 2048 prompt
+#                               tokens: bf16 MHA (Baichuan2-7B shape), ours vs HF
+#   bench/gpu_7b.sh throughput  fixed lengths 128/128 over batch sizes, ours vs HF
+#   bench/gpu_7b.sh long        fixed lengths 128/2048 and 2048/128 at 128 concurrent requests
+#   bench/gpu_7b.sh mixed       256 requests, output lengths 16..512: static vs in-flight batching
+#   bench/gpu_7b.sh quant       int8_wo, int4_wo (the AWQ/GPTQ format) and fp8 engines: batch-1 latency and
+#                               memory vs HF bf16; fp8 throughput
+#   bench/gpu_7b.sh gqa         the Llama-3-8B shape (GQA 32/8): batch-1 latency vs HF, 128/128 throughput
+#   bench/gpu_7b.sh all         every stage above, in that order
+# Writes [BENCHMARK] lines, tables, JSON and PNG plots under $OUT (default bench-results/). Each stage
+# builds the random checkpoint it needs first (~1 min), unless it is already there.
+set -euo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="$(pwd):${PYTHONPATH:-}"
+OUT=${OUT:-bench-results}
+CKPTS=${CKPTS:-/tmp/inferline-bench}
+mkdir -p "$OUT" "$CKPTS"
+MHA=$CKPTS/baichuan2-7b-random
+GQA=$CKPTS/llama3-8b-random
+STORE=$CKPTS/engines
+inferline() { python3 -m inferline.cli --log-level warning "$@"; }
+
+checkpoint() {  # checkpoint SHAPE DIR
+  [ -f "$2/model.safetensors" ] || python3 bench/random_checkpoint.py --shape "$1" --out "$2" \
+    ${TOKENIZER_DIR:+--tokenizer "$TOKENIZER_DIR"} >/dev/null
+}
+
+bench() {  # bench NAME ARGS...: one `inferline bench` run, its lines on stdout and in NAME.txt
+  local name=$1; shift
+  inferline bench --device cuda --dtype bfloat16 --json "$OUT/$name.json" "$@" 2>"$OUT/$name.err" | tee "$OUT/$name.txt"
+}
+
+machine() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, transformers, triton; print('torch', torch.__version__, '| transformers', transformers.__version__, '| triton', triton.__version__)"
+}
+
+stage_tests() {
+  python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/pytest_gpu.txt"
+}
+
+stage_latency() {
+  checkpoint baichuan2-7b "$MHA"
+  bench latency_bf16 --model "$MHA" --compare-hf --batch-size 1 --input-output-len "32,50;128,50;2048,8" --runs 5
+}
+
+stage_throughput() {
+  checkpoint baichuan2-7b "$MHA"
+  bench throughput_128_128 --model "$MHA" --compare-hf --batch-size 1,8,32,64,128,256 --input-output-len "128,128" \
+    --runs 3 --plot-dir "$OUT"
+  mv "$OUT/throughput_vs_batch.png" "$OUT/throughput_vs_batch_bf16.png"
+}
+
+stage_long() {
+  checkpoint baichuan2-7b "$MHA"
+  # Long cases: as many concurrent requests as the KV pool holds whole (the rest wait their turn).
+  bench throughput_long --model "$MHA" --batch-size 128 --input-output-len "128,2048;2048,128" \
+    --scheduler-policy guaranteed_no_evict --warmup 0 --runs 2
+}
+
+stage_mixed() {
+  checkpoint baichuan2-7b "$MHA"
+  bench mixed --model "$MHA" --workload mixed --requests 256 --input-len 128 --output-len-range 16,512 \
+    --max-batch-size 64 --runs 3 --plot-dir "$OUT"
+}
+
+stage_quant() {
+  checkpoint baichuan2-7b "$MHA"
+  local engines=""
+  for scheme in int8_wo int4_wo fp8; do
+    # The lm_head too: at batch 1 its 1 GB of bf16 is read every token. Tiny calibration and scoring:
+    # the weights are random, only the engine's speed and size matter here.
+    [ -d "$STORE/b7-$scheme" ] || inferline build --source "$MHA" --name "b7-$scheme" --quantization "$scheme" \
+      --quantize-lm-head --dtype bfloat16 --device cuda --store-dir "$STORE" --calibration-samples 8 \
+      --eval-windows 2 --json > "$OUT/build_$scheme.json" 2> "$OUT/build_$scheme.err"
+    engines="$engines,$STORE/b7-$scheme"
+  done
+  bench latency_quant --model "${engines#,}" --hf-model "$MHA" --compare-hf --batch-size 1 \
+    --input-output-len "32,50;128,50" --runs 5
+  bench throughput_fp8 --model "$STORE/b7-fp8" --batch-size 256 --input-output-len "128,128" --runs 3
+  bench throughput_fp8_long --model "$STORE/b7-fp8" --batch-size 128 --input-output-len "128,2048;2048,128" \
+    --scheduler-policy guaranteed_no_evict --warmup 0 --runs 2
+}
+
+stage_gqa() {
+  checkpoint llama3-8b "$GQA"
+  bench latency_gqa --model "$GQA" --compare-hf --batch-size 1 --input-output-len "32,50;128,50" --runs 5
+  bench throughput_gqa --model "$GQA" --batch-size 256 --input-output-len "128,128" --runs 3
+}
+
+machine | tee "$OUT/machine.txt"
+case "${1:?stage: tests, latency, throughput, long, mixed, quant, gqa or all}" in
+  all) for s in tests latency throughput long mixed quant gqa; do "stage_$s"; done ;;
+  tests|latency|throughput|long|mixed|quant|gqa) "stage_$1" ;;
+  *) echo "unknown stage $1" >&2; exit 2 ;;
+esac

@@ -1,0 +1,68 @@
+"""Scatters this step's keys and values into the paged KV cache: token t goes to cache slot
+slot_mapping[t] = block * block_size + offset, for every KV head.
+
+One program per token moves that token's whole [kv_heads, head_dim] K and V rows, so k and v share one
+launch and the slot is decoded once. The cache is addressed through its 4-D strides: the per-layer K and
+V caches are views into one pool. A negative slot marks a padding token (a CUDA-graph batch padded to
+its captured size) and is skipped.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.layers.triton import FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, next_power_of_2
+
+
+@triton.jit
+def _store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+                     stride_kt, stride_kh, stride_vt, stride_vh,
+                     stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
+                     KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    # k, v: [tokens, KV_HEADS, HEAD_DIM]; k_cache, v_cache: [num_blocks, BLOCK_SIZE, KV_HEADS, HEAD_DIM]
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t)
+    if slot < 0:
+        return
+    block = slot // BLOCK_SIZE
+    offset = slot % BLOCK_SIZE
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    dims = tl.arange(0, BLOCK_D)[None, :]
+    mask = (heads < KV_HEADS) & (dims < HEAD_DIM)  # [BLOCK_H, BLOCK_D]
+    k = tl.load(k_ptr + t * stride_kt + heads * stride_kh + dims, mask=mask)
+    v = tl.load(v_ptr + t * stride_vt + heads * stride_vh + dims, mask=mask)
+    tl.store(k_cache_ptr + block * stride_kcb + offset * stride_kcs + heads * stride_kch + dims, k, mask=mask)
+    tl.store(v_cache_ptr + block * stride_vcb + offset * stride_vcs + heads * stride_vch + dims, v, mask=mask)
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """k, v: [tokens, kv_heads, head_dim] (token and head strides free, last dim contiguous);
+    k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim] in k's dtype; slot_mapping: [tokens]
+    int64. Writes k[t], v[t] at slot slot_mapping[t] (skipped when negative). Slots must be below
+    num_blocks * block_size: not checked, as that would sync with the device."""
+    check_tensor("k", k, FLOAT_DTYPES, 3)
+    check_tensor("v", v, (k.dtype,), 3, like=k)
+    check_tensor("k_cache", k_cache, (k.dtype,), 4, like=k)
+    check_tensor("v_cache", v_cache, (k.dtype,), 4, like=k)
+    check_tensor("slot_mapping", slot_mapping, (torch.int64,), 1, like=k)
+    tokens, kv_heads, head_dim = k.shape
+    check_shape("v", v, tuple(k.shape), "k's shape")
+    if tuple(k_cache.shape[2:]) != (kv_heads, head_dim):
+        raise ValueError(f"k_cache: must be [num_blocks, block_size, {kv_heads}, {head_dim}] to hold k "
+                         f"{tuple(k.shape)}, got {tuple(k_cache.shape)}")
+    check_shape("v_cache", v_cache, tuple(k_cache.shape), "k_cache's shape")
+    check_shape("slot_mapping", slot_mapping, (tokens,), "one slot per token of k")
+    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check_last_dim_contiguous(name, t)
+    if slot_mapping.numel() > 1 and slot_mapping.stride(0) != 1:
+        raise ValueError("slot_mapping: must be contiguous")
+    if tokens == 0 or kv_heads == 0 or head_dim == 0:
+        return
+    _store_kv_kernel[(tokens,)](
+        k, v, k_cache, v_cache, slot_mapping, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), KV_HEADS=kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
+        BLOCK_H=next_power_of_2(kv_heads), BLOCK_D=next_power_of_2(head_dim), num_warps=4)

@@ -1,0 +1,224 @@
+"""Paged attention for a mixed batch (decode, prefill and chunked prefill in one launch), reading K/V
+straight from the block-table cache, flash-attention style.
+
+One program handles every query head of one KV head for a tile of rows, where a row is a (query token,
+head in the KV group) pair: row r -> token r // G, head kv_head * G + r % G (G = heads per KV head).
+A decode step (one query per sequence) thus puts a whole GQA group into one tile and reads each
+sequence's K/V once per KV head instead of once per query head, and tl.dot gets its 16 rows even when
+there is a single query token. Grid: (seqs, kv_heads, row tiles), so a long prefill spreads over many
+programs while decode needs exactly one tile per (sequence, KV head).
+
+Keys are walked in BLOCK_N-position tiles; every position finds its cache block through the block table,
+so a tile may span several (non-adjacent) cache blocks and block_size need not match BLOCK_N. Softmax is
+the online (running max and sum) form in float32 with exp2. Keys at or past a sequence's context length
+are masked out both in the scores and in the loads (other=0), so whatever stale or NaN data sits in a
+block's unused slots never reaches the output. A row with no visible key (padding: context_len 0) is
+written as zeros.
+
+Block sizes are fixed per batch kind, never autotuned: the kernel is captured in CUDA graphs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.layers.triton import (FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, interpreting,
+                                  next_power_of_2)
+
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_m: int  # rows (query token x group head) per program
+    block_n: int  # key positions per tile
+    num_warps: int
+    num_stages: int  # pipeline depth of the K/V loads (float32 gets at most 2: twice the bytes per tile)
+
+
+# Per batch kind, chosen by bench/attention_sweep.py on an H200 (see docs/benchmarks.md). Decode batches
+# have G rows per (sequence, KV head) and 16 is tl.dot's minimum; prefill tiles are taller so each K/V
+# tile read serves more queries.
+LAUNCH: dict[str, LaunchConfig] = {
+    "decode": LaunchConfig(block_m=16, block_n=64, num_warps=4, num_stages=3),
+    "prefill": LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
+}
+# The interpreter runs each key tile in numpy: smaller tiles make tiles span cache blocks and the
+# context edge at test sizes.
+INTERPRET_BLOCK_N: Final[int] = 32
+# Under the interpreter the key loop is a while loop (see the kernel); tests turn this off to run the
+# compiled path's for loop where the interpreter can.
+INTERPRET_WITH_WHILE_LOOP = True
+LOG2E: Final[float] = 1.4426950408889634
+
+
+@triton.jit
+def _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head, qk_scale,
+                     stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                     BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    # One online-softmax step over key positions start .. start + BLOCK_N - 1.
+    # q: [BLOCK_M, BLOCK_D]; q_pos, m_i, l_i: [BLOCK_M]; acc: [BLOCK_M, BLOCK_D]
+    pos = start + tl.arange(0, BLOCK_N)
+    pos_ok = pos < kv_end
+    block = tl.load(bt_row + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
+    slot = pos % BLOCK_SIZE
+    kv_mask = pos_ok[:, None] & d_ok[None, :]  # [BLOCK_N, BLOCK_D]
+    # Masked slots load as 0, never as what the cache holds there (maybe NaN): p * NaN would be NaN.
+    k = tl.load(k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + dims[None, :],
+                mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+    v = tl.load(v_head + block[:, None] * stride_vb + slot[:, None] * stride_vs + dims[None, :],
+                mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+
+    # qk_scale = scale * log2(e): scores are kept in base 2, since exp2 is the native instruction.
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+    visible = pos_ok[None, :] & (pos[None, :] <= q_pos[:, None])
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _paged_attention_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, block_tables_ptr, context_lens_ptr, query_start_ptr, qk_scale,
+        stride_qt, stride_qh, stride_ot, stride_oh,
+        stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+        G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # q, out: [tokens, heads, HEAD_DIM]; k, v: [num_blocks, BLOCK_SIZE, kv_heads, HEAD_DIM];
+    # block_tables: [seqs, max_blocks]; context_lens: [seqs]; query_start: [seqs + 1]
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    q_start = tl.load(query_start_ptr + seq)
+    q_len = tl.load(query_start_ptr + seq + 1) - q_start
+    ctx = tl.load(context_lens_ptr + seq)
+    row0 = tl.program_id(2) * BLOCK_M
+    n_rows = q_len * G
+    if row0 >= n_rows:  # the grid is sized for the longest query; shorter sequences have fewer tiles
+        return
+
+    rows = row0 + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    tok = rows // G  # query index within the sequence
+    head = kv_head * G + rows % G
+    q_pos = ctx - q_len + tok  # absolute position: this step's queries are the context's last q_len
+    dims = tl.arange(0, BLOCK_D)
+    d_ok = dims < HEAD_DIM
+
+    q_rows = (q_start + tok).to(tl.int64)
+    q_ptrs = q_ptr + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+
+    m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives exp2(0), not NaN
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+
+    # Causal: no row of this tile sees past its last row's position (nor past the context).
+    last_tok = (tl.minimum(row0 + BLOCK_M, n_rows) - 1) // G
+    kv_end = tl.minimum(ctx, ctx - q_len + last_tok + 1)
+    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    k_head = k_ptr + kv_head * stride_kh
+    v_head = v_ptr + kv_head * stride_vh
+    if WHILE_LOOP:
+        # Triton 3.6's interpreter cannot run a for loop to a run-time bound (it converts the bound with
+        # int(), which numpy >= 2.4 refuses for its 1-element arrays); a while loop works there and later.
+        start = 0
+        while start < kv_end:
+            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
+                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+            start += BLOCK_N
+    else:
+        # Compiled, a for loop is what Triton software-pipelines (loads of the next tile in flight).
+        for start in range(0, kv_end, BLOCK_N):
+            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
+                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # no visible key (padding): 0, not 0 / 0
+    o_ptrs = out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :]
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+def launch_for(max_query_len: int) -> LaunchConfig:
+    """Tiles for a batch whose longest query is max_query_len (1: decode only)."""
+    return LAUNCH["decode" if max_query_len <= 1 else "prefill"]
+
+
+def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+           context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
+           out: torch.Tensor | None) -> None:
+    check_tensor("q", q, FLOAT_DTYPES, 3)
+    check_tensor("k_cache", k_cache, (q.dtype,), 4, like=q)
+    check_tensor("v_cache", v_cache, (q.dtype,), 4, like=q)
+    check_tensor("block_tables", block_tables, (torch.int32,), 2, like=q)
+    check_tensor("context_lens", context_lens, (torch.int32,), 1, like=q)
+    check_tensor("query_start", query_start, (torch.int32,), 1, like=q)
+    tokens, heads, head_dim = q.shape
+    _, _, kv_heads, cache_head_dim = k_cache.shape
+    check_shape("v_cache", v_cache, tuple(k_cache.shape), "k_cache's shape")
+    if kv_heads == 0 or heads % kv_heads:
+        raise ValueError(f"k_cache: its {kv_heads} KV heads must divide q's {heads} heads")
+    if cache_head_dim != head_dim:
+        raise ValueError(f"k_cache: head_dim {cache_head_dim} differs from q's {head_dim}")
+    seqs = block_tables.shape[0]
+    check_shape("context_lens", context_lens, (seqs,), "one per block_tables row")
+    check_shape("query_start", query_start, (seqs + 1,), "block_tables rows + 1")
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_tables", block_tables)):
+        check_last_dim_contiguous(name, t)
+    for name, t in (("context_lens", context_lens), ("query_start", query_start)):
+        if t.numel() > 1 and t.stride(0) != 1:
+            raise ValueError(f"{name}: must be contiguous")
+    if isinstance(max_query_len, bool) or not isinstance(max_query_len, int) or max_query_len < 0:
+        raise ValueError(f"max_query_len: must be a non-negative Python int, got {max_query_len!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"scale: must be a Python float, got {type(scale).__name__}")
+    if out is not None:
+        check_tensor("out", out, (q.dtype,), 3, like=q)
+        check_shape("out", out, tuple(q.shape), "q's shape")
+        check_last_dim_contiguous("out", out)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                    context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of each sequence's queries over its cached keys and values.
+
+    q: [tokens, heads, head_dim]; k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim] holding
+    this step's K/V already; block_tables: [seqs, max_blocks] int32; context_lens: [seqs] int32, the
+    cached tokens including this step's; query_start: [seqs + 1] int32, sequence s's queries being
+    q[query_start[s]:query_start[s + 1]]; max_query_len: >= the longest of those (a Python int, so no
+    device sync). Returns out ([tokens, heads, head_dim], new unless given): rows of sequences with
+    context_len 0 are zeros; rows at or past query_start[-1] are left unwritten.
+    """
+    _check(q, k_cache, v_cache, block_tables, context_lens, query_start, max_query_len, scale, out)
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    tokens, heads, head_dim = q.shape
+    block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = heads // kv_heads
+    seqs = block_tables.shape[0]
+    if tokens == 0 or seqs == 0 or max_query_len == 0 or head_dim == 0:
+        return out
+    launch = launch_for(max_query_len)
+    block_n = INTERPRET_BLOCK_N if interpreting() else launch.block_n
+    # float32 tiles are twice the bytes: 3 stages of 64x128 K and V would not fit an H100's shared memory.
+    stages = min(launch.num_stages, 2) if q.dtype == torch.float32 else launch.num_stages
+    grid = (seqs, kv_heads, triton.cdiv(max_query_len * group, launch.block_m))
+    _paged_attention_kernel[grid](
+        q, k_cache, v_cache, out, block_tables, context_lens, query_start, float(scale) * LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        G=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=max(16, next_power_of_2(head_dim)),
+        # fp32 without TF32 (torch's default), so a float32 model matches its float32 reference.
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        WHILE_LOOP=interpreting() and INTERPRET_WITH_WHILE_LOOP,
+        BLOCK_M=launch.block_m, BLOCK_N=block_n, num_warps=launch.num_warps, num_stages=stages)
+    return out

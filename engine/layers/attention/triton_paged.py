@@ -1,0 +1,31 @@
+"""Paged attention for CUDA: the new K/V are stored by one Triton kernel, then one Triton kernel attends
+every query of the step (prefill chunks and decodes alike) over its sequence's cache blocks.
+
+Its launches depend only on the batch's shape, never on cache contents, and it makes no host syncs,
+so decode steps built on it are captured in CUDA graphs."""
+from __future__ import annotations
+
+import torch
+
+from engine.layers.attention.metadata import AttentionMetadata
+
+
+class TritonPagedAttention:
+    supports_cuda_graphs = True
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
+        # Imported here: triton is needed only where this backend runs (CUDA machines, kernel tests).
+        from engine.layers.attention.triton.kv_store import store_kv
+        from engine.layers.attention.triton.paged_attention import paged_attention
+
+        self._store_kv, self._paged_attention = store_kv, paged_attention
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = scale
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                 meta: AttentionMetadata) -> torch.Tensor:
+        # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]
+        # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim]
+        self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping)
+        return self._paged_attention(q, kv_cache[0], kv_cache[1], meta.block_tables, meta.context_lens,
+                                     meta.query_start, meta.max_query_len, self.scale)

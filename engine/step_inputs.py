@@ -1,0 +1,67 @@
+"""One step's model inputs, built on the host from the scheduled batch: flat numpy arrays that the
+runner copies to the device (eagerly, or into a CUDA graph's static buffers)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.scheduler import ScheduledSequence
+
+
+@dataclass
+class StepInputs:
+    input_ids: np.ndarray  # [tokens] int64
+    positions: np.ndarray  # [tokens] int64
+    slot_mapping: np.ndarray  # [tokens] int64
+    context_lens: np.ndarray  # [seqs] int32: cached + new tokens
+    query_start: np.ndarray  # [seqs + 1] int32
+    logits_index: np.ndarray  # [sampling seqs] int64: the flattened token whose logits are sampled
+    tables: list[list[int]]  # each sequence's blocks, as far as this step's context reaches
+    max_query_len: int
+    max_context_len: int
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.tables)
+
+    @classmethod
+    def build(cls, batch: list[ScheduledSequence], block_size: int) -> StepInputs:
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        context_lens: list[int] = []
+        query_lens: list[int] = []
+        logits_index: list[int] = []
+        tables: list[list[int]] = []
+        for item in batch:
+            seq, start, n = item.seq, item.seq.num_computed_tokens, item.num_tokens
+            end = start + n
+            table = seq.block_table[:-(-end // block_size)]
+            if n == 1:  # decode: most of a large batch, so the cheap path
+                ids.append(seq.token_at(start))
+                positions.append(start)
+                slots.append(table[start // block_size] * block_size + start % block_size)
+            else:
+                span = range(start, end)
+                ids.extend(seq.token_at(p) for p in span)
+                positions.extend(span)
+                slots.extend(table[p // block_size] * block_size + p % block_size for p in span)
+            context_lens.append(end)
+            query_lens.append(n)
+            tables.append(table)
+            if item.samples:
+                logits_index.append(len(ids) - 1)
+        return cls(input_ids=np.array(ids, dtype=np.int64), positions=np.array(positions, dtype=np.int64),
+                   slot_mapping=np.array(slots, dtype=np.int64), context_lens=np.array(context_lens, dtype=np.int32),
+                   query_start=np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32),
+                   logits_index=np.array(logits_index, dtype=np.int64), tables=tables,
+                   max_query_len=max(query_lens), max_context_len=max(context_lens))
+
+    def block_tables(self, width: int | None = None) -> np.ndarray:
+        """[seqs, width] int32, rows padded with block 0 (never read: context_lens bound every read)."""
+        width = width or max(len(t) for t in self.tables)
+        out = np.zeros((len(self.tables), width), dtype=np.int32)
+        for row, table in zip(out, self.tables):
+            row[:len(table)] = table
+        return out

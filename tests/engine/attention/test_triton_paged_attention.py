@@ -1,0 +1,235 @@
+"""The Triton paged-attention kernel against a float64 per-sequence reference. Without CUDA it runs in
+Triton's interpreter on small shapes; bfloat16 runs on CUDA only (the interpreter's bfloat16 is
+unreliable). Every case uses a shuffled block table and leaves garbage (NaN where asked) in the cache
+slots no sequence owns, which the kernel must never read into its output."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads it when a kernel is defined
+pytest.importorskip("triton")
+
+import triton  # noqa: E402
+
+from engine.layers.attention.triton import paged_attention as paged_attention_module  # noqa: E402
+from engine.layers.attention.triton.paged_attention import paged_attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Largest error allowed, relative to the largest |output|.
+REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float16, id="float16"),
+          pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.gpu)]
+
+
+class Case:
+    """A batch of sequences, each (query_len, context_len), with its K/V already in a paged cache.
+
+    The cache is a view of layer 1 of a two-layer pool (non-zero storage offset), blocks are handed out
+    in a random order, and every slot not holding a sequence's token is filled with `garbage`."""
+
+    def __init__(self, seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int = 64,
+                 block_size: int = 4, dtype: torch.dtype = torch.float32, garbage: float = 1e4, seed: int = 0,
+                 q_layout: str = "contiguous"):
+        g = torch.Generator().manual_seed(seed)
+        self.seqs, self.heads, self.block_size, self.dtype = seqs, heads, block_size, dtype
+        self.scale = 1 / math.sqrt(head_dim)
+        tokens = sum(q for q, _ in seqs)
+        blocks_per_seq = [-(-c // block_size) for _, c in seqs]
+        max_blocks = max(max(blocks_per_seq), 1) + 1  # one padding column
+        num_blocks = sum(blocks_per_seq) + 3  # a few blocks nobody owns
+        pool = torch.full((2, 2, num_blocks, block_size, kv_heads, head_dim), garbage, dtype=dtype)
+        self.k_cache, self.v_cache = pool[1, 0], pool[1, 1]
+        order = torch.randperm(num_blocks, generator=g).tolist()
+        self.block_tables = torch.zeros(len(seqs), max_blocks, dtype=torch.int32)
+        self.keys, self.values = [], []  # per sequence: [context_len, kv_heads, head_dim]
+        for s, (_, ctx) in enumerate(seqs):
+            own = [order.pop() for _ in range(blocks_per_seq[s])]
+            self.block_tables[s, :len(own)] = torch.tensor(own, dtype=torch.int32)
+            keys = torch.randn(ctx, kv_heads, head_dim, generator=g).to(dtype)
+            values = torch.randn(ctx, kv_heads, head_dim, generator=g).to(dtype)
+            for p in range(ctx):
+                self.k_cache[own[p // block_size], p % block_size] = keys[p]
+                self.v_cache[own[p // block_size], p % block_size] = values[p]
+            self.keys.append(keys)
+            self.values.append(values)
+        self.context_lens = torch.tensor([c for _, c in seqs], dtype=torch.int32)
+        self.query_start = torch.tensor([0] + [q for q, _ in seqs], dtype=torch.int32).cumsum(0).to(torch.int32)
+        self.max_query_len = max(q for q, _ in seqs)
+        q = torch.randn(tokens, heads, head_dim, generator=g).to(dtype)
+        if q_layout == "fused_qkv":  # q as the model slices it out of the fused projection's output
+            qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, generator=g).to(dtype)
+            qkv[:, :heads * head_dim] = q.view(tokens, -1)
+            q = qkv[:, :heads * head_dim].view(tokens, heads, head_dim)
+        elif q_layout == "head_stride":  # heads further apart than head_dim
+            wide = torch.randn(tokens, heads, head_dim + 16, generator=g).to(dtype)
+            wide[..., :head_dim] = q
+            q = wide[..., :head_dim]
+        self.q = q
+
+    def run(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        args = [t.to(DEVICE) for t in (self.q, self.k_cache, self.v_cache, self.block_tables,
+                                       self.context_lens, self.query_start)]
+        return paged_attention(*args, self.max_query_len, self.scale, out=out)
+
+    def reference(self) -> torch.Tensor:
+        out = torch.zeros(self.q.shape, dtype=torch.float64)  # [tokens, heads, head_dim]
+        for s, (q_len, ctx) in enumerate(self.seqs):
+            if q_len == 0 or ctx == 0:
+                continue
+            start = int(self.query_start[s])
+            group = self.heads // self.keys[s].shape[1]
+            keys = self.keys[s].double().repeat_interleave(group, dim=1)  # [ctx, heads, head_dim]
+            values = self.values[s].double().repeat_interleave(group, dim=1)
+            q = self.q[start:start + q_len].double()
+            scores = torch.einsum("qhd,khd->hqk", q, keys) * self.scale
+            q_pos = ctx - q_len + torch.arange(q_len)
+            visible = torch.arange(ctx)[None, :] <= q_pos[:, None]  # [q_len, ctx]
+            probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+            out[start:start + q_len] = torch.einsum("hqk,khd->qhd", probs, values)
+        return out
+
+
+def assert_matches(y: torch.Tensor, case: Case) -> None:
+    ref = case.reference()
+    assert y.dtype == case.dtype and y.shape == ref.shape
+    y = y.double().cpu()
+    assert torch.isfinite(y).all()
+    err = (y - ref).abs().max().item()
+    assert err <= REL_TOL[case.dtype] * ref.abs().max().item(), f"max error {err} vs max |ref| {ref.abs().max()}"
+
+
+DECODE = [(1, 1), (1, 5), (1, 16), (1, 37)]  # lengths 5 and 37 end inside a cache block
+PREFILL = [(7, 7), (20, 20)]
+CHUNKED = [(5, 23), (16, 40)]  # earlier chunks already cached
+MIXED = [(1, 9), (12, 12), (1, 33), (6, 30)]
+HEADS = [pytest.param(4, 4, id="mha"), pytest.param(4, 2, id="gqa"), pytest.param(8, 1, id="mqa")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads", HEADS)
+@pytest.mark.parametrize("seqs", [pytest.param(DECODE, id="decode"), pytest.param(MIXED, id="mixed")])
+def test_matches_reference(seqs, heads, kv_heads, dtype):
+    case = Case(seqs, heads, kv_heads, dtype=dtype, seed=heads * 10 + kv_heads)
+    assert_matches(case.run(), case)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seqs", [pytest.param(PREFILL, id="prefill"), pytest.param(CHUNKED, id="chunked")])
+def test_prefill_spans_several_row_tiles(seqs, dtype):
+    # 20 queries x 4 heads per KV head = 80 rows: two 64-row tiles, the second cut off causally.
+    case = Case(seqs, 8, 2, dtype=dtype, block_size=16, seed=len(seqs[0]))
+    assert_matches(case.run(), case)
+
+
+@pytest.mark.parametrize("head_dim", [80, 96])
+def test_head_dim_not_a_power_of_two(head_dim):
+    case = Case(MIXED, 4, 2, head_dim=head_dim, seed=head_dim)
+    assert_matches(case.run(), case)
+
+
+def test_nan_in_unused_slots_never_leaks():
+    case = Case(MIXED + [(1, 2)], 4, 2, garbage=float("nan"), seed=3)
+    assert torch.isnan(case.k_cache).any() and torch.isnan(case.v_cache).any()
+    assert_matches(case.run(), case)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA every test runs the for loop")
+def test_interpreter_runs_the_compiled_for_loop(monkeypatch):
+    """The interpreter normally walks keys in a while loop (Triton 3.6's cannot do the for loop)."""
+    monkeypatch.setattr(paged_attention_module, "INTERPRET_WITH_WHILE_LOOP", False)
+    case = Case(MIXED, 4, 2, seed=11)
+    try:
+        out = case.run()
+    except triton.runtime.errors.InterpreterError as e:
+        if "0-dimensional" not in str(e):
+            raise
+        pytest.skip(f"Triton {triton.__version__}'s interpreter cannot loop to a run-time bound")
+    assert_matches(out, case)
+
+
+def test_block_table_is_shuffled():
+    """The cases above only mean something if blocks are not handed out in order."""
+    case = Case([(1, 37)], 4, 2, seed=0)
+    used = case.block_tables[0, :10]
+    assert not torch.equal(used, used.sort().values)
+
+
+@pytest.mark.parametrize("q_layout", ["fused_qkv", "head_stride"])
+def test_strided_q_and_out(q_layout):
+    case = Case(MIXED, 4, 2, seed=5, q_layout=q_layout)
+    assert not case.q.is_contiguous()
+    wide = torch.full((case.q.shape[0], 4, 80), 7.0, device=DEVICE)  # out as a view with padded heads
+    out = wide[..., :64]
+    assert case.run(out=out) is out
+    assert_matches(out, case)
+    assert (wide[..., 64:] == 7.0).all()
+
+
+def test_padding_sequences_give_zero_rows():
+    # CUDA graphs replay a batch padded with context_len-0 sequences; a 0-length query has no rows.
+    case = Case([(1, 9), (1, 0), (0, 0), (3, 12), (1, 0)], 4, 2, garbage=float("nan"), seed=7)
+    out = torch.full(case.q.shape, float("nan"), device=DEVICE)
+    case.run(out=out)
+    assert_matches(out, case)
+    assert (out[1] == 0).all() and (out[5] == 0).all()
+
+
+def test_empty_batch():
+    case = Case([(1, 5)], 4, 2)
+    q = case.q[:0].to(DEVICE)
+    args = [t.to(DEVICE) for t in (case.k_cache, case.v_cache, case.block_tables[:0], case.context_lens[:0])]
+    out = paged_attention(q, *args, torch.zeros(1, dtype=torch.int32, device=DEVICE), 0, case.scale)
+    assert out.shape == (0, 4, 64)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_7b_shapes(dtype):
+    """Llama-7B's head layout (32 heads of 128) and block size 16, decode and a mixed batch."""
+    for seqs in ([(1, 1), (1, 300), (1, 77), (1, 1000)], [(1, 300), (200, 200), (64, 500), (1, 0)]):
+        case = Case(seqs, 32, 8, head_dim=128, block_size=16, dtype=dtype, garbage=float("nan"))
+        assert_matches(case.run(), case)
+
+
+def test_rejects_bad_inputs(monkeypatch):
+    case = Case([(1, 5), (2, 6)], 4, 2)
+    q, kc, vc, bt, cl, qs = (t.to(DEVICE) for t in (case.q, case.k_cache, case.v_cache, case.block_tables,
+                                                     case.context_lens, case.query_start))
+
+    def call(**kw):
+        args = dict(q=q, k_cache=kc, v_cache=vc, block_tables=bt, context_lens=cl, query_start=qs,
+                    max_query_len=2, scale=0.125)
+        return paged_attention(**{**args, **kw})
+
+    with pytest.raises(ValueError, match=r"^q: .*dtype"):
+        call(q=q.double())
+    with pytest.raises(ValueError, match=r"^k_cache: .*dtype"):
+        call(k_cache=kc.half())
+    with pytest.raises(ValueError, match=r"^block_tables: .*dtype.*int32"):
+        call(block_tables=bt.long())
+    with pytest.raises(ValueError, match=r"^k_cache: .*KV heads must divide q's 3 heads"):
+        call(q=q[:, :3])
+    with pytest.raises(ValueError, match=r"^k_cache: head_dim"):
+        call(q=q[..., :32])
+    with pytest.raises(ValueError, match=r"^v_cache: .*shape"):
+        call(v_cache=vc[:, :, :1])
+    with pytest.raises(ValueError, match=r"^context_lens: .*shape"):
+        call(context_lens=cl[:1])
+    with pytest.raises(ValueError, match=r"^query_start: .*shape"):
+        call(query_start=qs[:2])
+    with pytest.raises(ValueError, match=r"^q: .*last dim"):
+        call(q=q.transpose(1, 2).contiguous().transpose(1, 2))
+    with pytest.raises(ValueError, match=r"^out: .*shape"):
+        call(out=torch.empty(2, 4, 64, device=DEVICE))
+    with pytest.raises(ValueError, match=r"^max_query_len"):
+        call(max_query_len=torch.tensor(2))
+    with pytest.raises(ValueError, match=r"^context_lens: .*meta"):
+        call(context_lens=cl.to("meta"))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # outside the interpreter, CPU q is an error
+    with pytest.raises(ValueError, match=r"^q: .*CUDA"):
+        paged_attention(q.cpu(), kc.cpu(), vc.cpu(), bt.cpu(), cl.cpu(), qs.cpu(), 2, 0.125)
