@@ -60,5 +60,14 @@ def test_quantized_smollm2_engine_generates_on_cuda(tmp_path_factory, scheme):
         return
     cpu = Engine(EngineConfig(model=str(store.path(scheme)), device="cpu", max_seq_len=256))
     want = [o.token_ids for o in cpu.generate(prompts, params)]
-    same = sum(a == b for g, w in zip(got, want) for a, b in zip(g, w)) / sum(len(w) for w in want)
-    assert same >= 0.75, (got, want)
+    # Activations quantized per token (W8A8) turn last-bit float differences between the two devices
+    # into different int8 codes now and then, so a greedy run may part from the CPU's at a near-tie:
+    # where it does, the CPU's token must be the CUDA engine's close runner-up at that point.
+    for prompt, g, w in zip(prompts, got, want):
+        k = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), None)
+        if k is None:
+            continue
+        assert k >= 2, (g, w)
+        prefix = cuda.tokenizer.encode(prompt) + w[:k]
+        top = dict(cuda.generate([prefix], SamplingParams(max_tokens=1, logprobs=True, top_logprobs=5))[0].logprobs[0].top)
+        assert w[k] in top and top[g[k]] - top[w[k]] < 0.5, (k, g, w, top)
