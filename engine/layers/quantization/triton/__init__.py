@@ -2,6 +2,7 @@
 Kernel modules import triton; this one holds only the checks and launch choices they share."""
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -43,3 +44,31 @@ def check_tensor(name: str, t: torch.Tensor, x: torch.Tensor, dtypes: tuple[torc
         raise ValueError(f"{name}: must be {dim}-D, got shape {tuple(t.shape)}")
     if t.device != x.device:
         raise ValueError(f"{name}: is on {t.device}, but x is on {x.device}")
+
+
+# Decode (M <= DECODE_MAX_M) is a GEMV that only streams weights. With N = 4096 (o_proj, down_proj of a
+# 7B model) there are too few output tiles to keep an H200's loads in flight (bench/quant_gemm_sweep.py
+# measured W4A16 down_proj at 0.4 TB/s), so K is split across programs: each writes a float32 partial,
+# summed afterwards in a fixed order (deterministic, unlike atomics).
+DECODE_MAX_M = 16
+MAX_SPLIT_K = 16
+MIN_TILES_PER_SPLIT = 4
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_k_for(n_tiles: int, k_tiles: int, device: torch.device) -> int:
+    """Splits of K so that about 4 programs per multiprocessor run, each keeping >= 4 K tiles."""
+    programs = 4 * _multiprocessors(device) if device.type == "cuda" else 1
+    split = 1
+    while split < MAX_SPLIT_K and n_tiles * split < programs and k_tiles >= 2 * split * MIN_TILES_PER_SPLIT:
+        split *= 2
+    return split
+
+
+def reduce_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """partials: [split_k, M, N] float32 -> their sum [M, N] in dtype."""
+    return partials[0].to(dtype) if partials.shape[0] == 1 else partials.sum(0).to(dtype)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton import check_activations, check_tensor, interpreting, m_bucket
+from engine.layers.quantization.triton import (DECODE_MAX_M, check_activations, check_tensor, interpreting, m_bucket,
+                                                reduce_splits, split_k_for)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_K must divide group_size, so the 32-wide
 # configs keep every group size (a multiple of 32) covered.
@@ -38,6 +39,10 @@ CONFIGS = [
 ]
 INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}  # small tiles exercise the edge masks
 FLOAT32_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}
+# Decode (bf16/fp16, M <= 16): one fixed tile (BLOCK_K capped at the group size) plus split-K, chosen by
+# bench/quant_gemm_sweep.py on an H200; deep pipelining keeps enough weight bytes in flight.
+DECODE_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}
+DECODE_LAUNCH = {"num_warps": 4, "num_stages": 8}
 
 
 @triton.jit
@@ -56,26 +61,31 @@ def _offset_nibbles(nib, dtype: tl.constexpr):
 def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
                   stride_xm, stride_qn, stride_sn, stride_sg, stride_zn, stride_zg, stride_ym,
                   K: tl.constexpr, GROUP_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
     # x: [M, 2, KH], even columns then odd ones. K and GROUP_SIZE are compile-time constants: a model
     # has only a few, and Triton 3.6's interpreter cannot loop to a run-time bound under numpy >= 2.4.
     # M_BUCKET is only the autotune key. Axis 0 walks M fastest, so the programs that read one weight
     # tile run together and all but the first find it in L2.
     KH: tl.constexpr = (K + 1) // 2  # bytes per weight row
+    # With SPLIT_K > 1, axis 2 picks a range of K (whole tiles, so a tile still never spans two groups)
+    # and y is a float32 [SPLIT_K, M, N] buffer of partials.
+    TILE: tl.constexpr = BLOCK_K // 2
+    KH_SPLIT: tl.constexpr = (KH + SPLIT_K * TILE - 1) // (SPLIT_K * TILE) * TILE
+    j_begin = tl.program_id(2) * KH_SPLIT
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_j = tl.arange(0, BLOCK_K // 2)  # byte j of a tile holds its columns 2j (low) and 2j+1 (high)
+    offs_j = j_begin + tl.arange(0, TILE)  # byte j of a tile holds its columns 2j (low) and 2j+1 (high)
     m_ok = offs_m < M
     n_ok = offs_n < N
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_j[None, :]  # [BLOCK_M, BLOCK_K/2] even columns
     q_ptrs = q_ptr + offs_n[None, :] * stride_qn + offs_j[:, None]  # [BLOCK_K/2, BLOCK_N] bytes, transposed
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for j0 in range(0, KH, BLOCK_K // 2):
+    for j0 in range(0, KH_SPLIT, TILE):
         j_ok = j0 + offs_j < KH
         x_even = tl.load(x_ptrs, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
         x_odd = tl.load(x_ptrs + KH, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
         packed = tl.load(q_ptrs, mask=j_ok[:, None] & n_ok[None, :], other=0)
-        g = 2 * j0 // GROUP_SIZE
+        g = 2 * (j_begin + j0) // GROUP_SIZE
         z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_ok, other=0)
         s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_ok, other=0.0).to(tl.float32)
         # (2^e + q) - (2^e + z) = q - z, exactly
@@ -87,6 +97,7 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
         acc += part * s[None, :]
         x_ptrs += BLOCK_K // 2
         q_ptrs += BLOCK_K // 2
+    y_ptr += tl.program_id(2) * M * N
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
@@ -106,15 +117,18 @@ def _autotuned() -> triton.runtime.Autotuner:
 
 
 def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                 group_size: int) -> torch.Tensor:
+                 group_size: int, split_k: int | None = None) -> torch.Tensor:
     """x: [M, K] float16/bfloat16/float32, qweight: uint8 [N, ceil(K/2)], scales: [N, G] float,
-    zeros: uint8 [N, G] (0..15), G = ceil(K / group_size) -> x @ w.T: [M, N] in x.dtype."""
+    zeros: uint8 [N, G] (0..15), G = ceil(K / group_size) -> x @ w.T: [M, N] in x.dtype. split_k: K ranges
+    summed after the kernel (None: chosen from the shape for decode, else 1)."""
     check_activations(x)
     check_tensor("qweight", qweight, x, (torch.uint8,), 2)
     check_tensor("scales", scales, x, None, 2)
     check_tensor("zeros", zeros, x, (torch.uint8,), 2)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 32:
         raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size!r}")
+    if split_k is not None and (isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1):
+        raise ValueError(f"split_k: must be a positive int, got {split_k!r}")
     m, k = x.shape
     n = qweight.shape[0]
     if qweight.shape[1] != (k + 1) // 2:
@@ -138,16 +152,28 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     x_split = x.reshape(m, kh, 2).transpose(1, 2).contiguous()
     # fp32 without TF32, as torch's default: the result then matches a float32 reference closely.
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    args = (x_split, qweight, scales, zeros, y, m, n, m_bucket(m), x_split.stride(0), qweight.stride(0),
-            scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1), y.stride(0), k, group_size, precision)
+    fixed, launch = None, {}
     if interpreting():
-        b = INTERPRET_BLOCKS
-        _w4a16_kernel[(triton.cdiv(m, b["BLOCK_M"]), triton.cdiv(n, b["BLOCK_N"]))](*args, **b)
+        fixed = INTERPRET_BLOCKS
     elif x.dtype == torch.float32:
         # float32 serves checks and the builder's scoring, not production: one fixed tile instead of
         # autotuning (13 compiles) for every new row bucket the scoring's varied lengths hit.
-        b = FLOAT32_BLOCKS
-        _w4a16_kernel[(triton.cdiv(m, b["BLOCK_M"]), triton.cdiv(n, b["BLOCK_N"]))](*args, **b, num_warps=4, num_stages=3)
-    else:
+        fixed, launch = FLOAT32_BLOCKS, {"num_warps": 4, "num_stages": 3}
+    elif m <= DECODE_MAX_M:
+        fixed = {**DECODE_BLOCKS, "BLOCK_K": min(DECODE_BLOCKS["BLOCK_K"], group_size & -group_size)}
+        launch = DECODE_LAUNCH
+        if split_k is None:
+            split_k = split_k_for(triton.cdiv(n, fixed["BLOCK_N"]), triton.cdiv(k, fixed["BLOCK_K"]), x.device)
+    if fixed is None:
+        args = (x_split, qweight, scales, zeros, y, m, n, m_bucket(m), x_split.stride(0), qweight.stride(0),
+                scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1), y.stride(0), k, group_size,
+                precision)
         _autotuned()[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))](*args)
-    return y
+        return y
+    split_k = split_k or 1
+    out = y if split_k == 1 else torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+    args = (x_split, qweight, scales, zeros, out, m, n, m_bucket(m), x_split.stride(0), qweight.stride(0),
+            scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1), n, k, group_size, precision)
+    grid = (triton.cdiv(m, fixed["BLOCK_M"]), triton.cdiv(n, fixed["BLOCK_N"]), split_k)
+    _w4a16_kernel[grid](*args, **fixed, SPLIT_K=split_k, **launch)
+    return y if split_k == 1 else reduce_splits(out, x.dtype)

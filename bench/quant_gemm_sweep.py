@@ -1,0 +1,96 @@
+"""Time the Triton W4A16 and W8A16 kernels at decode (M=1) on the 7B linear shapes over launch
+configurations, next to cuBLAS bf16, and print each shape's best: what the kernels' CONFIGS lists
+should hold for decode.
+
+    python bench/quant_gemm_sweep.py [--m 1]      # CUDA only
+
+Bytes counted: the quantized weights (plus scales) read once; the floor of a memory-bound GEMV.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from engine.layers.quantization.triton import m_bucket
+from engine.layers.quantization.triton.w4a16 import _w4a16_kernel, w4a16_matmul
+from engine.layers.quantization.triton.w8a16 import _w8a16_kernel, w8a16_matmul
+
+SHAPES = {"qkv": (12288, 4096), "o_proj": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
+          "lm_head": (125696, 4096)}
+GROUP = 128
+
+
+def bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def w4_args(m: int, n: int, k: int):
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    q = torch.randint(0, 256, (n, k // 2), device="cuda", dtype=torch.uint8)
+    s = torch.rand(n, k // GROUP, device="cuda", dtype=torch.bfloat16)
+    z = torch.randint(0, 16, (n, k // GROUP), device="cuda", dtype=torch.uint8)
+    y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    xs = x.reshape(m, k // 2, 2).transpose(1, 2).contiguous()
+    args = (xs, q, s, z, y, m, n, m_bucket(m), xs.stride(0), q.stride(0), s.stride(0), s.stride(1), z.stride(0),
+            z.stride(1), y.stride(0), k, GROUP, "tf32")
+    return args, q.numel() + s.numel() * 2 + z.numel()
+
+
+def w8_args(m: int, n: int, k: int):
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    q = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+    s = torch.rand(n, device="cuda", dtype=torch.bfloat16)
+    y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    args = (x, q, s, y, m, n, m_bucket(m), x.stride(0), q.stride(0), s.stride(0), y.stride(0), k, "tf32")
+    return args, q.numel() + s.numel() * 2
+
+
+def sweep(name: str, kernel, args: tuple, n: int, nbytes: int, grid_space: dict) -> None:
+    rows = []
+    for bn, bk, warps, stages in itertools.product(*grid_space.values()):
+        grid = (1, triton.cdiv(n, bn))
+        try:
+            ms = bench(lambda: kernel[grid](*args, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+                                            num_stages=stages))
+        except Exception as err:  # out of shared memory, say
+            print(f"    ({bn}, {bk}, {warps}, {stages}) failed: {type(err).__name__}")
+            continue
+        rows.append((ms, (16, bn, bk, warps, stages)))
+    rows.sort()
+    for ms, config in rows[:3]:
+        print(f"  {name}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s  (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) = {config}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--m", type=int, default=1)
+    parser.add_argument("--wrappers-only", action="store_true",
+                        help="only the wrappers as the engine calls them (split-K included), under a CUDA graph")
+    opts = parser.parse_args()
+    m = opts.m
+    w4_space = {"bn": [16, 32, 64], "bk": [64, 128], "warps": [4], "stages": [4, 6, 8, 12]}
+    w8_space = {"bn": [16, 32, 64], "bk": [256, 512], "warps": [4], "stages": [3, 5, 8]}
+    for shape, (n, k) in SHAPES.items():
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        ms = triton.testing.do_bench_cudagraph(lambda: F.linear(x, w), rep=50)
+        print(f"\n{shape} N={n} K={k} M={m}: cuBLAS bf16 {1e3 * ms:.1f} us ({2 * n * k / ms / 1e9:.2f} TB/s)")
+        args, nbytes = w4_args(m, n, k)
+        q, s, z = args[1], args[2], args[3]
+        ms = triton.testing.do_bench_cudagraph(lambda: w4a16_matmul(x, q, s, z, GROUP), rep=50)
+        print(f"  w4a16 wrapper: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
+        if not opts.wrappers_only:
+            sweep("w4a16", _w4a16_kernel, args, n, nbytes, w4_space)
+        args, nbytes = w8_args(m, n, k)
+        ms = triton.testing.do_bench_cudagraph(lambda: w8a16_matmul(args[0], args[1], args[2]), rep=50)
+        print(f"  w8a16 wrapper: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
+        if not opts.wrappers_only:
+            sweep("w8a16", _w8a16_kernel, args, n, nbytes, w8_space)
+
+
+if __name__ == "__main__":
+    main()
