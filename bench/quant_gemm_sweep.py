@@ -86,7 +86,7 @@ def main() -> None:
         if not opts.wrappers_only:
             sweep("w4a16", _w4a16_kernel, args, n, nbytes, w4_space)
         args, nbytes = w8_args(m, n, k)
-        ms = triton.testing.do_bench_cudagraph(lambda: w8a16_matmul(args[0], args[1], args[2]), rep=50)
+        ms = triton.testing.do_bench_cudagraph(lambda: w8a16_matmul(*args[:3]), rep=50)
         print(f"  w8a16 wrapper: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
         if not opts.wrappers_only:
             sweep("w8a16", _w8a16_kernel, args, n, nbytes, w8_space)

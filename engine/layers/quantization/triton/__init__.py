@@ -46,13 +46,16 @@ def check_tensor(name: str, t: torch.Tensor, x: torch.Tensor, dtypes: tuple[torc
         raise ValueError(f"{name}: is on {t.device}, but x is on {x.device}")
 
 
-# Decode (M <= DECODE_MAX_M) is a GEMV that only streams weights. With N = 4096 (o_proj, down_proj of a
-# 7B model) there are too few output tiles to keep an H200's loads in flight (bench/quant_gemm_sweep.py
-# measured W4A16 down_proj at 0.4 TB/s), so K is split across programs: each writes a float32 partial,
-# summed afterwards in a fixed order (deterministic, unlike atomics).
+# Decode (M <= DECODE_MAX_M) is a GEMV that only streams weights. A long K over a short N (a 7B model's
+# down_proj: N = 4096, K = 11008) leaves W4A16 with few output tiles, each walking 86 K tiles in series
+# (bench/quant_gemm_sweep.py, H200: 58.8 us at 0.4 TB/s). Such shapes split K across programs: each
+# writes a float32 partial, summed afterwards in a fixed order (deterministic, unlike atomics). Shorter
+# K gains nothing from it and pays the two extra kernels of the sum (measured: int8 and int4 7B decode
+# got slower when every linear split), so only K of at least MIN_SPLIT_K_TILES tiles splits.
 DECODE_MAX_M = 16
 MAX_SPLIT_K = 16
 MIN_TILES_PER_SPLIT = 4
+MIN_SPLIT_K_TILES = 64
 
 
 @functools.cache
@@ -61,7 +64,10 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def split_k_for(n_tiles: int, k_tiles: int, device: torch.device) -> int:
-    """Splits of K so that about 4 programs per multiprocessor run, each keeping >= 4 K tiles."""
+    """Splits of a long K so that about 4 programs per multiprocessor run, each keeping >= 4 K tiles;
+    1 (no split) for K under MIN_SPLIT_K_TILES tiles."""
+    if k_tiles < MIN_SPLIT_K_TILES:
+        return 1
     programs = 4 * _multiprocessors(device) if device.type == "cuda" else 1
     split = 1
     while split < MAX_SPLIT_K and n_tiles * split < programs and k_tiles >= 2 * split * MIN_TILES_PER_SPLIT:

@@ -39,8 +39,8 @@ CONFIGS = [
 ]
 INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}  # small tiles exercise the edge masks
 FLOAT32_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}
-# Decode (bf16/fp16, M <= 16): one fixed tile (BLOCK_K capped at the group size) plus split-K, chosen by
-# bench/quant_gemm_sweep.py on an H200; deep pipelining keeps enough weight bytes in flight.
+# Decode (bf16/fp16, M <= 16) with a long K: one fixed tile (BLOCK_K capped at the group size) plus
+# split-K, chosen by bench/quant_gemm_sweep.py on an H200.
 DECODE_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}
 DECODE_LAUNCH = {"num_warps": 4, "num_stages": 8}
 
@@ -159,11 +159,12 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
         # float32 serves checks and the builder's scoring, not production: one fixed tile instead of
         # autotuning (13 compiles) for every new row bucket the scoring's varied lengths hit.
         fixed, launch = FLOAT32_BLOCKS, {"num_warps": 4, "num_stages": 3}
-    elif m <= DECODE_MAX_M:
-        fixed = {**DECODE_BLOCKS, "BLOCK_K": min(DECODE_BLOCKS["BLOCK_K"], group_size & -group_size)}
-        launch = DECODE_LAUNCH
+    elif m <= DECODE_MAX_M and split_k != 1:
+        blocks = {**DECODE_BLOCKS, "BLOCK_K": min(DECODE_BLOCKS["BLOCK_K"], group_size & -group_size)}
         if split_k is None:
-            split_k = split_k_for(triton.cdiv(n, fixed["BLOCK_N"]), triton.cdiv(k, fixed["BLOCK_K"]), x.device)
+            split_k = split_k_for(triton.cdiv(n, blocks["BLOCK_N"]), triton.cdiv(k, blocks["BLOCK_K"]), x.device)
+        if split_k > 1:  # else the autotuned tiles, which beat this one's on unsplit shapes
+            fixed, launch = blocks, DECODE_LAUNCH
     if fixed is None:
         args = (x_split, qweight, scales, zeros, y, m, n, m_bucket(m), x_split.stride(0), qweight.stride(0),
                 scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1), y.stride(0), k, group_size,

@@ -9,8 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton import (DECODE_MAX_M, check_activations, check_tensor, interpreting, m_bucket,
-                                                reduce_splits, split_k_for)
+from engine.layers.quantization.triton import check_activations, check_tensor, interpreting, m_bucket
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 CONFIGS = [
@@ -34,31 +33,25 @@ CONFIGS = [
 # there would only multiply the run time.
 INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
 FLOAT32_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}
-# Decode (bf16/fp16, M <= 16): one fixed tile plus split-K, chosen by bench/quant_gemm_sweep.py on an H200.
-DECODE_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256}
-DECODE_LAUNCH = {"num_warps": 4, "num_stages": 5}
 
 
 @triton.jit
 def _w8a16_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, M_BUCKET,
                   stride_xm, stride_qn, stride_s, stride_ym,
                   K: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # K is a compile-time constant: a model has only a few, and Triton 3.6's interpreter cannot loop to
     # a run-time bound under numpy >= 2.4. M_BUCKET is only the autotune key. Axis 0 walks M fastest,
     # so the programs that read one weight tile run together and all but the first find it in L2.
-    # With SPLIT_K > 1, axis 2 picks a K range and y is a float32 [SPLIT_K, M, N] buffer of partials.
-    K_SPLIT: tl.constexpr = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
-    k_begin = tl.program_id(2) * K_SPLIT
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = k_begin + tl.arange(0, BLOCK_K)
+    offs_k = tl.arange(0, BLOCK_K)
     m_ok = offs_m < M
     n_ok = offs_n < N
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
     q_ptrs = q_ptr + offs_n[None, :] * stride_qn + offs_k[:, None]  # [BLOCK_K, BLOCK_N]: q transposed
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K_SPLIT, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         k_ok = k0 + offs_k < K
         x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         q = tl.load(q_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0)
@@ -67,7 +60,6 @@ def _w8a16_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, M_BUCKET,
         q_ptrs += BLOCK_K
     s = tl.load(s_ptr + offs_n * stride_s, mask=n_ok, other=0.0).to(tl.float32)
     y = acc * s[None, :]
-    y_ptr += tl.program_id(2) * M * N
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
@@ -85,11 +77,9 @@ def _autotuned() -> triton.runtime.Autotuner:
                            prune_configs_by={"early_config_prune": _prune})(_w8a16_kernel)
 
 
-def w8a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                 split_k: int | None = None) -> torch.Tensor:
+def w8a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x: [M, K] float16/bfloat16/float32, qweight: int8 [N, K], scales: [N] float
-    -> x @ (qweight * scales[:, None]).T: [M, N] in x.dtype. split_k: K ranges summed after the kernel
-    (None: chosen from the shape for decode, else 1)."""
+    -> x @ (qweight * scales[:, None]).T: [M, N] in x.dtype."""
     check_activations(x)
     check_tensor("qweight", qweight, x, (torch.int8,), 2)
     check_tensor("scales", scales, x, None, 1)
@@ -100,8 +90,6 @@ def w8a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"scales: has {scales.shape[0]} entries, but qweight has N={n} rows")
     if not qweight.is_contiguous():
         raise ValueError("qweight: must be contiguous")
-    if split_k is not None and (isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1):
-        raise ValueError(f"split_k: must be a positive int, got {split_k!r}")
     if x.stride(1) != 1:
         x = x.contiguous()
     m = x.shape[0]
@@ -110,26 +98,16 @@ def w8a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         return y
     # fp32 without TF32, as torch's default: the result then matches a float32 reference closely.
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    fixed, launch = None, {}
+    args = (x, qweight, scales, y, m, n, m_bucket(m), x.stride(0), qweight.stride(0), scales.stride(0),
+            y.stride(0), k, precision)
     if interpreting():
-        fixed = INTERPRET_BLOCKS
+        b = INTERPRET_BLOCKS
+        _w8a16_kernel[(triton.cdiv(m, b["BLOCK_M"]), triton.cdiv(n, b["BLOCK_N"]))](*args, **b)
     elif x.dtype == torch.float32:
         # float32 serves checks and the builder's scoring, not production: one fixed tile instead of
         # autotuning (13 compiles) for every new row bucket the scoring's varied lengths hit.
-        fixed, launch = FLOAT32_BLOCKS, {"num_warps": 4, "num_stages": 3}
-    elif m <= DECODE_MAX_M:
-        fixed, launch = DECODE_BLOCKS, DECODE_LAUNCH
-        if split_k is None:
-            split_k = split_k_for(triton.cdiv(n, fixed["BLOCK_N"]), triton.cdiv(k, fixed["BLOCK_K"]), x.device)
-    if fixed is None:
-        args = (x, qweight, scales, y, m, n, m_bucket(m), x.stride(0), qweight.stride(0), scales.stride(0),
-                y.stride(0), k, precision)
+        b = FLOAT32_BLOCKS
+        _w8a16_kernel[(triton.cdiv(m, b["BLOCK_M"]), triton.cdiv(n, b["BLOCK_N"]))](*args, **b, num_warps=4, num_stages=3)
+    else:
         _autotuned()[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))](*args)
-        return y
-    split_k = split_k or 1
-    out = y if split_k == 1 else torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
-    args = (x, qweight, scales, out, m, n, m_bucket(m), x.stride(0), qweight.stride(0), scales.stride(0), n, k,
-            precision)
-    grid = (triton.cdiv(m, fixed["BLOCK_M"]), triton.cdiv(n, fixed["BLOCK_N"]), split_k)
-    _w8a16_kernel[grid](*args, **fixed, SPLIT_K=split_k, **launch)
-    return y if split_k == 1 else reduce_splits(out, x.dtype)
+    return y
