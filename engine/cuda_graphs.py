@@ -11,6 +11,7 @@ a padding sequence with no context, which attends to nothing."""
 from __future__ import annotations
 
 import bisect
+from typing import Iterable
 
 import structlog
 import torch
@@ -77,7 +78,7 @@ class StepGraphs:
         torch.cuda.synchronize()
         log.info("cuda_graphs_captured", decode_batch_sizes=self.batch_sizes, prefill_lengths=self.prefill_lengths)
 
-    def covers(self, chunk_lengths) -> bool:
+    def covers(self, chunk_lengths: Iterable[int]) -> bool:
         """Whether single-sequence prefill graphs exist for chunks of these lengths."""
         top = self.prefill_lengths[-1] if self.prefill_lengths else 0
         return all(n <= top for n in chunk_lengths)

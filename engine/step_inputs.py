@@ -58,9 +58,9 @@ class StepInputs:
                    logits_index=np.array(logits_index, dtype=np.int64), tables=tables,
                    max_query_len=max(query_lens), max_context_len=max(context_lens))
 
-    def block_tables(self, width: int | None = None) -> np.ndarray:
-        """[seqs, width] int32, rows padded with block 0 (never read: context_lens bound every read)."""
-        width = width or max(len(t) for t in self.tables)
+    def block_tables(self) -> np.ndarray:
+        """[seqs, longest table] int32, rows padded with block 0 (never read: context_lens bound every read)."""
+        width = max(len(t) for t in self.tables)
         out = np.zeros((len(self.tables), width), dtype=np.int32)
         for row, table in zip(out, self.tables):
             row[:len(table)] = table

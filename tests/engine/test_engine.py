@@ -104,6 +104,14 @@ def test_min_tokens_and_ignore_eos(smollm2_engine):
     assert forced.token_ids[:len(short.token_ids)] == short.token_ids
 
 
+def test_detokenize_false_gives_the_same_tokens_and_no_text(smollm2_engine):
+    prompt = smollm2_engine.apply_chat_template([{"role": "user", "content": CHAT_PROMPTS[0]}])
+    with_text, ids_only = (smollm2_engine.generate([prompt], SamplingParams(max_tokens=12, ignore_eos=True, detokenize=flag))[0]
+                           for flag in (True, False))
+    assert ids_only.token_ids == with_text.token_ids and len(ids_only.token_ids) == 12
+    assert with_text.text and ids_only.text == ""
+
+
 def test_stop_token_ids_end_with_reason_stop(smollm2_engine):
     prompt = chat(smollm2_engine, CHAT_PROMPTS[3])
     full = smollm2_engine.generate([prompt], SamplingParams(max_tokens=20, ignore_eos=True))[0]

@@ -24,6 +24,7 @@ from engine import InvalidParameterError, SamplingParams
     ({"stop_token_ids": [-3]}, "stop_token_ids"),
     ({"top_logprobs": 21}, "top_logprobs"),
     ({"max_tokens": True}, "max_tokens"),
+    ({"stop": ["\n"], "detokenize": False}, "stop"),  # stop strings are matched in the text
 ])
 def test_each_invalid_parameter_names_its_field(kwargs, field):
     with pytest.raises(InvalidParameterError) as e:

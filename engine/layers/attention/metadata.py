@@ -21,7 +21,7 @@ class AttentionMetadata:
     max_query_len: int  # most new tokens of any sequence this step (1: a decode-only step)
     max_context_len: int  # longest context (cached + new tokens) of any sequence this step
     # Per-step tensors a backend derives from the above once and reuses in every layer (masks, indices).
-    derived: dict[str, torch.Tensor] = field(default_factory=dict)
+    derived: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def prefill(cls, block_tables: torch.Tensor, seq_len: int, block_size: int) -> AttentionMetadata:

@@ -28,7 +28,9 @@ class TorchPagedAttention:
         k_cache, v_cache = kv_cache[0], kv_cache[1]
         k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, v)
-        masks = meta.derived.get("torch_paged") or meta.derived.setdefault("torch_paged", _masks(meta))
+        masks = meta.derived.get("torch_paged")
+        if masks is None:  # the first layer of the step builds them; the others reuse them
+            masks = meta.derived["torch_paged"] = _masks(meta)
 
         n_seqs = meta.block_tables.shape[0]
         ctx = meta.max_context_len
