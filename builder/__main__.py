@@ -18,6 +18,7 @@ from pydantic_settings import CliApp
 from builder.app import StartupError, serve
 from builder.settings import BuilderSettings
 from inferline.logs import configure_service_logging
+from inferline.metrics import start_metrics_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,12 @@ async def _run(settings: BuilderSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop)
+    metrics_server = start_metrics_server(settings.metrics_port, settings.host, service="builder")
+    try:
+        await serve(settings, stop)
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +24,7 @@ import grpc
 import structlog
 from grpc_interceptor.exceptions import DataLoss, InvalidArgument, NotFound, PermissionDenied, Unavailable
 
+from builder import metrics
 from builder.build import BuildSpec, build_engine
 from builder.quantize.settings import QuantizeSettings
 from builder.errors import BuildInputError, SourceNotAllowedError
@@ -156,6 +158,8 @@ class BuilderService(builder_pb2_grpc.BuilderServiceServicer):
         def progress(stage: str, fraction: float, message: str) -> None:  # called in the build thread
             loop.call_soon_threadsafe(events.put_nowait, pb.BuildEvent(stage=stage, fraction=fraction, message=message))
 
+        started, outcome = time.perf_counter(), "failed"
+        metrics.BUILDS_IN_PROGRESS.inc()
         try:
             lock = self._locks[spec.name]
             if lock.locked():
@@ -169,13 +173,18 @@ class BuilderService(builder_pb2_grpc.BuilderServiceServicer):
             record = engine_record(manifest, path, checksum, READY)
             events.put_nowait(pb.BuildEvent(stage="done", fraction=1.0, message=f"engine {spec.name!r} is ready",
                                             engine=record))
+            outcome = "success"
         except BuildInputError as e:
+            outcome = "refused"
             log.info("build_refused", name=spec.name, error=str(e))
             raise
         except Exception:  # logged here too: the client may be gone, and with it the interceptor's log line
             log.exception("build_failed", name=spec.name)
             raise
         finally:
+            metrics.BUILDS_IN_PROGRESS.dec()
+            metrics.BUILD_DURATION.labels(spec.scheme, outcome).observe(time.perf_counter() - started)
+            metrics.BUILDS_TOTAL.labels(spec.scheme, outcome).inc()
             events.put_nowait(None)
 
     def _forget(self, job: asyncio.Task[None]) -> None:

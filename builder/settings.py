@@ -32,6 +32,7 @@ class BuilderSettings(BaseSettings):
     host: str = Field("127.0.0.1", min_length=1,
                       description="Address to listen on (0.0.0.0 or [::] to accept other hosts, e.g. in a container).")
     port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged at start).")
+    metrics_port: int = Field(9403, ge=0, le=65535, description="Prometheus /metrics on host:metrics_port; 0 = off.")
     redis_url: str = Field(
         "redis://localhost:6379/0",
         # INFERLINE_BUILDER_REDIS_URL wins over the REDIS_URL every service reads.

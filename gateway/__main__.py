@@ -16,6 +16,7 @@ import structlog
 from gateway.server import create_gateway
 from gateway.settings import GatewaySettings
 from inferline.logs import configure_service_logging
+from inferline.metrics import start_metrics_server
 
 log = structlog.get_logger("gateway")
 
@@ -24,6 +25,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m gateway", description="The inferline public gRPC gateway.")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--metrics-port", type=int)
     p.add_argument("--router-address")
     p.add_argument("--store-dir")
     p.add_argument("--redis-url")
@@ -38,6 +40,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 async def serve(settings: GatewaySettings) -> None:
     gateway = create_gateway(settings)
     await gateway.start()
+    metrics_server = start_metrics_server(settings.metrics_port, settings.host, service="gateway")
     log.info(f"gateway listening on {settings.host}:{gateway.port}", router=settings.router_address,
              store=str(settings.store_dir), auth=bool(settings.api_keys), redis=bool(settings.redis_url))
     stop = asyncio.Event()
@@ -47,6 +50,8 @@ async def serve(settings: GatewaySettings) -> None:
     await stop.wait()
     log.info("gateway stopping", grace_s=settings.shutdown_grace_s)
     await gateway.stop(settings.shutdown_grace_s)
+    if metrics_server is not None:
+        metrics_server.stop()
     log.info("gateway stopped")
 
 

@@ -16,6 +16,7 @@ import grpc
 import structlog
 from grpc_interceptor.exceptions import GrpcException, Unavailable
 
+from gateway import metrics
 from gateway.auth import api_key_of, scoped_request_id
 from gateway.handlers import MalformedRequest, parsed
 from gateway.models import ModelCatalog
@@ -40,34 +41,36 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
 
     async def Generate(self, request: GenerateRequestIn, context: grpc.aio.ServicerContext
                        ) -> generate_pb2.GenerateResponse:
-        req = parsed(request)
-        rid = request_id_of(req)
-        await _announce(context, rid)
-        with request_context(rid), _outcome("generate", req.model) as done:
-            route_req = await self._route_request(req, rid, context)
-            builder = ResponseBuilder(rid)
-            async with contextlib.aclosing(self._route(route_req, context)) as events:
-                async for event in events:
-                    builder.add(event)
-            response = builder.build()
-            done.update(prompt_tokens=response.usage.prompt_tokens, completion_tokens=response.usage.completion_tokens,
-                        finish_reason=response.finish_reason)
-            return response
+        with metrics.observed(context) as timer:
+            req = parsed(request)
+            rid = request_id_of(req)
+            await _announce(context, rid)
+            with request_context(rid), _outcome("generate", req.model) as done:
+                route_req = await self._route_request(req, rid, context)
+                builder = ResponseBuilder(rid)
+                async with contextlib.aclosing(self._route(route_req, context, timer)) as events:
+                    async for event in events:
+                        builder.add(event)
+                response = builder.build()
+                done.update(prompt_tokens=response.usage.prompt_tokens,
+                            completion_tokens=response.usage.completion_tokens, finish_reason=response.finish_reason)
+                return response
 
     async def GenerateStream(self, request: GenerateRequestIn, context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[generate_pb2.GenerateStreamResponse]:
-        req = parsed(request)
-        rid = request_id_of(req)
-        await _announce(context, rid)
-        with request_context(rid), _outcome("generate_stream", req.model):
-            route_req = await self._route_request(req, rid, context)
-            finished = False
-            async with contextlib.aclosing(self._route(route_req, context)) as events:
-                async for event in events:
-                    finished = finished or event.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
-                    yield stream_chunk(event, rid)
-            if not finished:
-                raise Unavailable(INCOMPLETE)
+        with metrics.observed(context) as timer:
+            req = parsed(request)
+            rid = request_id_of(req)
+            await _announce(context, rid)
+            with request_context(rid), _outcome("generate_stream", req.model):
+                route_req = await self._route_request(req, rid, context)
+                finished = False
+                async with contextlib.aclosing(self._route(route_req, context, timer)) as events:
+                    async for event in events:
+                        finished = finished or event.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
+                        yield stream_chunk(event, rid)
+                if not finished:
+                    raise Unavailable(INCOMPLETE)
 
     async def ListModels(self, request: generate_pb2.ListModelsRequest | MalformedRequest,
                          context: grpc.aio.ServicerContext) -> generate_pb2.ListModelsResponse:
@@ -82,14 +85,18 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
             route_req.request_id = scoped_request_id(rid, api_key_of(context.invocation_metadata() or ()))
         return route_req
 
-    async def _route(self, route_req: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
-                     ) -> AsyncIterator[router_pb2.RouteEvent]:
+    async def _route(self, route_req: router_pb2.RouteRequest, context: grpc.aio.ServicerContext,
+                     timer: metrics.RequestTimer | None = None) -> AsyncIterator[router_pb2.RouteEvent]:
         # The router gets what is left of the client's deadline, so it stops the request (and frees
         # its worker slot) when the client would no longer read the answer anyway.
         call = self.router.Route(route_req, timeout=context.time_remaining(),
                                  metadata=((REQUEST_ID_HEADER, route_req.request_id),))
         try:
+            if timer is not None:
+                timer.model = route_req.model  # validated: a model of the store
             async for event in call:
+                if timer is not None:
+                    timer.event(event)
                 yield event
         except grpc.aio.AioRpcError as e:
             raise _router_error(e) from None

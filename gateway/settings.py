@@ -15,6 +15,7 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)  # 0 = any free port (tests)
+    metrics_port: int = Field(default=9400, ge=0, le=65535)  # Prometheus /metrics on host:metrics_port; 0 = off
     router_address: str = "127.0.0.1:50052"
     # The engine store is the source of truth for what can be served: names, tokenizers, max_seq_len.
     store_dir: Path = Path("engines")

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from inferline.grpc.server import build_server, set_serving
 from inferline.logs import configure_service_logging
+from inferline.metrics import start_metrics_server
 from inferline.v1 import router_pb2_grpc
 from router.admission import Admission
 from router.idempotency import IdempotencyStore
@@ -47,6 +48,7 @@ async def serve(settings: RouterSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     reader = asyncio.create_task(results.run(), name="results-reader")
+    metrics_server = start_metrics_server(settings.metrics_port, settings.host, service="router")
     leases = asyncio.create_task(idempotency.keep_leases(), name="idempotency-leases")
     try:
         await client.ping()
@@ -64,6 +66,8 @@ async def serve(settings: RouterSettings) -> None:
     finally:
         reader.cancel()
         leases.cancel()
+        if metrics_server is not None:
+            metrics_server.stop()
         await client.aclose()
 
 

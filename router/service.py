@@ -26,12 +26,14 @@ import structlog
 from grpc_interceptor.exceptions import AlreadyExists, GrpcException, InvalidArgument
 
 from inferline.logs import request_context
+from inferline.metrics import count_outcome
 from inferline.v1 import router_pb2, router_pb2_grpc
+from router import metrics
 from router.admission import Admission
 from router.idempotency import Claim, IdempotencyStore, fingerprint
 from router.results import DuplicateRequestError, ResultsFanout
 from router.sequencing import EventOrder, status_of_error
-from inferline.redis_protocol import REQUESTS_STREAM_PATTERNS, cancel_key, model_of_requests_stream, text
+from inferline.redis_protocol import REQUESTS_STREAM_PATTERNS, band_of, cancel_key, model_of_requests_stream, text
 
 log = structlog.get_logger(__name__)
 
@@ -58,16 +60,18 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
 
     async def Route(self, request: router_pb2.RouteRequest,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteEvent]:
-        check_request(request)
-        with request_context(request.request_id):
-            order = EventOrder()
-            async with contextlib.aclosing(self._events(request, order)) as events:
-                async for event in events:
-                    if event.error_code:
-                        log.info("request_failed", code=event.error_code, error=event.error_message)
-                        raise GrpcException(event.error_message, status_of_error(event))
-                    yield event
-            log.info("request_done", finish_reason=event.finish_reason, completion_tokens=event.usage.completion_tokens)
+        with count_outcome(context, metrics.REJECTIONS, metrics.CANCELLATIONS, metrics.IN_FLIGHT):
+            check_request(request)
+            with request_context(request.request_id):
+                order = EventOrder()
+                async with contextlib.aclosing(self._events(request, order)) as events:
+                    async for event in events:
+                        if event.error_code:
+                            log.info("request_failed", code=event.error_code, error=event.error_message)
+                            raise GrpcException(event.error_message, status_of_error(event))
+                        yield event
+                log.info("request_done", finish_reason=event.finish_reason,
+                         completion_tokens=event.usage.completion_tokens)
 
     async def _events(self, request: router_pb2.RouteRequest, order: EventOrder
                       ) -> AsyncIterator[router_pb2.RouteEvent]:
@@ -106,6 +110,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             # Shielded: a caller cancelling mid-XADD must still learn the entry id, to cancel that run.
             enqueue = asyncio.ensure_future(self.admission.enqueue(request))
             entry_id = await asyncio.shield(enqueue)
+            metrics.ROUTES_QUEUED.labels(request.model, band_of(request.priority)).inc()
             log.info("request_queued", model=request.model, entry=entry_id, prompt_tokens=len(request.prompt_token_ids))
             while not order.finished:
                 message = await inbox.get()

@@ -20,6 +20,7 @@ class RouterSettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(50052, ge=0, le=65535)
+    metrics_port: int = Field(9401, ge=0, le=65535, description="Prometheus /metrics on host:metrics_port; 0 = off")
     redis_url: str = Field("redis://localhost:6379/0",
                            validation_alias=AliasChoices("redis_url", "INFERLINE_ROUTER_REDIS_URL", "REDIS_URL"))
     router_id: str = Field(default_factory=default_router_id)

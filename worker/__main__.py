@@ -3,6 +3,8 @@
 The engine is verified in the store (every file's sha256) before it is loaded. Development and tests
 only: `--model-path FOLDER` serves a plain HF folder (or a bundled model name) with no store, under
 the model name given by --engine; --max-batch-size and --max-seq-len then stand in for the manifest.
+Benchmarks only: `--engine-kind synthetic-benchmark-only [--synthetic-engine-step-ms 2]` loads no model
+and answers with synthetic tokens (worker/synthetic_engine.py), to load-test the control plane.
 `python -m worker --help` lists every setting; each is also INFERLINE_WORKER_<NAME> in the environment.
 
 Exit status: 0 after SIGTERM/SIGINT (running requests drained), 78 (EX_CONFIG) when the engine is
@@ -19,6 +21,7 @@ from pydantic_settings import CliApp
 from redis.exceptions import RedisError
 
 from inferline.logs import configure_service_logging
+from inferline.metrics import start_metrics_server
 from worker.heartbeat import Heartbeat
 from worker.loop import StepLoop
 from worker.queue import RequestQueue
@@ -58,7 +61,8 @@ async def run_until_stopped(step_loop: StepLoop, queue: RequestQueue, stop: asyn
     """Run the loop until a signal, then drain: running requests may finish within the drain
     timeout; those that do not are handed back, un-acknowledged, for another worker to run."""
     loop_task = asyncio.create_task(step_loop.run(), name="step-loop")
-    log.info("worker_ready", model=settings.engine, max_batch_size=step_loop.max_batch_size)
+    log.info("worker_ready", model=settings.engine, engine_kind=settings.engine_kind,
+             max_batch_size=step_loop.max_batch_size)
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([loop_task, stopping], return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
@@ -80,6 +84,7 @@ def main() -> int:
     settings = CliApp.run(WorkerSettings)
     configure_service_logging("worker", settings.log_level)
     structlog.contextvars.bind_contextvars(worker_id=settings.worker_id)
+    start_metrics_server(settings.metrics_port, service="worker")  # worker/metrics.py; a daemon thread
     try:
         engine = load_engine(settings)
     except EngineUnavailableError as e:

@@ -30,6 +30,7 @@ class Heartbeat:
         stats = self.loop.stats
         return {
             "model": self.settings.engine,
+            "engine_kind": self.settings.engine_kind,  # synthetic-benchmark-only: no model behind it
             "free_slots": self.loop.free_slots(),
             "running": len(self.loop.running),
             "max_batch_size": self.loop.max_batch_size,

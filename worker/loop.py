@@ -14,6 +14,7 @@ import structlog
 from engine import Engine, EngineStats, InvalidParameterError, RequestOutput
 from inferline.logs import request_context
 from inferline.v1 import router_pb2
+from worker import metrics
 from worker.queue import Publication, QueueEntry, RequestQueue
 from worker.settings import WorkerSettings
 from inferline.sampling import sampling_params_from_proto
@@ -32,6 +33,7 @@ class RunningRequest:
     taken_ms: float
     next_seq: int = 0  # every (re)run starts at 0; the router drops seqs it already delivered
     first_token_ms: float | None = None
+    scheduled: bool = False  # the engine produced output for it (inferline_worker_admission_time_seconds)
     lost: bool = False  # another worker took the entry over: stop, publish nothing, do not ack
 
 
@@ -47,7 +49,11 @@ class StepLoop:
         self.stats: EngineStats = engine.stats()
         self.last_step_ms = 0.0
         self.last_step_at_ms = 0.0
+        self._step_started_ms = 0.0
         self._next_autoclaim = 0.0
+        self.model = settings.engine  # the `model` label of worker/metrics.py
+        self._gauges = metrics.EngineGauges(self.model)
+        self._gauges.update(self.stats)
 
     # -- what the heartbeat and main see ---------------------------------------------------------
 
@@ -90,11 +96,13 @@ class StepLoop:
             await self._take_over_dead()
         await self._abort_cancelled_and_lost()
         if self.engine.has_unfinished():
-            started = time.perf_counter()
+            started, self._step_started_ms = time.perf_counter(), now_ms()
             outputs = await asyncio.to_thread(self.engine.step)
             self.last_step_ms, self.last_step_at_ms = (time.perf_counter() - started) * 1000, now_ms()
+            metrics.STEP_DURATION.labels(self.model).observe(self.last_step_ms / 1000)
             await self._publish(outputs)
         self.stats = self.engine.stats()
+        self._gauges.update(self.stats)
 
     async def _take_new(self) -> None:
         free = self.free_slots()
@@ -127,6 +135,7 @@ class StepLoop:
             message = (f"request abandoned: {e.deliveries - 1} workers died while running it "
                        f"(max_deliveries={self.settings.max_deliveries})")
             failures.append(Publication(e, error_event(e.rid, 0, grpc.StatusCode.INTERNAL, message), final=True))
+            metrics.REJECTIONS.labels(self.model, grpc.StatusCode.INTERNAL.name).inc()
         await self.queue.publish(failures)
 
     async def _admit(self, entries: list[QueueEntry], taken_over: bool) -> None:
@@ -138,13 +147,17 @@ class StepLoop:
             with request_context(entry.rid):
                 if entry.entry_id in cancelled:
                     log.info("request_dropped_cancelled", entry=entry.entry_id)
+                    metrics.ABORTS.labels(self.model, "cancelled").inc()
                     refused.append(Publication(entry, abort_event(entry.rid, 0, entry.prompt_tokens), final=True))
                     continue
                 error = self._add_to_engine(entry)
                 if error is not None:
                     refused.append(Publication(entry, error, final=True))
+                    metrics.REJECTIONS.labels(self.model, error.error_code).inc()
                     continue
                 self.running[entry.entry_id] = RunningRequest(entry, taken_ms=now_ms())
+                metrics.QUEUE_TIME.labels(self.model).observe(max(0.0, now_ms() - entry.enqueued_ms) / 1000)
+                metrics.PROMPT_TOKENS.labels(self.model).inc(entry.prompt_tokens)
                 log.info("request_started", entry=entry.entry_id, taken_over=taken_over,
                          prompt_tokens=entry.prompt_tokens, queue_ms=round(now_ms() - entry.enqueued_ms, 1))
         await self.queue.publish(refused)
@@ -171,6 +184,7 @@ class StepLoop:
         for eid, req in self.running.items():
             if eid in cancelled or req.lost:
                 if self.engine.abort(eid):  # frees its KV blocks now; its final output comes next step
+                    metrics.ABORTS.labels(self.model, "lost" if req.lost else "cancelled").inc()
                     with request_context(req.entry.rid):
                         log.info("request_aborted", entry=eid, reason="lost" if req.lost else "cancelled")
 
@@ -183,6 +197,10 @@ class StepLoop:
                 continue
             if out.finished:
                 del self.running[out.request_id]
+            if not req.scheduled and not (out.finished and out.finish_reason == "abort"):
+                req.scheduled = True
+                metrics.ADMISSION_TIME.labels(self.model).observe(max(0.0, self._step_started_ms - req.taken_ms) / 1000)
+            metrics.GENERATION_TOKENS.labels(self.model).inc(len(out.new_token_ids))
             if req.lost:  # the new owner publishes; this run's events would only be duplicates
                 continue
             if out.new_token_ids and req.first_token_ms is None:

@@ -40,6 +40,48 @@ return lost
 """
 
 
+# Take up to ARGV[3] never-delivered entries from the band streams (KEYS, highest band first), FIFO
+# within a band, in one round trip: a busy worker runs this every step. ARGV: group, consumer, count.
+# Returns {band index (1-based), entries} pairs; XREADGROUP in a script never blocks.
+READ_BANDS = """
+local left = tonumber(ARGV[3])
+local out = {}
+for i = 1, #KEYS do
+  if left <= 0 then break end
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[i], '>')
+  if r and r[1] and #r[1][2] > 0 then
+    table.insert(out, {i, r[1][2]})
+    left = left - #r[1][2]
+  end
+end
+return out
+"""
+
+
+# Publish a step's events: XADD each to its router's results stream (MAXLEN ~), and after a final one
+# XACK + XDEL its entry; then refresh each results stream's TTL. One command, so the worker packs and
+# parses one reply per step rather than one per event (redis-py's per-command cost dominated).
+# KEYS: the band streams, then the results streams. ARGV: maxlen, ttl, group, number of band streams,
+# the 4 field names (redis_protocol's F_RID, F_SEQ, F_EVENT, F_ENTRY), then per event 7 values:
+# results KEYS index, rid, seq, event bytes, run id, band KEYS index (0: not final), stream entry id.
+PUBLISH = """
+local maxlen, ttl, group, bands = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+for i = 9, #ARGV, 7 do
+  redis.call('XADD', KEYS[tonumber(ARGV[i])], 'MAXLEN', '~', maxlen, '*',
+             ARGV[5], ARGV[i + 1], ARGV[6], ARGV[i + 2], ARGV[7], ARGV[i + 3], ARGV[8], ARGV[i + 4])
+  local band = tonumber(ARGV[i + 5])
+  if band > 0 then
+    redis.call('XACK', KEYS[band], group, ARGV[i + 6])
+    redis.call('XDEL', KEYS[band], ARGV[i + 6])
+  end
+end
+for k = bands + 1, #KEYS do
+  redis.call('EXPIRE', KEYS[k], ttl)
+end
+return 0
+"""
+
+
 HANDED_BACK_IDLE_MS = 24 * 3600 * 1000  # idle enough for any worker's next XAUTOCLAIM
 
 
@@ -92,6 +134,8 @@ class RequestQueue:
         self.results_maxlen = results_maxlen
         self.results_ttl_s = results_ttl_s
         self._touch = client.register_script(TOUCH_OWN_ENTRIES)
+        self._read_bands = client.register_script(READ_BANDS)
+        self._publish = client.register_script(PUBLISH)
 
     async def ensure_group(self) -> None:
         await ensure_group(self.client, self.model)
@@ -111,14 +155,25 @@ class RequestQueue:
         return [QueueEntry.parse(band_of_stream[text(stream)], eid, fields)
                 for stream, messages in response or [] for eid, fields in messages if fields]
 
+    async def _read_without_blocking(self, count: int) -> list[QueueEntry]:
+        """Up to `count` new entries, highest band first, in one round trip (READ_BANDS)."""
+        bands = list(self.streams)
+        try:
+            response = await self._read_bands(keys=list(self.streams.values()),
+                                              args=[WORKERS_GROUP, self.consumer, count])
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            await self.ensure_group()  # as in _read: a stream was deleted under us
+            return []
+        return [QueueEntry.parse(bands[int(index) - 1], eid, dict(zip(flat[::2], flat[1::2])))
+                for index, messages in response or [] for eid, flat in messages if flat]
+
     async def read_new(self, count: int, block_ms: int | None) -> list[QueueEntry]:
         """Up to `count` never-delivered entries, highest band first (FIFO within a band), now owned by
         this consumer. They leave the queue, so their prompt tokens leave the model's queued-token
         budget. `block_ms`: when every band is empty, wait that long for an entry in any of them."""
-        entries: list[QueueEntry] = []
-        for stream in self.streams.values():
-            if len(entries) < count:
-                entries += await self._read([stream], count - len(entries))
+        entries = await self._read_without_blocking(count)
         if not entries and block_ms:
             # COUNT applies per stream: should several bands fill at once (one transaction adding to
             # several), the lowest-band extras are handed back below so no more than `count` run here.
@@ -163,26 +218,21 @@ class RequestQueue:
         return {e.entry_id for e, value in zip(entries, values) if text(value) == e.entry_id}
 
     async def publish(self, publications: Iterable[Publication]) -> None:
-        """Every event of a step in one round trip; a final event acknowledges its entry right after
-        it (the order within a pipeline holds), and deletes it so the streams hold only live entries
+        """Every event of a step in one round trip (the PUBLISH script, so atomic too); a final event
+        acknowledges its entry right after it, and deletes it so the streams hold only live entries
         (the router counts queued = XLEN - pending)."""
-        pipe = self.client.pipeline(transaction=False)
-        routers: set[str] = set()
+        band_index = {band: i for i, band in enumerate(self.streams, start=1)}
+        results: dict[str, int] = {}  # results stream -> its KEYS index, after the band streams
+        args: list[str | int | bytes] = []
         for p in publications:
-            pipe.xadd(results_stream(p.entry.router),
-                      {F_RID: p.entry.rid, F_SEQ: p.event.seq, F_EVENT: p.event.SerializeToString(),
-                       F_ENTRY: p.entry.entry_id},
-                      maxlen=self.results_maxlen, approximate=True)
-            routers.add(p.entry.router)
-            if p.final:
-                stream = self.streams[p.entry.band]
-                pipe.xack(stream, WORKERS_GROUP, p.entry.stream_id)
-                pipe.xdel(stream, p.entry.stream_id)
-        if not routers:
+            index = results.setdefault(results_stream(p.entry.router), len(self.streams) + len(results) + 1)
+            args += [index, p.entry.rid, p.event.seq, p.event.SerializeToString(), p.entry.entry_id,
+                     band_index[p.entry.band] if p.final else 0, p.entry.stream_id]
+        if not results:
             return
-        for router in routers:  # a dead router's stream goes away on its own
-            pipe.expire(results_stream(router), self.results_ttl_s)
-        await pipe.execute()
+        await self._publish(keys=[*self.streams.values(), *results],
+                            args=[self.results_maxlen, self.results_ttl_s, WORKERS_GROUP, len(self.streams),
+                                  F_RID, F_SEQ, F_EVENT, F_ENTRY, *args])
 
     async def touch(self, entry_ids: Sequence[str]) -> list[str]:
         """Reset the idle time of our running entries (run ids); returns those another worker has

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,11 +24,17 @@ class WorkerSettings(BaseSettings):
     store_dir: Path = Field(Path("engines"), description="the engine store's root directory")
     model_path: Path | None = Field(None, description="dev/test only: serve this model folder (or bundled "
                                                       "model name) without a store; --engine names the stream")
+    engine_kind: Literal["model", "synthetic-benchmark-only"] = Field(
+        "model", description="model: serve the engine. synthetic-benchmark-only: BENCHMARKS ONLY, load no model "
+                             "and answer with synthetic tokens (control-plane load tests); logged as a warning")
+    synthetic_engine_step_ms: float = Field(2.0, ge=0, description="synthetic-benchmark-only: the cost of one "
+                                                                   "engine step (every running request gets a token)")
     device: str | None = Field(None, description="cpu, cuda or cuda:N; default cuda when available")
     dtype: str | None = Field(None, description="override the manifest's dtype")
     max_batch_size: int | None = Field(None, ge=1, description="override the manifest's max_batch_size")
     max_seq_len: int | None = Field(None, ge=2, description="override the manifest's max_seq_len")
     worker_id: str = Field(default_factory=default_worker_id)
+    metrics_port: int = Field(9402, ge=0, le=65535, description="Prometheus /metrics on 0.0.0.0:metrics_port; 0 = off")
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker silent this long is dead; its requests "
                                                           "are taken over by others")

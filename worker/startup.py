@@ -1,5 +1,6 @@
 """Load the engine the worker serves: verified from the engine store (every file's sha256), or, for
-development and tests, a plain model folder given with --model-path."""
+development and tests, a plain model folder given with --model-path; or, for control-plane benchmarks
+only, a synthetic engine that runs no model (--engine-kind synthetic-benchmark-only)."""
 from __future__ import annotations
 
 import structlog
@@ -8,6 +9,7 @@ import torch
 from engine import Engine, EngineConfig, InvalidParameterError
 from inferline.engine_store import EngineStore, EngineStoreError
 from worker.settings import WorkerSettings
+from worker.synthetic_engine import ENGINE_KIND, SyntheticEngine, SyntheticEngineConfig
 
 log = structlog.get_logger(__name__)
 
@@ -37,8 +39,25 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
                         max_seq_len=settings.max_seq_len or manifest.max_seq_len)
 
 
-def load_engine(settings: WorkerSettings) -> Engine:
+def load_engine(settings: WorkerSettings) -> Engine | SyntheticEngine:
+    if settings.engine_kind == ENGINE_KIND:
+        return synthetic_engine(settings)
     try:
         return Engine(engine_config(settings))
     except InvalidParameterError as e:  # also ModelNotFoundError / UnsupportedModelError
         raise EngineUnavailableError(str(e)) from e
+
+
+def synthetic_engine(settings: WorkerSettings) -> SyntheticEngine:
+    """BENCHMARKS ONLY: no model, no store; batch and sequence limits from the settings or defaults."""
+    overrides = {k: v for k, v in (("max_batch_size", settings.max_batch_size), ("max_seq_len", settings.max_seq_len))
+                 if v is not None}
+    try:
+        config = SyntheticEngineConfig(step_ms=settings.synthetic_engine_step_ms, **overrides)
+    except InvalidParameterError as e:
+        raise EngineUnavailableError(str(e)) from e
+    log.warning("synthetic_engine_benchmarks_only", engine_kind=ENGINE_KIND, model=settings.engine,
+                step_ms=config.step_ms, max_batch_size=config.max_batch_size, max_seq_len=config.max_seq_len,
+                message="this worker runs NO model: it answers every request with synthetic tokens, for "
+                        "control-plane benchmarks only; never serve users with it")
+    return SyntheticEngine(config)

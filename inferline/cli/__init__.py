@@ -9,6 +9,7 @@ from inferline.cli.bench import MEMORY_HELP, bench
 from inferline.cli.bench_plots import bench_plot
 from inferline.cli.build import build
 from inferline.cli.generate import generate
+from inferline.cli.load import load
 from inferline.cli.logs import LEVELS, configure_logging
 from inferline.cli.run import run
 from inferline.cli.up import up
@@ -25,6 +26,7 @@ app.command("bench", epilog=MEMORY_HELP)(bench)
 app.command("bench-plot")(bench_plot)
 app.command("up")(up)
 app.command("generate")(generate)
+app.command("load")(load)
 app.command("build")(build)
 
 

@@ -35,6 +35,9 @@ def up(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (one per GPU on a GPU machine).")] = 1,
     state_dir: Annotated[Path, typer.Option(help="Engine store and logs live here.")] = Path(".inferline"),
     prompt: Annotated[Optional[str], typer.Option(help="Ask this once the stack is up and print the answer.")] = None,
+    synthetic_engine_step_ms: Annotated[Optional[float], typer.Option(
+        min=0, help="BENCHMARKS ONLY: workers load no model and answer with synthetic tokens, one per running "
+                    "request every this many ms (the gateway still tokenizes with the built engine).")] = None,
 ) -> None:
     """Start Redis (unless REDIS_URL is set), builder, router, workers and gateway; Ctrl-C stops them."""
     engine_name = engine or Path(model).stem.lower().replace("_", "-")
@@ -61,8 +64,14 @@ def up(
             router = _start(started, "router", "router", log_dir, common | {"INFERLINE_ROUTER_HOST": "127.0.0.1",
                                                                           "INFERLINE_ROUTER_PORT": str(router_port)})
             wait_healthy(router, f"127.0.0.1:{router_port}")
+            synthetic = {} if synthetic_engine_step_ms is None else {
+                "INFERLINE_WORKER_ENGINE_KIND": "synthetic-benchmark-only",
+                "INFERLINE_WORKER_SYNTHETIC_ENGINE_STEP_MS": str(synthetic_engine_step_ms)}
+            if synthetic:
+                typer.echo("WARNING: workers run a synthetic engine (benchmarks only): answers are not a model's",
+                           err=True)
             for i in range(workers):
-                _start(started, f"worker-{i}", "worker", log_dir, common | {
+                _start(started, f"worker-{i}", "worker", log_dir, common | synthetic | {
                     "INFERLINE_WORKER_ENGINE": engine_name, "INFERLINE_WORKER_STORE_DIR": str(store_dir),
                     "INFERLINE_WORKER_DEVICE": device if device == "cpu" or workers == 1 else f"cuda:{i}"})
             gateway = _start(started, "gateway", "gateway", log_dir, common | {

@@ -24,6 +24,8 @@ def service_env() -> dict[str, str]:
     # Two cores shared by several processes: one torch thread each, or they thrash.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # No /metrics on the fixed default ports from tests; a test that wants it passes --metrics-port.
+    env.update({f"INFERLINE_{service}_METRICS_PORT": "0" for service in ("GATEWAY", "ROUTER", "WORKER", "BUILDER")})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
