@@ -15,6 +15,9 @@ from tests.deploy.project import (
 
 SERVICE_CONTAINERS = [(w["metadata"]["name"], c) for w, pod in pod_specs() for c in containers(pod, init=False)
                       if python_module(c.get("command", []))]
+# container name -> its pod template's annotations (Prometheus finds /metrics through them)
+SCRAPE_ANNOTATIONS = {c["name"]: w["spec"]["template"]["metadata"].get("annotations", {})
+                      for w, pod in pod_specs() for c in containers(pod, init=False)}
 
 
 def module_of(container: dict) -> str:
@@ -97,6 +100,16 @@ def test_containers_without_a_service_set_no_environment():
                 assert not container.get("env"), f"{workload['metadata']['name']}/{container['name']}"
 
 
+def assert_metrics_port(container: dict, settings) -> None:
+    """The container's `metrics` port is the service's metrics_port, and its pod template tells
+    Prometheus to scrape it."""
+    metrics = [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"]
+    assert metrics == [settings.metrics_port] and settings.metrics_port > 0
+    annotations = SCRAPE_ANNOTATIONS[container["name"]]
+    assert annotations.get("prometheus.io/scrape") == "true"
+    assert annotations.get("prometheus.io/port") == str(settings.metrics_port)
+
+
 @pytest.mark.parametrize("name,container", SERVICE_CONTAINERS, ids=[n for n, _ in SERVICE_CONTAINERS])
 def test_probes_use_the_port_the_service_listens_on(name, container):
     probes = [container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe") if p in container]
@@ -105,12 +118,14 @@ def test_probes_use_the_port_the_service_listens_on(name, container):
         for probe in probes:
             command = probe["exec"]["command"]
             assert command[0] in PYTHONS and command[1:] == [HEALTHCHECK_SCRIPT, "worker"], command
-        assert "ports" not in container, "workers serve no port"
+        assert [p["name"] for p in container.get("ports", [])] == ["metrics"], "workers serve /metrics only"
+        assert_metrics_port(container, settings_of(container))
         return
     settings = settings_of(container)
     assert settings.host == "0.0.0.0", f"{name} would only listen on loopback"
-    container_ports = {p["containerPort"] for p in container["ports"]}
+    container_ports = {p["containerPort"] for p in container["ports"] if p["name"] == "grpc"}
     assert container_ports == {settings.port}
+    assert_metrics_port(container, settings)
     for probe in probes:
         assert set(probe) & {"grpc", "exec", "httpGet", "tcpSocket"} == {"grpc"}, f"{name}: use the native gRPC probe"
         assert probe["grpc"]["port"] in container_ports and probe["grpc"]["port"] == settings.port
