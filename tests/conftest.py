@@ -72,20 +72,25 @@ def redis_url(tmp_path_factory) -> str:
         yield url
 
 
-@pytest.fixture(scope="session")
-def engine_store_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An engine store holding the bundled model as engine STORE_MODEL (files hard-linked)."""
+def store_with_smollm2(root: Path, smollm2_dir: Path, name: str, max_batch_size: int, max_seq_len: int) -> Path:
+    """An engine store at `root` holding the bundled model as engine `name` (files hard-linked)."""
     from inferline.engine_store import EngineStore, Manifest
 
-    root = tmp_path_factory.mktemp("engines")
     store = EngineStore(root)
-    staging = store.new_staging_dir(STORE_MODEL)
+    staging = store.new_staging_dir(name)
     for f in smollm2_dir.iterdir():
         try:  # hard links: the 540 MB of weights need not be copied (the gateway never reads them)
             os.link(f, staging / f.name)
         except OSError:
             shutil.copy2(f, staging / f.name)
-    store.commit(staging, Manifest(name=STORE_MODEL, fingerprint="test", architecture="llama", dtype="float32",
-                                   quantization={"scheme": "none"}, max_batch_size=4, max_seq_len=STORE_MAX_SEQ_LEN,
-                                   source=STORE_MODEL))
-    return root
+    store.commit(staging, Manifest(name=name, fingerprint="test", architecture="llama", dtype="float32",
+                                   quantization={"scheme": "none"}, max_batch_size=max_batch_size,
+                                   max_seq_len=max_seq_len, source="smollm2-135m"))
+    return store.root
+
+
+@pytest.fixture(scope="session")
+def engine_store_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An engine store holding the bundled model as engine STORE_MODEL."""
+    return store_with_smollm2(tmp_path_factory.mktemp("engines"), smollm2_dir, STORE_MODEL, max_batch_size=4,
+                              max_seq_len=STORE_MAX_SEQ_LEN)

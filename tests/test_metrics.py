@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import urllib.request
 
 import grpc
 import pytest
 from grpc_interceptor.exceptions import InvalidArgument, ResourceExhausted
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.parser import text_string_to_metric_families
 
 from engine.errors import InvalidParameterError
 from inferline.metrics import (BUILD_BUCKETS, E2E_BUCKETS, ITL_BUCKETS, QUEUE_BUCKETS, TTFT_BUCKETS, count_outcome,
                                log_buckets, start_metrics_server)
-from tests.servers import free_port
-
-
-def scrape(port: int) -> dict[str, dict[tuple, float]]:
-    """{sample name: {sorted label items: value}} from a real GET of /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    samples: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return samples
+from tests.servers import free_port, scrape_metrics
 
 
 def test_log_buckets_span_their_range_in_increasing_readable_steps():
@@ -59,7 +46,7 @@ def test_the_server_serves_its_registry_as_prometheus_text():
     server = start_metrics_server(free_port(), "127.0.0.1", registry, service="test")
     assert server is not None
     try:
-        assert scrape(server.port)["inferline_test_things_total"] == {(("reason", "RESOURCE_EXHAUSTED"),): 3.0}
+        assert scrape_metrics(server.port)["inferline_test_things_total"] == {(("reason", "RESOURCE_EXHAUSTED"),): 3.0}
     finally:
         server.stop()
 

@@ -1,17 +1,13 @@
 """Summarise ghz `-O json` reports (or `inferline load` ones: same shape) as one line each:
-requests/s, p50/p99 and errors. Usage: python bench/ghz/summarize.py REPORT.json [...]"""
+requests/s, p50/p99 and errors. Usage: python bench/ghz/summarize.py REPORT.json [...] (with inferline
+installed: it reads percentiles as `inferline load` does)."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
 
-
-def percentile_ms(report: dict, percentage: int) -> float | None:
-    for row in report.get("latencyDistribution") or []:
-        if row and row.get("percentage") == percentage:
-            return row["latency"] / 1e6  # ghz writes Go durations: nanoseconds
-    return None
+from inferline.cli.load_report import percentile_ms
 
 
 def summary(report: dict) -> dict:

@@ -113,9 +113,11 @@ def ghz_report(results: Results, total_ns: int, options: dict, name: str = "") -
 
 
 def percentile_ms(report: dict, percentage: int) -> float | None:
-    for row in report["latencyDistribution"]:
-        if row["percentage"] == percentage:
-            return row["latency"] / 1e6
+    """A percentile of an `inferline load` or ghz `-O json` report in ms (None if absent; ghz leaves the
+    distribution null when every request failed)."""
+    for row in report.get("latencyDistribution") or []:
+        if row and row.get("percentage") == percentage:
+            return row["latency"] / 1e6  # Go durations: nanoseconds
     return None
 
 

@@ -15,7 +15,7 @@ from engine import Engine, EngineConfig, SamplingParams
 from inferline.client import AsyncClient, DeadlineExceeded, Request
 from tests.conftest import STORE_MODEL
 from tests.servers import free_port
-from tests.worker.processes import (ServiceProcess, one_torch_thread, start_router, start_worker, wait_router_ready,
+from tests.worker.processes import (one_torch_thread, start_gateway, start_router, start_worker, wait_router_ready,
                                     wait_until, wait_worker_ready)
 
 pytestmark = pytest.mark.slow
@@ -30,9 +30,7 @@ def stack(tmp_path_factory, redis_url: str, engine_store_dir: Path) -> Iterator[
     router = start_router(logs, redis_url, "e2e-router", router_port)
     workers = [start_worker(logs, redis_url, STORE_MODEL, f"e2e-worker-{i}", None, store_dir=engine_store_dir,
                             heartbeat_interval_s=0.5) for i in range(WORKERS)]
-    gateway = ServiceProcess("gateway", "gateway", ["--port", str(gateway_port), "--router-address",
-                                                    f"127.0.0.1:{router_port}", "--store-dir", str(engine_store_dir),
-                                                    "--redis-url", redis_url], logs)
+    gateway = start_gateway(logs, gateway_port, router_port, engine_store_dir, redis_url=redis_url)
     client = redis.Redis.from_url(redis_url)
     try:
         wait_router_ready(router, router_port)

@@ -4,8 +4,6 @@ No timing assertions: requests/s is printed, not judged."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +12,10 @@ from typing import Iterator
 import pytest
 import redis
 
-from inferline.engine_store import EngineStore, Manifest
+from tests.conftest import store_with_smollm2
 from tests.servers import free_port, redis_server
-from tests.worker.processes import (REPO, ServiceProcess, service_env, start_router, start_worker, wait_router_ready,
-                                    wait_worker_ready)
+from tests.worker.processes import (REPO, ServiceProcess, service_env, start_gateway, start_router, start_worker,
+                                    wait_router_ready, wait_worker_ready)
 
 pytestmark = pytest.mark.slow
 
@@ -28,17 +26,8 @@ GHZ_KEYS = {"date", "count", "total", "average", "fastest", "slowest", "rps", "l
 
 @pytest.fixture(scope="module")
 def store_dir(smollm2_dir: Path, tmp_path_factory) -> Path:
-    store = EngineStore(tmp_path_factory.mktemp("synthetic-store"))
-    staging = store.new_staging_dir(MODEL)
-    for f in smollm2_dir.iterdir():
-        try:
-            os.link(f, staging / f.name)
-        except OSError:
-            shutil.copy2(f, staging / f.name)
-    store.commit(staging, Manifest(name=MODEL, fingerprint="test", architecture="llama", dtype="float32",
-                                   quantization={"scheme": "none"}, max_batch_size=64, max_seq_len=2048,
-                                   source="smollm2-135m"))
-    return store.root
+    return store_with_smollm2(tmp_path_factory.mktemp("synthetic-store"), smollm2_dir, MODEL, max_batch_size=64,
+                              max_seq_len=2048)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +38,7 @@ def stack(tmp_path_factory, store_dir: Path) -> Iterator[tuple[str, redis.Redis,
         router = start_router(logs, redis_url, "load-router", router_port)
         worker = start_worker(logs, redis_url, MODEL, "load-worker", None, engine_kind="synthetic-benchmark-only",
                               synthetic_engine_step_ms=2, store_dir=Path("/nonexistent"))
-        gateway = ServiceProcess("gateway", "gateway", ["--port", str(gateway_port), "--router-address",
-                                                        f"127.0.0.1:{router_port}", "--store-dir", str(store_dir),
-                                                        "--redis-url", redis_url], logs)
+        gateway = start_gateway(logs, gateway_port, router_port, store_dir, redis_url=redis_url)
         client = redis.Redis.from_url(redis_url)
         try:
             wait_router_ready(router, router_port)

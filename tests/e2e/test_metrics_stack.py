@@ -4,33 +4,20 @@ timing assertions."""
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import grpc
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from inferline.client import AsyncClient, Request
 from tests.conftest import STORE_MODEL
-from tests.servers import free_port
-from tests.worker.processes import (ServiceProcess, start_router, start_worker, wait_router_ready, wait_until,
+from tests.servers import free_port, scrape_metrics
+from tests.worker.processes import (start_gateway, start_router, start_worker, wait_router_ready, wait_until,
                                     wait_worker_ready)
 
 pytestmark = pytest.mark.slow
-
-
-def scrape(port: int) -> dict[str, dict[tuple, float]]:
-    """{sample name: {sorted label items: value}} from a real GET of /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    samples: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return samples
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -46,9 +33,7 @@ def stack(tmp_path_factory, redis_url: str, engine_store_dir: Path) -> Iterator[
     router = start_router(logs, redis_url, "metrics-router", router_port, metrics_port=ports["router"])
     worker = start_worker(logs, redis_url, STORE_MODEL, "metrics-worker", None, store_dir=engine_store_dir,
                           heartbeat_interval_s=0.5, metrics_port=ports["worker"])
-    gateway = ServiceProcess("gateway", "gateway", ["--port", str(gateway_port), "--router-address",
-                                                    f"127.0.0.1:{router_port}", "--store-dir", str(engine_store_dir),
-                                                    "--metrics-port", str(ports["gateway"])], logs)
+    gateway = start_gateway(logs, gateway_port, router_port, engine_store_dir, metrics_port=ports["gateway"])
     client = redis.Redis.from_url(redis_url)
     try:
         wait_router_ready(router, router_port)
@@ -75,18 +60,18 @@ def test_one_request_shows_up_in_every_services_metrics(stack):
     completion = unary.usage.completion_tokens + chunks[-1].usage.completion_tokens
     assert completion > 0
 
-    gw = scrape(ports["gateway"])
+    gw = scrape_metrics(ports["gateway"])
     assert value(gw, "inferline_time_to_first_token_seconds_count", model=STORE_MODEL) >= 2
     assert value(gw, "inferline_e2e_request_latency_seconds_count", model=STORE_MODEL) >= 2
     assert value(gw, "inferline_inter_token_latency_seconds_count", model=STORE_MODEL) >= 1
     assert value(gw, "inferline_request_success_total", model=STORE_MODEL) >= 2
     assert value(gw, "inferline_gateway_requests_in_flight") == 0
 
-    rt = scrape(ports["router"])
+    rt = scrape_metrics(ports["router"])
     assert value(rt, "inferline_router_requests_queued_total", model=STORE_MODEL, band="normal") >= 2
     assert value(rt, "inferline_router_requests_in_flight") == 0
 
-    wk = scrape(ports["worker"])
+    wk = scrape_metrics(ports["worker"])
     assert value(wk, "inferline_generation_tokens_total", model=STORE_MODEL) >= completion
     assert value(wk, "inferline_prompt_tokens_total", model=STORE_MODEL) >= unary.usage.prompt_tokens
     assert value(wk, "inferline_request_queue_time_seconds_count", model=STORE_MODEL) >= 2
@@ -100,7 +85,7 @@ def test_one_request_shows_up_in_every_services_metrics(stack):
 
 def test_rejections_are_counted_by_reason_where_they_happen(stack):
     address, ports = stack
-    before = scrape(ports["gateway"])
+    before = scrape_metrics(ports["gateway"])
 
     async def calls():
         errors = []
@@ -115,7 +100,7 @@ def test_rejections_are_counted_by_reason_where_they_happen(stack):
     errors = asyncio.run(calls())
     assert [e.code for e in errors] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
 
-    gw = scrape(ports["gateway"])
+    gw = scrape_metrics(ports["gateway"])
     name = "inferline_request_rejections_total"
     assert value(gw, name, reason="INVALID_ARGUMENT") - value(before, name, reason="INVALID_ARGUMENT") == 2
     assert value(gw, name, reason="RESOURCE_EXHAUSTED") == 0
@@ -134,10 +119,10 @@ def test_a_client_deadline_is_counted_as_a_cancellation(stack):
         asyncio.run(call())
 
     def cancelled() -> float:
-        return value(scrape(ports["gateway"]), "inferline_request_cancellations_total")
+        return value(scrape_metrics(ports["gateway"]), "inferline_request_cancellations_total")
 
     wait_until(cancelled, 10, "the gateway's cancellation counter")
-    gw = scrape(ports["gateway"])
+    gw = scrape_metrics(ports["gateway"])
     reasons = {dict(k)["reason"] for k in gw["inferline_request_cancellations_total"]}
     assert reasons <= {"DEADLINE_EXCEEDED", "CANCELLED"}
     # The router counts its side too (inferline_router_cancellations_total), once grpc has closed its

@@ -3,15 +3,11 @@ they run in Triton's interpreter on small shapes; bfloat16 runs on CUDA only (th
 is unreliable). Half-precision results are compared in units in the last place (ulps)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads it when a kernel is defined
-pytest.importorskip("triton")
+from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
 
 from engine.layers.norm import RMSNorm  # noqa: E402
 from engine.layers.rotary import RotaryEmbedding  # noqa: E402
@@ -19,9 +15,6 @@ from engine.layers.triton.activation import silu_and_mul  # noqa: E402
 from engine.layers.triton.rms_norm import fused_add_rms_norm, rms_norm  # noqa: E402
 from engine.layers.triton.rotary import apply_rope_  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float16, id="float16"),
-          pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.gpu)]
 EPS = 1e-5
 
 

@@ -85,6 +85,13 @@ def start_router(log_dir: Path, redis_url: str, router_id: str, port: int, **set
     return ServiceProcess(router_id, "router", args, log_dir)
 
 
+def start_gateway(log_dir: Path, port: int, router_port: int, store_dir: Path, **settings: object) -> ServiceProcess:
+    args = ["--port", str(port), "--router-address", f"127.0.0.1:{router_port}", "--store-dir", str(store_dir)]
+    for name, value in settings.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return ServiceProcess("gateway", "gateway", args, log_dir)
+
+
 def wait_router_ready(router: ServiceProcess, port: int, timeout: float = 60) -> None:
     def serving() -> bool:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

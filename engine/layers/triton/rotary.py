@@ -65,12 +65,10 @@ def apply_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: 
         raise ValueError(f"q: head_dim must be even to rotate its halves, got {head_dim}")
     if positions.shape[0] != tokens:
         raise ValueError(f"positions: must have one entry per token ({tokens}), got {positions.shape[0]}")
-    if positions.numel() > 1 and positions.stride(0) != 1:
-        raise ValueError("positions: must be contiguous")
     for name, table in (("cos", cos), ("sin", sin)):
         if table.shape[1] != head_dim:
             raise ValueError(f"{name}: must be [max_positions, {head_dim}], got {tuple(table.shape)}")
-    for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
+    for name, t in (("q", q), ("k", k), ("positions", positions), ("cos", cos), ("sin", sin)):
         check_last_dim_contiguous(name, t)
     if tokens == 0:
         return

@@ -2,20 +2,12 @@
 slots (negative) are skipped and every other slot is left as it was."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads it when a kernel is defined
-pytest.importorskip("triton")
+from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
 
 from engine.layers.attention.triton.kv_store import store_kv  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float16, id="float16"),
-          pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.gpu)]
 
 
 def operands(tokens: int, kv_heads: int, head_dim: int, dtype: torch.dtype, seed: int = 0):

@@ -5,25 +5,19 @@ slots no sequence owns, which the kernel must never read into its output."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads it when a kernel is defined
-pytest.importorskip("triton")
+from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
 
 import triton  # noqa: E402
 
 from engine.layers.attention.triton import paged_attention as paged_attention_module  # noqa: E402
 from engine.layers.attention.triton.paged_attention import paged_attention  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Largest error allowed, relative to the largest |output|.
 REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float16, id="float16"),
-          pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.gpu)]
 
 
 class Case:

@@ -1,26 +1,19 @@
 """The Triton weight-only GEMMs against dequantize-then-matmul in float64. Without CUDA they run in
 Triton's interpreter on small shapes; bfloat16 runs on CUDA only (Triton 3.6's interpreter converts
 integers to bfloat16 and multiplies bfloat16 wrongly)."""
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads it when a kernel is defined
-pytest.importorskip("triton")
+from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
 
 from engine.layers.quantization import int4  # noqa: E402
 from engine.layers.quantization.config import QuantizationConfig  # noqa: E402
 from engine.layers.quantization.triton.w4a16 import w4a16_matmul  # noqa: E402
 from engine.layers.quantization.triton.w8a16 import w8a16_matmul  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Largest error allowed, relative to the largest |output|: fp32 accumulates either way, so what is
 # left is the output's own rounding.
 REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float16, id="float16"),
-          pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.gpu)]
 
 
 def int8_operands(m: int, k: int, n: int, dtype: torch.dtype, scale_dtype: torch.dtype = torch.float32):

@@ -55,10 +55,8 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
                          f"{tuple(k.shape)}, got {tuple(k_cache.shape)}")
     check_shape("v_cache", v_cache, tuple(k_cache.shape), "k_cache's shape")
     check_shape("slot_mapping", slot_mapping, (tokens,), "one slot per token of k")
-    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache), ("slot_mapping", slot_mapping)):
         check_last_dim_contiguous(name, t)
-    if slot_mapping.numel() > 1 and slot_mapping.stride(0) != 1:
-        raise ValueError("slot_mapping: must be contiguous")
     if tokens == 0 or kv_heads == 0 or head_dim == 0:
         return
     _store_kv_kernel[(tokens,)](

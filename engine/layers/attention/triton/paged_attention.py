@@ -170,11 +170,9 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_
     seqs = block_tables.shape[0]
     check_shape("context_lens", context_lens, (seqs,), "one per block_tables row")
     check_shape("query_start", query_start, (seqs + 1,), "block_tables rows + 1")
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_tables", block_tables)):
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_tables", block_tables),
+                    ("context_lens", context_lens), ("query_start", query_start)):
         check_last_dim_contiguous(name, t)
-    for name, t in (("context_lens", context_lens), ("query_start", query_start)):
-        if t.numel() > 1 and t.stride(0) != 1:
-            raise ValueError(f"{name}: must be contiguous")
     if isinstance(max_query_len, bool) or not isinstance(max_query_len, int) or max_query_len < 0:
         raise ValueError(f"max_query_len: must be a non-negative Python int, got {max_query_len!r}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):

@@ -165,16 +165,14 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
             split_k = split_k_for(triton.cdiv(n, blocks["BLOCK_N"]), triton.cdiv(k, blocks["BLOCK_K"]), x.device)
         if split_k > 1:  # else the autotuned tiles, which beat this one's on unsplit shapes
             fixed, launch = blocks, DECODE_LAUNCH
-    if fixed is None:
-        args = (x_split, qweight, scales, zeros, y, m, n, m_bucket(m), x_split.stride(0), qweight.stride(0),
-                scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1), y.stride(0), k, group_size,
-                precision)
-        _autotuned()[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))](*args)
-        return y
-    split_k = split_k or 1
+    split_k = (split_k or 1) if fixed is not None else 1  # the autotuned tiles never split
     out = y if split_k == 1 else torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+    # y is contiguous, so its row stride is n, as is the partials buffer's.
     args = (x_split, qweight, scales, zeros, out, m, n, m_bucket(m), x_split.stride(0), qweight.stride(0),
             scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1), n, k, group_size, precision)
-    grid = (triton.cdiv(m, fixed["BLOCK_M"]), triton.cdiv(n, fixed["BLOCK_N"]), split_k)
-    _w4a16_kernel[grid](*args, **fixed, SPLIT_K=split_k, **launch)
+    if fixed is None:
+        _autotuned()[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))](*args)
+    else:
+        grid = (triton.cdiv(m, fixed["BLOCK_M"]), triton.cdiv(n, fixed["BLOCK_N"]), split_k)
+        _w4a16_kernel[grid](*args, **fixed, SPLIT_K=split_k, **launch)
     return y if split_k == 1 else reduce_splits(out, x.dtype)
