@@ -3,6 +3,7 @@ configurations, next to cuBLAS bf16, and print each shape's best: what the kerne
 should hold for decode.
 
     python bench/quant_gemm_sweep.py [--m 1]      # CUDA only
+    python bench/quant_gemm_sweep.py --gemv --m 1 # the decode GEMVs (M <= 4) over their launch space
 
 Bytes counted: the quantized weights (plus scales) read once; the floor of a memory-bound GEMV.
 """
@@ -17,7 +18,9 @@ import triton
 
 from engine.layers.quantization.triton import m_bucket
 from engine.layers.quantization.triton.w4a16 import _w4a16_kernel, w4a16_matmul
+from engine.layers.quantization.triton.w4a16_gemv import w4a16_gemv
 from engine.layers.quantization.triton.w8a16 import _w8a16_kernel, w8a16_matmul
+from engine.layers.quantization.triton.w8a16_gemv import w8a16_gemv
 
 SHAPES = {"qkv": (12288, 4096), "o_proj": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
           "lm_head": (125696, 4096)}
@@ -65,13 +68,58 @@ def sweep(name: str, kernel, args: tuple, n: int, nbytes: int, grid_space: dict)
         print(f"  {name}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s  (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) = {config}")
 
 
+def sweep_gemv(name: str, call, nbytes: int, space: dict) -> None:
+    """call(blocks) runs the GEMV with one fixed launch; timed under a CUDA graph, as decode runs."""
+    rows = []
+    for config in itertools.product(*space.values()):
+        blocks = dict(zip(space, config))
+        try:
+            call(blocks)  # compile outside the graph
+            ms = triton.testing.do_bench_cudagraph(lambda: call(blocks), rep=50)
+        except Exception as err:  # out of registers or shared memory, say
+            print(f"    {blocks} failed: {type(err).__name__}")
+            continue
+        rows.append((ms, blocks))
+    rows.sort(key=lambda r: r[0])
+    for ms, blocks in rows[:4]:
+        print(f"  {name}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s  {blocks}")
+
+
+def main_gemv(m: int) -> None:
+    w8_space = {"BLOCK_N": [8, 16, 32], "BLOCK_K": [512, 1024], "num_warps": [4, 8], "num_stages": [1, 3]}
+    w4_space = {"BLOCK_N": [8, 16, 32, 64], "BLOCK_W": [16, 32, 64], "num_warps": [4, 8], "num_stages": [1]}
+    for shape, (n, k) in SHAPES.items():
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        ms = triton.testing.do_bench_cudagraph(lambda: F.linear(x, w), rep=50)
+        print(f"\n{shape} N={n} K={k} M={m}: cuBLAS bf16 {1e3 * ms:.1f} us ({2 * n * k / ms / 1e9:.2f} TB/s)")
+        args, nbytes = w4_args(m, n, k)
+        q, s, z = args[1], args[2], args[3]
+        for label, fn in (("w4a16 GEMM", lambda: w4a16_matmul(x, q, s, z, GROUP, split_k=None)),
+                          ("w4a16 GEMV autotuned", lambda: w4a16_gemv(x, q, s, z, GROUP))):
+            fn()
+            ms = triton.testing.do_bench_cudagraph(fn, rep=50)
+            print(f"  {label}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
+        sweep_gemv("w4a16 GEMV", lambda b: w4a16_gemv(x, q, s, z, GROUP, blocks=b), nbytes, w4_space)
+        args, nbytes = w8_args(m, n, k)
+        q, s = args[1], args[2]
+        for label, fn in (("w8a16 GEMM", lambda: w8a16_matmul(x, q, s)), ("w8a16 GEMV autotuned", lambda: w8a16_gemv(x, q, s))):
+            fn()
+            ms = triton.testing.do_bench_cudagraph(fn, rep=50)
+            print(f"  {label}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
+        sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, w8_space)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--m", type=int, default=1)
     parser.add_argument("--wrappers-only", action="store_true",
                         help="only the wrappers as the engine calls them (split-K included), under a CUDA graph")
+    parser.add_argument("--gemv", action="store_true", help="sweep the decode GEMVs (M <= 4) instead")
     opts = parser.parse_args()
     m = opts.m
+    if opts.gemv:
+        return main_gemv(m)
     w4_space = {"bn": [16, 32, 64], "bk": [64, 128], "warps": [4], "stages": [4, 6, 8, 12]}
     w8_space = {"bn": [16, 32, 64], "bk": [256, 512], "warps": [4], "stages": [3, 5, 8]}
     for shape, (n, k) in SHAPES.items():

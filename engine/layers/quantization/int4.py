@@ -6,7 +6,8 @@ Stored: `qweight` uint8 [out, ceil(in/2)] (two values per byte, even column in t
 `scales` [out, groups] and `zeros` uint8 [out, groups], groups = ceil(in / group_size) (the last group
 may be short: SmolLM2's 576 = 4.5 x 128). w[o, i] = (q[o, i] - zeros[o, g]) * scales[o, g], g = i // group_size.
 
-CUDA multiplies with the Triton W4A16 kernel. CPU uses torch's tinygemm int4 kernel (weights
+CUDA multiplies with the Triton W4A16 kernels: a GEMV for decode's few rows where N is wide enough to
+fill the GPU, else a tensor-core GEMM (split over K for decode). CPU uses torch's tinygemm int4 kernel (weights
 repacked once after loading) for bfloat16 activations; for float32 that kernel is ~100x slower than
 dequantize-then-matmul, so float32 dequantizes (see int8_wo.py).
 """
@@ -117,8 +118,10 @@ class Int4WeightOnlyLinear(nn.Module):
         # x: [tokens, in] -> [tokens, out]
         if x.is_cuda:
             from engine.layers.quantization.triton.w4a16 import w4a16_matmul
+            from engine.layers.quantization.triton.w4a16_gemv import prefers_gemv, w4a16_gemv
 
-            y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.group_size)
+            gemv = prefers_gemv(x.shape[0], self.out_features, self.in_features, x.device)
+            y = (w4a16_gemv if gemv else w4a16_matmul)(x, self.qweight, self.scales, self.zeros, self.group_size)
         elif x.dtype != torch.bfloat16 or self._cpu_packed is None:
             return self.reference(x)
         else:

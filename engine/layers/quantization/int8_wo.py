@@ -1,7 +1,8 @@
 """W8A16: int8 weights, one symmetric scale per output channel; activations stay in the model dtype.
 
-Stored: `qweight` int8 [out, in], `scales` [out]. CUDA multiplies with the Triton W8A16 kernel
-(torch._weight_int8pack_mm is ~10x slower than bf16 there). CPU uses torch's packed int8 kernel for
+Stored: `qweight` int8 [out, in], `scales` [out]. CUDA multiplies with the Triton W8A16 kernels: a
+GEMV for decode's few rows, a tensor-core GEMM above (torch._weight_int8pack_mm is ~10x slower than
+bf16 there). CPU uses torch's packed int8 kernel for
 bfloat16 activations, where it beats a bf16 matmul; for float32 that kernel is 10-20x slower than
 dequantize-then-matmul (measured on this project's 2-core CI machine), so float32 dequantizes.
 """
@@ -39,8 +40,10 @@ class Int8WeightOnlyLinear(nn.Module):
         # x: [tokens, in] -> [tokens, out]
         if x.is_cuda:
             from engine.layers.quantization.triton.w8a16 import w8a16_matmul
+            from engine.layers.quantization.triton.w8a16_gemv import GEMV_MAX_M, w8a16_gemv
 
-            y = w8a16_matmul(x, self.qweight, self.scales)
+            matmul = w8a16_gemv if 1 <= x.shape[0] <= GEMV_MAX_M else w8a16_matmul
+            y = matmul(x, self.qweight, self.scales)
         elif x.dtype == torch.bfloat16:
             y = torch._weight_int8pack_mm(x, self.qweight, self.scales.to(x.dtype))
         else:

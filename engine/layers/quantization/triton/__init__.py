@@ -59,8 +59,9 @@ MIN_SPLIT_K_TILES = 64
 
 
 @functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+def multiprocessors(device: torch.device) -> int:
+    """SMs of a CUDA device (1 elsewhere: the interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def split_k_for(n_tiles: int, k_tiles: int, device: torch.device) -> int:
@@ -68,7 +69,7 @@ def split_k_for(n_tiles: int, k_tiles: int, device: torch.device) -> int:
     1 (no split) for K under MIN_SPLIT_K_TILES tiles."""
     if k_tiles < MIN_SPLIT_K_TILES:
         return 1
-    programs = 4 * _multiprocessors(device) if device.type == "cuda" else 1
+    programs = 4 * multiprocessors(device)
     split = 1
     while split < MAX_SPLIT_K and n_tiles * split < programs and k_tiles >= 2 * split * MIN_TILES_PER_SPLIT:
         split *= 2

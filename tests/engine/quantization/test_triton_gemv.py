@@ -1,0 +1,95 @@
+"""The decode GEMVs (M <= 4, no tensor cores) against dequantize-then-matmul in float64, as the GEMM
+kernels are checked in test_triton_kernels.py. Without CUDA they run in Triton's interpreter."""
+import pytest
+import torch
+
+from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
+
+from engine.layers.quantization.triton.w4a16_gemv import w4a16_gemv  # noqa: E402
+from engine.layers.quantization.triton.w8a16_gemv import w8a16_gemv  # noqa: E402
+from tests.engine.quantization.test_triton_kernels import assert_matches, int4_operands, int8_operands  # noqa: E402
+
+
+# (M, K, N): every M the GEMV takes, ragged N edges, K not a multiple of the tile, SmolLM2's 576
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [(1, 64, 48), (2, 100, 96), (3, 576, 40), (4, 256, 17)])
+def test_w8a16_gemv_matches_reference(m, k, n, dtype):
+    x, qweight, scales, ref = int8_operands(m, k, n, dtype)
+    assert_matches(w8a16_gemv(x, qweight, scales), ref, dtype)
+
+
+def test_w8a16_gemv_covers_the_int8_range():
+    """-127..127 and the -128 an int8 tensor may hold go through the mantissa conversion exactly."""
+    x = torch.ones(1, 256, device=DEVICE)
+    qweight = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8).repeat(2, 1).to(DEVICE)
+    y = w8a16_gemv(x, qweight, torch.ones(2, device=DEVICE))
+    assert y.tolist() == [[-128.0, -128.0]]  # sum(-128..127)
+
+
+# (M, K, N, group_size): a short last group (576 = 4.5 x 128), groups of 12 words (96), which no
+# power-of-two tile holds whole, K not a multiple of the tile (200 = 25 words)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n,group_size", [(1, 64, 48, 32), (2, 200, 96, 32), (3, 576, 40, 128),
+                                              (4, 256, 17, 64), (1, 576, 96, 128), (2, 288, 24, 96)])
+def test_w4a16_gemv_matches_reference(m, k, n, group_size, dtype):
+    x, t, ref = int4_operands(m, k, n, group_size, dtype)
+    assert_matches(w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], group_size), ref, dtype)
+
+
+# Tiles of several whole groups (16 words = 4 groups of 32, 2 of 64) and a last tile past K.
+@pytest.mark.parametrize("m,k,n,group_size", [(1, 288, 24, 32), (3, 576, 40, 64), (2, 200, 16, 32)])
+def test_w4a16_gemv_tiles_of_several_groups(m, k, n, group_size):
+    x, t, ref = int4_operands(m, k, n, group_size, torch.float32)
+    y = w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], group_size, blocks={"BLOCK_N": 8, "BLOCK_W": 16})
+    assert_matches(y, ref, torch.float32)
+
+
+def test_gemvs_take_strided_activations():
+    x, qweight, scales, ref = int8_operands(2, 64, 48, torch.float32)
+    wide = torch.zeros(2, 80, device=DEVICE)
+    wide[:, 8:72] = x
+    assert_matches(w8a16_gemv(wide[:, 8:72], qweight, scales), ref, torch.float32)  # row stride 80
+    x4, t, ref4 = int4_operands(2, 64, 48, 32, torch.float32)
+    assert_matches(w4a16_gemv(x4.T.contiguous().T, t["qweight"], t["scales"], t["zeros"], 32), ref4, torch.float32)
+
+
+def test_gemvs_reject_bad_inputs():
+    x, qweight, scales, _ = int8_operands(5, 64, 48, torch.float32)
+    with pytest.raises(ValueError, match=r"^x: the GEMV takes 1..4 rows, got M=5"):
+        w8a16_gemv(x, qweight, scales)
+    with pytest.raises(ValueError, match=r"^qweight: .*K=32"):
+        w8a16_gemv(x[:1], qweight[:, :32].contiguous(), scales)
+    with pytest.raises(ValueError, match=r"^scales: .*47 entries"):
+        w8a16_gemv(x[:1], qweight, scales[:47])
+    x4, t, _ = int4_operands(2, 64, 48, 32, torch.float32)
+    with pytest.raises(ValueError, match=r"^x: the GEMV takes 1..4 rows, got M=0"):
+        w4a16_gemv(x4[:0], t["qweight"], t["scales"], t["zeros"], 32)
+    with pytest.raises(ValueError, match=r"^zeros: expected shape \(48, 2\)"):
+        w4a16_gemv(x4, t["qweight"], t["scales"], t["zeros"][:, :1], 32)
+    x4, t, _ = int4_operands(1, 100, 48, 32, torch.float32)
+    with pytest.raises(ValueError, match=r"^x: .*K must be a multiple of 8, got K=100"):
+        w4a16_gemv(x4, t["qweight"], t["scales"], t["zeros"], 32)
+    x4, t, _ = int4_operands(1, 192, 48, 96, torch.float32)  # groups of 12 words
+    with pytest.raises(ValueError, match=r"^blocks: BLOCK_W=8 words"):
+        w4a16_gemv(x4, t["qweight"], t["scales"], t["zeros"], 96, blocks={"BLOCK_N": 8, "BLOCK_W": 8})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 4])
+@pytest.mark.parametrize("k,n", [(4096, 11008), (11008, 4096)])
+def test_gemvs_on_7b_shapes_bfloat16(m, k, n):
+    """Llama-7B's gate/up and down projections at decode sizes, on the autotuned launches."""
+    x, qweight, scales, ref = int8_operands(m, k, n, torch.bfloat16)
+    assert_matches(w8a16_gemv(x, qweight, scales), ref, torch.bfloat16)
+    x, t, ref = int4_operands(m, k, n, 128, torch.bfloat16)
+    assert_matches(w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], 128), ref, torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_w4a16_decode_takes_the_gemv_only_where_n_fills_the_gpu():
+    from engine.layers.quantization.triton.w4a16_gemv import prefers_gemv
+
+    cuda = torch.device("cuda")
+    assert prefers_gemv(1, 125696, 4096, cuda) and prefers_gemv(4, 22016, 4096, cuda)
+    assert not prefers_gemv(1, 4096, 11008, cuda)  # 64 tiles of 64 rows: the split-K GEMM
+    assert not prefers_gemv(5, 125696, 4096, cuda) and not prefers_gemv(1, 125696, 4100, cuda)
