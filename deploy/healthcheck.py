@@ -1,24 +1,27 @@
-"""Container health checks for inferline's services: compose `healthcheck`s and Kubernetes exec probes.
+"""Container health checks for inferline's services: compose `healthcheck`s (the images carry no
+grpc_health_probe binary).
 
     python /app/deploy/healthcheck.py grpc PORT [SERVICE]
         grpc.health.v1 Check against 127.0.0.1:PORT (the gateway, router and builder serve it; the
         empty SERVICE, the default, is the whole server). Exit 0 when SERVING, 1 otherwise.
-    python /app/deploy/healthcheck.py worker
-        The worker has no gRPC port: it is healthy while its heartbeat hash lives in Redis. Settings
-        come from the container's environment, as the worker reads them (INFERLINE_WORKER_ENGINE,
-        INFERLINE_WORKER_REDIS_URL or REDIS_URL, INFERLINE_WORKER_WORKER_ID). Without an explicit
-        worker id, the check looks for the default ids of this host (`<hostname>-<pid>`): the
-        container's hostname is the worker's. Exit 0 when such a heartbeat exists, 1 otherwise.
+    python /app/deploy/healthcheck.py worker [PORT] [liveness|readiness]
+        The worker's grpc.health.v1 (worker/health.py) on 127.0.0.1:PORT: readiness (the default;
+        SERVING once a one-token probe went through its engine in time, NOT_SERVING while draining)
+        or liveness (its step loop iterates). PORT defaults to the worker's health_port as the
+        container's environment sets it (INFERLINE_WORKER_HEALTH_PORT, else 50054). Exit 0 when
+        SERVING, 1 otherwise.
 
-Kubernetes probes the gateway, router and builder with its native gRPC probes instead; this script is
-for compose (no grpc_health_probe binary in the images) and for the worker everywhere.
+Exit status 2: a usage error (this text is printed). Kubernetes probes every service with its native
+gRPC probes instead (the worker's on its `health` port, with the service names above).
 """
 from __future__ import annotations
 
-import socket
+import os
 import sys
 
 TIMEOUT_S = 3.0
+WORKER_CHECKS = {"liveness": "inferline.worker.liveness", "readiness": "inferline.worker.readiness"}
+WORKER_HEALTH_PORT = 50054  # worker/settings.py health_port's default (tests/deploy compares them)
 
 
 def check_grpc(port: int, service: str = "", host: str = "127.0.0.1", timeout_s: float = TIMEOUT_S) -> int:
@@ -30,45 +33,34 @@ def check_grpc(port: int, service: str = "", host: str = "127.0.0.1", timeout_s:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
         except grpc.RpcError as err:
-            print(f"{host}:{port}: {err.code().name}", file=sys.stderr)
+            print(f"{host}:{port} {service or '(server)'}: {err.code().name}", file=sys.stderr)
             return 1
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        print(f"{host}:{port}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}", file=sys.stderr)
+        print(f"{host}:{port} {service or '(server)'}: "
+              f"{health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}", file=sys.stderr)
         return 1
     return 0
 
 
-def check_worker(hostname: str | None = None, timeout_s: float = TIMEOUT_S) -> int:
-    import redis
+def worker_health_port() -> int:
+    """The worker's health_port as the worker reads it from this environment."""
+    return int(os.environ.get("INFERLINE_WORKER_HEALTH_PORT", WORKER_HEALTH_PORT))
 
-    from inferline.redis_protocol import text, worker_key, workers_set
-    from worker.settings import WorkerSettings
 
-    settings = WorkerSettings()  # the environment, exactly as the worker reads it
-    hostname = hostname or socket.gethostname()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    try:
-        if "worker_id" in settings.model_fields_set:
-            candidates = [settings.worker_id]
-        else:
-            members = [text(m) for m in client.smembers(workers_set(settings.engine))]
-            candidates = [m for m in members if m.startswith(f"{hostname}-")]
-        if any(client.exists(worker_key(worker_id)) for worker_id in candidates):
-            return 0
-    except redis.RedisError as err:
-        print(f"redis: {err}", file=sys.stderr)
-        return 1
-    finally:
-        client.close()
-    print(f"no live heartbeat of a worker of {settings.engine!r} on {hostname}", file=sys.stderr)
-    return 1
+def check_worker(port: int | None = None, check: str = "readiness", timeout_s: float = TIMEOUT_S) -> int:
+    return check_grpc(worker_health_port() if port is None else port, WORKER_CHECKS[check], timeout_s=timeout_s)
 
 
 def main(argv: list[str]) -> int:
     if len(argv) in (2, 3) and argv[0] == "grpc":
         return check_grpc(int(argv[1]), argv[2] if len(argv) == 3 else "")
-    if argv == ["worker"]:
-        return check_worker()
+    if argv[:1] == ["worker"] and len(argv) <= 3:
+        args = argv[1:]
+        check = args.pop() if args and args[-1] in WORKER_CHECKS else "readiness"
+        if len(args) > 1 or (args and not args[0].isdigit()):
+            print(__doc__, file=sys.stderr)
+            return 2
+        return check_worker(int(args[0]) if args else None, check)
     print(__doc__, file=sys.stderr)
     return 2
 

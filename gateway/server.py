@@ -11,6 +11,7 @@ from grpc_health.v1 import health
 from gateway.auth import ApiKeyInterceptor
 from gateway.handlers import SERVICE_NAME, add_inference_service
 from gateway.models import ModelCatalog
+from gateway.router_health import RouterHealth
 from gateway.service import InferenceServicer
 from gateway.settings import GatewaySettings
 from gateway.tokenizers import EngineTokenizers
@@ -29,14 +30,18 @@ class Gateway:
     port: int
     router_channel: grpc.aio.Channel
     redis: aioredis.Redis | None
+    router_health: RouterHealth
 
     async def start(self) -> None:
+        """Serve; health is SERVING while the router is (gateway/router_health.py), checked once here."""
+        await set_serving(self.health, [SERVICE_NAME], False)
         await self.server.start()
-        await set_serving(self.health, [SERVICE_NAME], True)
+        await self.router_health.start()
 
     async def stop(self, grace_s: float) -> None:
         """Health NOT_SERVING first (load balancers stop sending), then no new calls, while calls in
         flight get `grace_s` to finish; then the outgoing connections close."""
+        await self.router_health.stop()
         await set_serving(self.health, [SERVICE_NAME], False)
         await self.server.stop(grace_s)
         await self.router_channel.close()
@@ -63,4 +68,5 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
     max_message = max(DEFAULT_MAX_MESSAGE_BYTES, 2 * settings.max_prompt_bytes)
     server, health_servicer, port = build_server([(add_inference_service, servicer, SERVICE_NAME)],
                                                  settings.address, interceptors, max_message_bytes=max_message)
-    return Gateway(server, health_servicer, port, router_channel, redis)
+    return Gateway(server, health_servicer, port, router_channel, redis,
+                   RouterHealth(router_channel, health_servicer, [SERVICE_NAME]))

@@ -28,7 +28,8 @@ log = structlog.get_logger("router")
 
 async def serve(settings: RouterSettings) -> None:
     client = connect(settings.redis_url)
-    admission = Admission(client, settings.router_id, settings.max_queue_depth, settings.max_queued_tokens)
+    admission = Admission(client, settings.router_id, settings.max_queue_depth, settings.max_queued_tokens,
+                          settings.scale_from_zero_models)
     results = ResultsFanout(client, settings.router_id, settings.results_block_ms)
     idempotency = IdempotencyStore(client, settings.router_id, settings.idempotency_lease_s, settings.idempotency_ttl_s)
     service = RouterService(client, admission, results, idempotency, settings.cancel_ttl_s)
@@ -53,7 +54,8 @@ async def serve(settings: RouterSettings) -> None:
     try:
         await client.ping()
         await set_serving(health, [SERVICE_NAME], True)
-        log.info("router_ready", port=port, router_id=settings.router_id)
+        log.info("router_ready", port=port, router_id=settings.router_id,
+                 scale_from_zero_models=list(settings.scale_from_zero_models))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([reader, stopping], return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()

@@ -3,16 +3,21 @@
 Route's statuses, all decided before anything is queued unless noted:
 - INVALID_ARGUMENT: request_id, model, prompt_token_ids or parameters missing; or (after queueing)
   the worker's engine refused a parameter value (an error event: RouteEvent.error_code/_message).
-- NOT_FOUND: no live worker serves the model (no unexpired heartbeat): fail fast, as for an unknown
-  model, rather than queue a request nobody may ever take. A model whose workers are all restarting
-  answers NOT_FOUND for those seconds; callers may retry.
+- NOT_FOUND: no live worker serves the model (no unexpired heartbeat) and the model is not in the
+  router's scale_from_zero_models: fail fast, as for an unknown model, rather than queue a request
+  nobody may ever take. A model whose workers are all restarting answers NOT_FOUND for those
+  seconds; callers may retry. A scale_from_zero_models model with no live worker is queued instead
+  (limits apply as usual) and waits for an autoscaler to start a worker, or for its deadline.
 - RESOURCE_EXHAUSTED: the model's queue is at max_queue_depth, or the prompt would push its queued
   tokens past max_queued_tokens (the message names the limit).
 - ALREADY_EXISTS: an idempotent request_id already used for a different request (router/idempotency.py);
   or a non-idempotent id (the gateway's own, unique) this router already has in flight.
 - Any other error event's code, e.g. INTERNAL when a worker failed to start the request.
+- DEADLINE_EXCEEDED / CANCELLED (after queueing): the caller's deadline passed or it went away, e.g.
+  while its request waited for a worker to start.
 An idempotent request whose id is already claimed follows the claimant's events instead of queueing.
-Cancelling the call or passing its deadline sets cancel:{rid} to the entry id of this run.
+Cancelling the call or passing its deadline sets cancel:{rid} to the entry id of this run: a worker
+that takes the entry later (within cancel_ttl_s) drops it without running it.
 """
 from __future__ import annotations
 
@@ -106,12 +111,15 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             raise AlreadyExists(f"request_id: {rid!r} is already in flight") from None
         enqueue: asyncio.Task[str] | None = None
         try:
-            await self.admission.require_workers(request.model)
+            workers = await self.admission.require_workers(request.model)  # 0: a scale-from-zero model
             # Shielded: a caller cancelling mid-XADD must still learn the entry id, to cancel that run.
             enqueue = asyncio.ensure_future(self.admission.enqueue(request))
             entry_id = await asyncio.shield(enqueue)
             metrics.ROUTES_QUEUED.labels(request.model, band_of(request.priority)).inc()
-            log.info("request_queued", model=request.model, entry=entry_id, prompt_tokens=len(request.prompt_token_ids))
+            if not workers:
+                metrics.QUEUED_WITHOUT_WORKERS.labels(request.model).inc()
+            log.info("request_queued", model=request.model, entry=entry_id, prompt_tokens=len(request.prompt_token_ids),
+                     workers=workers)
             while not order.finished:
                 message = await inbox.get()
                 if message.entry_id != entry_id:  # another run of this request id
@@ -154,7 +162,8 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
 
     async def GetQueueStats(self, request: router_pb2.QueueStatsRequest,
                             context: grpc.aio.ServicerContext) -> router_pb2.QueueStatsResponse:
-        models: set[str] = set()
+        # Models with a stream, and the scale-from-zero ones even before their first request (workers=0).
+        models: set[str] = set(self.admission.scale_from_zero_models)
         for pattern in REQUESTS_STREAM_PATTERNS:  # every band: a model may have entries in one only
             models.update({model_of_requests_stream(text(k))
                            async for k in self.client.scan_iter(match=pattern, _type="stream")})

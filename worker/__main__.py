@@ -6,9 +6,11 @@ the model name given by --engine; --max-batch-size and --max-seq-len then stand 
 Benchmarks only: `--engine-kind synthetic-benchmark-only [--synthetic-engine-step-ms 2]` loads no model
 and answers with synthetic tokens (worker/synthetic_engine.py), to load-test the control plane.
 `python -m worker --help` lists every setting; each is also INFERLINE_WORKER_<NAME> in the environment.
+Once the engine is loaded, grpc.health.v1 answers on --health-port (worker/health.py: liveness from the
+step loop, readiness from a one-token probe through the engine); readiness turns NOT_SERVING on SIGTERM.
 
 Exit status: 0 after SIGTERM/SIGINT (running requests drained), 78 (EX_CONFIG) when the engine is
-missing, corrupt or unloadable, 1 when the loop fails.
+missing, corrupt or unloadable, 1 when the loop fails or the health port cannot be bound.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from redis.exceptions import RedisError
 
 from inferline.logs import configure_service_logging
 from inferline.metrics import start_metrics_server
+from worker.health_server import HealthPortError, WorkerHealth
 from worker.heartbeat import Heartbeat
 from worker.loop import StepLoop
 from worker.queue import RequestQueue
@@ -43,23 +46,29 @@ async def serve(settings: WorkerSettings, engine) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await queue.ensure_group()
-        await heartbeat.beat()  # registered only now: the engine is loaded and the stream reachable
-        heartbeat_task = asyncio.create_task(heartbeat.run(), name="heartbeat")
+        health = WorkerHealth(step_loop, settings)
+        await health.start()
         try:
-            await run_until_stopped(step_loop, queue, stop, settings)
+            await queue.ensure_group()
+            await heartbeat.beat()  # registered only now: the engine is loaded and the stream reachable
+            heartbeat_task = asyncio.create_task(heartbeat.run(), name="heartbeat")
+            try:
+                await run_until_stopped(step_loop, queue, stop, settings, health)
+            finally:
+                heartbeat_task.cancel()
+                await heartbeat.withdraw()
+            log.info("worker_stopped")
         finally:
-            heartbeat_task.cancel()
-            await heartbeat.withdraw()
-        log.info("worker_stopped")
+            await health.stop()
     finally:
         await client.aclose()
 
 
 async def run_until_stopped(step_loop: StepLoop, queue: RequestQueue, stop: asyncio.Event,
-                            settings: WorkerSettings) -> None:
-    """Run the loop until a signal, then drain: running requests may finish within the drain
-    timeout; those that do not are handed back, un-acknowledged, for another worker to run."""
+                            settings: WorkerSettings, health: WorkerHealth) -> None:
+    """Run the loop until a signal, then drain: readiness turns NOT_SERVING at once; running requests
+    may finish within the drain timeout; those that do not are handed back, un-acknowledged, for
+    another worker to run."""
     loop_task = asyncio.create_task(step_loop.run(), name="step-loop")
     log.info("worker_ready", model=settings.engine, engine_kind=settings.engine_kind,
              max_batch_size=step_loop.max_batch_size)
@@ -69,6 +78,7 @@ async def run_until_stopped(step_loop: StepLoop, queue: RequestQueue, stop: asyn
     if loop_task.done():
         loop_task.result()  # the loop only ends on its own by failing: raise its error
     step_loop.drain()
+    await health.refresh()
     try:
         await asyncio.wait_for(asyncio.shield(loop_task), settings.drain_timeout_s)
     except TimeoutError:
@@ -94,6 +104,10 @@ def main() -> int:
         asyncio.run(serve(settings, engine))
     except RedisError as e:
         log.error("redis_unavailable", redis_url=settings.redis_url, error=str(e))
+        return 1
+    except HealthPortError as e:
+        log.error("health_port_unavailable", port=settings.health_port, error=str(e),
+                  message="give each worker on a host its own health_port")
         return 1
     except Exception:
         log.exception("worker_failed")

@@ -1,7 +1,8 @@
 """The step loop: each iteration takes as many new entries as the engine has room for, drops
 cancelled ones, runs one engine step (in a thread, so heartbeats and Redis stay responsive) and
 publishes what it produced. The engine's request id is the entry's run id (band + stream entry id):
-one run of a request."""
+one run of a request. Between steps it also tends the readiness probe (worker/probe.py), whose
+outputs never reach Redis; worker/health.py reads `last_iteration_at` and the probe."""
 from __future__ import annotations
 
 import asyncio
@@ -15,6 +16,7 @@ from engine import Engine, EngineStats, InvalidParameterError, RequestOutput
 from inferline.logs import request_context
 from inferline.v1 import router_pb2
 from worker import metrics
+from worker.probe import ReadinessProbe
 from worker.queue import Publication, QueueEntry, RequestQueue
 from worker.settings import WorkerSettings
 from inferline.sampling import sampling_params_from_proto
@@ -49,6 +51,8 @@ class StepLoop:
         self.stats: EngineStats = engine.stats()
         self.last_step_ms = 0.0
         self.last_step_at_ms = 0.0
+        self.last_iteration_at: float | None = None  # time.monotonic() at the end of the last iteration (liveness)
+        self.probe = ReadinessProbe(engine, settings.readiness_interval_s, settings.readiness_timeout_s)
         self._step_started_ms = 0.0
         self._next_autoclaim = 0.0
         self.model = settings.engine  # the `model` label of worker/metrics.py
@@ -86,11 +90,15 @@ class StepLoop:
     # -- the loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Until drained: a draining loop takes nothing new and returns once nothing runs."""
-        while not (self.draining and not self.running):
+        """Until drained: a draining loop takes nothing new and returns once nothing runs (its
+        readiness probe aborted and gone from the engine too)."""
+        while not (self.draining and not self.running and not self.probe.in_engine):
             await self.iterate()
 
     async def iterate(self) -> None:
+        # First the probe, where a new entry would fit (it does not take the slot: the engine may hold
+        # one request more than max_batch_size for a step); once in, the read below does not block.
+        self.probe.tend(time.monotonic(), self.free_slots() > 0, self.draining)
         if not self.draining:
             await self._take_new()
             await self._take_over_dead()
@@ -100,9 +108,10 @@ class StepLoop:
             outputs = await asyncio.to_thread(self.engine.step)
             self.last_step_ms, self.last_step_at_ms = (time.perf_counter() - started) * 1000, now_ms()
             metrics.STEP_DURATION.labels(self.model).observe(self.last_step_ms / 1000)
-            await self._publish(outputs)
+            await self._publish(self.probe.take_outputs(outputs, time.monotonic()))
         self.stats = self.engine.stats()
         self._gauges.update(self.stats)
+        self.last_iteration_at = time.monotonic()
 
     async def _take_new(self) -> None:
         free = self.free_slots()

@@ -32,6 +32,11 @@ ABORTS = Counter("inferline_worker_aborts_total",
                  "Requests the worker stopped: cancelled (cancel:{rid} set, before or while running) or lost (another "
                  "worker took the entry over)", ["model", "reason"])
 
+LIVE = Gauge("inferline_worker_live", "1 while the worker's liveness is SERVING (its step loop iterates), else 0",
+             ["model"])
+READY = Gauge("inferline_worker_ready", "1 while the worker's readiness is SERVING (its last readiness probe got its "
+                                        "token in time, not draining), else 0", ["model"])
+
 
 class EngineGauges:
     """Copies an EngineStats into the gauges; preemptions are a running total in the engine."""

@@ -35,6 +35,16 @@ class WorkerSettings(BaseSettings):
     max_seq_len: int | None = Field(None, ge=2, description="override the manifest's max_seq_len")
     worker_id: str = Field(default_factory=default_worker_id)
     metrics_port: int = Field(9402, ge=0, le=65535, description="Prometheus /metrics on 0.0.0.0:metrics_port; 0 = off")
+    health_port: int = Field(50054, ge=0, le=65535, description="grpc.health.v1 (liveness, readiness; worker/health.py) "
+                                                                "on 0.0.0.0:health_port; 0 = a free port (logged)")
+    liveness_timeout_s: float = Field(60.0, gt=0, description="liveness is NOT_SERVING once the step loop has not "
+                                                              "completed an iteration (a stuck engine step included) "
+                                                              "for this long")
+    readiness_interval_s: float = Field(5.0, gt=0, description="how often the step loop puts a one-token readiness "
+                                                               "probe through the engine")
+    readiness_timeout_s: float = Field(10.0, gt=0, description="readiness is SERVING only if the last probe produced "
+                                                               "its token within this; a probe outstanding longer "
+                                                               "turns it NOT_SERVING at once")
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker silent this long is dead; its requests "
                                                           "are taken over by others")
@@ -55,6 +65,14 @@ class WorkerSettings(BaseSettings):
         if self.heartbeat_ttl_s < 2 * self.heartbeat_interval_s:
             raise ValueError(f"heartbeat_ttl_s ({self.heartbeat_ttl_s}) must be at least twice "
                              f"heartbeat_interval_s ({self.heartbeat_interval_s})")
+        return self
+
+    @model_validator(mode="after")
+    def _liveness_outlives_an_idle_iteration(self) -> "WorkerSettings":
+        # An idle loop blocks idle_block_ms per iteration reading its stream: that is not a stall.
+        if self.liveness_timeout_s < 2 * self.idle_block_ms / 1000:
+            raise ValueError(f"liveness_timeout_s ({self.liveness_timeout_s}) must be at least twice "
+                             f"idle_block_ms ({self.idle_block_ms} ms)")
         return self
 
     @property

@@ -73,6 +73,7 @@ def up(
             for i in range(workers):
                 _start(started, f"worker-{i}", "worker", log_dir, common | synthetic | {
                     "INFERLINE_WORKER_ENGINE": engine_name, "INFERLINE_WORKER_STORE_DIR": str(store_dir),
+                    "INFERLINE_WORKER_HEALTH_PORT": str(free_port()),  # one grpc.health.v1 port per worker
                     "INFERLINE_WORKER_DEVICE": device if device == "cpu" or workers == 1 else f"cuda:{i}"})
             gateway = _start(started, "gateway", "gateway", log_dir, common | {
                 "INFERLINE_GATEWAY_HOST": host, "INFERLINE_GATEWAY_PORT": str(port),

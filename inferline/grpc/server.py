@@ -1,7 +1,7 @@
 """Builds a service's grpc.aio server: error interceptor, health (grpc.health.v1), reflection."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,13 +18,15 @@ def build_server(
     address: str,
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """`services`: (add_XServicer_to_server, servicer, full service name). Returns the server, its
-    health servicer (every service starts SERVING) and the bound port (address may end in :0)."""
+    health servicer (every service starts SERVING) and the bound port (address may end in :0).
+    `options`: more grpc channel arguments. A port that cannot be bound raises OSError."""
     server = grpc.aio.server(
         interceptors=[*extra_interceptors, ErrorInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)],
         options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max_message_bytes)],
+                 ("grpc.max_send_message_length", max_message_bytes), *options],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -33,7 +35,10 @@ def build_server(
         add(servicer, server)
         names.append(name)
     enable_reflection(server, [*names, health.SERVICE_NAME])
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:  # grpcio >= 1.5x raises where older versions returned 0
+        raise OSError(f"cannot bind {address}: {e}") from e
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, health_servicer, port

@@ -113,7 +113,7 @@ def test_environment_variables_are_settings_of_the_service(name):
 @pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
 def test_servers_listen_on_all_interfaces(name):
     if PYTHON_SERVICES[name] == "worker":
-        return  # no server
+        return  # its only server, grpc.health.v1 on health_port, always binds 0.0.0.0
     assert effective_settings(name).host in ("0.0.0.0", "::", "[::]"), f"{name} would only listen on loopback"
 
 
@@ -207,7 +207,10 @@ def test_healthchecks_probe_the_port_the_service_listens_on(name):
     assert test[0] == "CMD" and test[1] in PYTHONS and test[2] == HEALTHCHECK_SCRIPT, test
     assert (ROOT / "deploy" / "healthcheck.py").is_file()
     if PYTHON_SERVICES[name] == "worker":
-        assert test[3:] == ["worker"]
+        # The worker's readiness on its health port (its only port; it serves no API).
+        health_port = effective_settings(name).health_port
+        assert health_port > 0, f"{name}: a fixed health_port, or nothing can probe it"
+        assert test[3:] == ["worker", str(health_port), "readiness"], test
     else:
         assert test[3] == "grpc" and int(test[4]) == service_port(name), f"{name}: probes {test[4]}"
 

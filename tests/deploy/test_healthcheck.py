@@ -1,5 +1,5 @@
-"""deploy/healthcheck.py, the compose healthchecks' and the worker probes' program, against a real
-grpc.health.v1 server and a real redis-server (the session's, on a free port)."""
+"""deploy/healthcheck.py, the compose healthchecks' program, against a real grpc.health.v1 server.
+(tests/worker/test_health.py runs its `worker` check against a real worker process.)"""
 from __future__ import annotations
 
 import importlib.util
@@ -7,11 +7,9 @@ from concurrent import futures
 
 import grpc
 import pytest
-import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from inferline.local_redis import free_port
-from inferline.redis_protocol import worker_key, workers_set
 from tests.deploy.project import DEPLOY
 
 
@@ -57,44 +55,33 @@ def test_usage_errors_exit_2():
     assert healthcheck.main(["grpc"]) == 2
 
 
-@pytest.fixture
-def worker_env(redis_url, monkeypatch):
-    for var in ("REDIS_URL", "INFERLINE_WORKER_WORKER_ID", "INFERLINE_WORKER_REDIS_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("REDIS_URL", redis_url)
-    monkeypatch.setenv("INFERLINE_WORKER_ENGINE", "deploy-hc-model")
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.delete(workers_set("deploy-hc-model"), worker_key("pod-a-1"), worker_key("pod-b-1"), worker_key("given-id"))
-    client.close()
+def test_worker_check_reads_the_workers_readiness_or_liveness(health_server, monkeypatch):
+    servicer, port = health_server
+    monkeypatch.delenv("INFERLINE_WORKER_HEALTH_PORT", raising=False)
+    servicer.set("inferline.worker.liveness", health_pb2.HealthCheckResponse.SERVING)
+    servicer.set("inferline.worker.readiness", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert healthcheck.main(["worker", str(port)]) == 1  # readiness is the default
+    assert healthcheck.main(["worker", str(port), "readiness"]) == 1
+    assert healthcheck.main(["worker", str(port), "liveness"]) == 0
+    servicer.set("inferline.worker.readiness", health_pb2.HealthCheckResponse.SERVING)
+    assert healthcheck.main(["worker", str(port)]) == 0
 
 
-def beat(client: redis.Redis, worker_id: str) -> None:
-    client.hset(worker_key(worker_id), mapping={"model": "deploy-hc-model", "free_slots": 4})
-    client.pexpire(worker_key(worker_id), 5000)
-    client.sadd(workers_set("deploy-hc-model"), worker_id)
+def test_worker_check_takes_the_port_from_the_workers_environment(health_server, monkeypatch):
+    servicer, port = health_server
+    servicer.set("inferline.worker.readiness", health_pb2.HealthCheckResponse.SERVING)
+    monkeypatch.setenv("INFERLINE_WORKER_HEALTH_PORT", str(port))
+    assert healthcheck.main(["worker"]) == 0
+    assert healthcheck.main(["worker", "liveness"]) == 1  # never set: NOT_FOUND
+    monkeypatch.delenv("INFERLINE_WORKER_HEALTH_PORT")
+    assert healthcheck.worker_health_port() == 50054
 
 
-def test_worker_check_finds_this_hosts_heartbeat(worker_env):
-    assert healthcheck.check_worker(hostname="pod-a") == 1  # nothing registered yet
-    beat(worker_env, "pod-b-1")
-    assert healthcheck.check_worker(hostname="pod-a") == 1  # another host's worker does not count
-    beat(worker_env, "pod-a-1")
-    assert healthcheck.check_worker(hostname="pod-a") == 0
-    worker_env.delete(worker_key("pod-a-1"))  # heartbeat expired; the set still names it
-    assert healthcheck.check_worker(hostname="pod-a") == 1
+def test_worker_check_fails_when_nothing_listens():
+    assert healthcheck.check_worker(free_port(), timeout_s=0.5) == 1
 
 
-def test_worker_check_uses_an_explicit_worker_id(worker_env, monkeypatch):
-    monkeypatch.setenv("INFERLINE_WORKER_WORKER_ID", "given-id")
-    beat(worker_env, "pod-a-1")
-    assert healthcheck.check_worker(hostname="pod-a") == 1
-    beat(worker_env, "given-id")
-    assert healthcheck.check_worker(hostname="anything") == 0
-
-
-def test_worker_check_fails_without_redis(monkeypatch):
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
-    monkeypatch.delenv("INFERLINE_WORKER_REDIS_URL", raising=False)
-    monkeypatch.setenv("INFERLINE_WORKER_ENGINE", "deploy-hc-model")
-    assert healthcheck.check_worker(hostname="pod-a", timeout_s=0.5) == 1
+def test_worker_usage_errors_exit_2():
+    assert healthcheck.main(["worker", "not-a-port"]) == 2
+    assert healthcheck.main(["worker", "1", "2"]) == 2
+    assert healthcheck.main(["worker", "1", "readiness", "x"]) == 2

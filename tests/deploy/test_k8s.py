@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from inferline.redis_protocol import WORKERS_GROUP, requests_streams
+from inferline.redis_protocol import WORKERS_GROUP, model_of_requests_stream, requests_streams
 from tests.deploy.project import (
-    HEALTHCHECK_SCRIPT, K8S, PYTHONS, cli_options, console_scripts, container_environment, containers, env_names,
+    K8S, cli_options, console_scripts, container_environment, containers, env_names,
     k8s, k8s_documents, k8s_one, kustomization, load_settings, module_exists, option_value, pod_specs,
     python_module, secret_value, settings_class, split_address,
 )
+from worker.health import LIVENESS, READINESS
 
 SERVICE_CONTAINERS = [(w["metadata"]["name"], c) for w, pod in pod_specs() for c in containers(pod, init=False)
                       if python_module(c.get("command", []))]
@@ -110,16 +111,43 @@ def assert_metrics_port(container: dict, settings) -> None:
     assert annotations.get("prometheus.io/port") == str(settings.metrics_port)
 
 
+def assert_worker_probes(container: dict) -> None:
+    """Workers serve no API: their `health` port is grpc.health.v1 (health_port), probed natively on
+    the liveness and readiness services of worker/health.py; `metrics` is /metrics."""
+    settings = settings_of(container)
+    assert [p["name"] for p in container["ports"]] == ["health", "metrics"], "workers serve health and /metrics only"
+    (health_port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "health"]
+    assert health_port == settings.health_port > 0
+    assert_metrics_port(container, settings)
+    expected = {"startupProbe": READINESS, "readinessProbe": READINESS, "livenessProbe": LIVENESS}
+    for kind, service in expected.items():
+        probe = container[kind]
+        assert set(probe) & {"grpc", "exec", "httpGet", "tcpSocket"} == {"grpc"}, f"worker {kind}: the native gRPC probe"
+        # A grpc probe takes a port number only (no name): it must be the `health` port.
+        assert probe["grpc"] == {"port": health_port, "service": service}, f"worker {kind}: {probe['grpc']}"
+    # Loading and verifying the engine (on a GPU, capturing CUDA graphs) takes minutes; liveness and
+    # readiness start only once the startup probe passed.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    liveness = container["livenessProbe"]
+    assert liveness["timeoutSeconds"] < liveness["periodSeconds"]
+    assert settings.readiness_timeout_s < settings.liveness_timeout_s
+
+
+def test_the_healthcheck_script_knows_the_workers_health_names_and_port():
+    from tests.deploy.test_healthcheck import healthcheck
+    from worker.settings import WorkerSettings
+
+    assert healthcheck.WORKER_CHECKS == {"liveness": LIVENESS, "readiness": READINESS}
+    assert healthcheck.WORKER_HEALTH_PORT == WorkerSettings.model_fields["health_port"].default
+
+
 @pytest.mark.parametrize("name,container", SERVICE_CONTAINERS, ids=[n for n, _ in SERVICE_CONTAINERS])
 def test_probes_use_the_port_the_service_listens_on(name, container):
     probes = [container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe") if p in container]
     assert {"readinessProbe", "livenessProbe"} <= set(container), name
     if module_of(container) == "worker":
-        for probe in probes:
-            command = probe["exec"]["command"]
-            assert command[0] in PYTHONS and command[1:] == [HEALTHCHECK_SCRIPT, "worker"], command
-        assert [p["name"] for p in container.get("ports", [])] == ["metrics"], "workers serve /metrics only"
-        assert_metrics_port(container, settings_of(container))
+        assert_worker_probes(container)
         return
     settings = settings_of(container)
     assert settings.host == "0.0.0.0", f"{name} would only listen on loopback"
@@ -208,15 +236,26 @@ def test_keda_scales_the_worker_deployment_on_the_streams_the_code_uses():
     target = scaled["spec"]["scaleTargetRef"]
     assert target["name"] == "worker" and target.get("kind", "Deployment") == "Deployment"
     k8s_one("Deployment", "worker")
-    assert scaled["spec"]["minReplicaCount"] >= 1, "the router refuses requests while no worker lives"
     worker = settings_of(only_container("worker"))
     triggers = scaled["spec"]["triggers"]
     assert {t["type"] for t in triggers} == {"redis-streams"}
-    assert sorted(t["metadata"]["stream"] for t in triggers) == sorted(requests_streams(worker.engine))
     assert {t["metadata"]["consumerGroup"] for t in triggers} == {WORKERS_GROUP}
+    # Per band: a pendingEntriesCount trigger (load; keeps busy workers) and, to wake a model scaled to
+    # zero, a lagCount one (the PEL of a model without workers is always empty).
+    pending = [t for t in triggers if "pendingEntriesCount" in t["metadata"]]
+    lag = [t for t in triggers if "lagCount" in t["metadata"]]
+    assert len(pending) + len(lag) == len(triggers)
+    assert sorted(t["metadata"]["stream"] for t in pending) == sorted(requests_streams(worker.engine))
+    if scaled["spec"].get("minReplicaCount", 0) == 0:
+        assert sorted(t["metadata"]["stream"] for t in lag) == sorted(requests_streams(worker.engine))
     max_batch = int(option_value(only_container("build-engine", "Job")["command"], "--max-batch-size"))
-    for trigger in triggers:
+    for trigger in pending:
         assert 0 < int(trigger["metadata"]["pendingEntriesCount"]) <= max_batch
+    for trigger in lag:
+        assert not {"pendingEntriesCount", "streamLength"} & trigger["metadata"].keys()  # KEDA would read lag only
+        assert 0 < int(trigger["metadata"]["lagCount"])
+        assert int(trigger["metadata"]["activationLagCount"]) == 0, "one queued request must wake a worker"
+    for trigger in triggers:
         host, port = split_address(trigger["metadata"]["address"])
         assert host.split(".")[0] == "redis" and port == 6379
         assert host in ("redis", f"redis.{kustomization()['namespace']}.svc.cluster.local")
@@ -224,3 +263,21 @@ def test_keda_scales_the_worker_deployment_on_the_streams_the_code_uses():
         for ref in auth["spec"]["secretTargetRef"]:
             assert ref["parameter"] in ("password", "username")
             secret_value(ref["name"], ref["key"])
+
+
+def test_models_keda_scales_to_zero_are_queued_by_the_router_without_workers():
+    """A model whose workers may be scaled to zero must be in the router's scale_from_zero_models:
+    otherwise the router answers NOT_FOUND, nothing is queued, and KEDA never starts a worker."""
+    scale_from_zero = set(settings_of(only_container("router")).scale_from_zero_models)
+    for scaled in k8s("ScaledObject"):
+        if scaled["spec"].get("minReplicaCount", 0) > 0:
+            continue
+        target = k8s_one(scaled["spec"]["scaleTargetRef"].get("kind", "Deployment"),
+                         scaled["spec"]["scaleTargetRef"]["name"])
+        engines = {settings_of(c).engine for c in target["spec"]["template"]["spec"]["containers"]
+                   if python_module(c.get("command", [])) == "worker"}
+        streamed = {model_of_requests_stream(t["metadata"]["stream"]) for t in scaled["spec"]["triggers"]}
+        assert engines and streamed == engines, f"ScaledObject {scaled['metadata']['name']} scales on other models"
+        missing = sorted(engines - scale_from_zero)
+        assert not missing, (f"ScaledObject {scaled['metadata']['name']} scales {missing} to zero: add them to "
+                             "the router's INFERLINE_ROUTER_SCALE_FROM_ZERO_MODELS")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Coroutine, TypeVar
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from inferline.v1 import common_pb2, router_pb2, router_pb2_grpc
 
@@ -93,8 +94,10 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
 
 
 async def start_fake_router(router: FakeRouter) -> tuple[grpc.aio.Server, int]:
+    """Serves grpc.health.v1 too (SERVING), as the real router does: the gateway's health follows it."""
     server = grpc.aio.server()
     router_pb2_grpc.add_RouterServiceServicer_to_server(router, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port

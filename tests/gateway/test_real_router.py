@@ -55,7 +55,7 @@ def e2e_stub(loop_thread, engine_store_dir, tmp_path_factory) -> Iterator[genera
             "router": start("router", ["--host", "127.0.0.1", "--port", str(router_port), "--redis-url", redis_url],
                             logs / "router.log"),
             "worker": start("worker", ["--engine", MODEL, "--store-dir", str(engine_store_dir), "--redis-url",
-                                       redis_url, "--device", "cpu"], logs / "worker.log"),
+                                       redis_url, "--device", "cpu", "--health-port", "0"], logs / "worker.log"),
         }
         try:
             with running_gateway(loop_thread, store_dir=engine_store_dir, router_address=f"127.0.0.1:{router_port}",

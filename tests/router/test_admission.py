@@ -1,12 +1,15 @@
-"""router/admission.py against a real redis-server: requests go to their priority band's stream, and
-the depth limit counts the entries queued in every band of the model."""
+"""router/admission.py against a real redis-server: requests go to their priority band's stream, the
+depth limit counts the entries queued in every band of the model, live workers are counted (and that
+count briefly reused), and scale-from-zero models are queued without any."""
 import asyncio
 import uuid
 
 import pytest
-from grpc_interceptor.exceptions import ResourceExhausted
+from grpc_interceptor.exceptions import NotFound, ResourceExhausted
+from structlog.testing import capture_logs
 
-from inferline.redis_protocol import HIGH, LOW, NORMAL, WORKERS_GROUP, connect, requests_stream
+from inferline.redis_protocol import (HIGH, LOW, NORMAL, WORKERS_GROUP, connect, requests_stream, worker_key,
+                                      workers_set)
 from inferline.v1 import common_pb2, router_pb2
 from router.admission import Admission
 
@@ -53,6 +56,74 @@ def test_a_deleted_band_stream_is_made_again(redis_url):
         await client.delete(requests_stream(model, LOW))
         assert (await admission.enqueue(request(model, -1))).startswith("low:")
         assert (await admission.queue_state(model)).queued == 2
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def add_worker(client, model: str) -> str:
+    """A live (fake) worker of the model: its heartbeat hash and its id in the model's set."""
+    worker_id = f"w-{uuid.uuid4().hex[:6]}"
+    await client.hset(worker_key(worker_id), mapping={"model": model, "free_slots": 0})
+    await client.pexpire(worker_key(worker_id), 60_000)
+    await client.sadd(workers_set(model), worker_id)
+    return worker_id
+
+
+def test_a_live_worker_count_is_reused_for_a_moment_and_a_zero_is_never_reused(redis_url):
+    model = f"m-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        client = connect(redis_url)
+        clock = FakeClock()
+        admission = Admission(client, "router-x", max_queue_depth=3, max_queued_tokens=100, workers_cache_s=1.0,
+                              clock=clock)
+        with pytest.raises(NotFound, match=repr(model)):
+            await admission.require_workers(model)
+        worker = await add_worker(client, model)
+        assert await admission.require_workers(model) == 1  # the 0 was not kept: seen at once
+        await client.delete(worker_key(worker))  # the worker dies (its heartbeat expires)
+        assert await admission.require_workers(model) == 1  # the count is reused, Redis not asked
+        clock.now += 1.0
+        with pytest.raises(NotFound):  # asked again once the count is old
+            await admission.require_workers(model)
+        assert not await client.sismember(workers_set(model), worker)  # the dead id was pruned
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_scale_from_zero_models_are_queued_without_workers_and_other_models_are_not(redis_url):
+    cold, typo = f"cold-{uuid.uuid4().hex[:8]}", f"colt-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        client = connect(redis_url)
+        admission = Admission(client, "router-x", max_queue_depth=2, max_queued_tokens=100,
+                              scale_from_zero_models=[cold], clock=FakeClock())
+        with capture_logs() as logs:
+            with pytest.raises(NotFound, match=repr(typo)):
+                await admission.require_workers(typo)
+            assert await admission.require_workers(cold) == 0
+            await admission.enqueue(request(cold, 0))
+            assert await admission.require_workers(cold) == 0
+            await admission.enqueue(request(cold, 0))
+            with pytest.raises(ResourceExhausted, match="max_queue_depth=2"):  # limits apply as ever
+                assert await admission.require_workers(cold) == 0
+                await admission.enqueue(request(cold, 0))
+            state = await admission.queue_state(cold)
+            assert (state.queued, state.workers) == (2, 0)
+            await add_worker(client, cold)
+            assert await admission.require_workers(cold) == 1  # a new worker is seen at once
+        events = [e["event"] for e in logs if e["event"].startswith("model_")]
+        assert events == ["model_without_workers_queueing", "model_workers_live"]  # once per transition
         await client.aclose()
 
     asyncio.run(scenario())

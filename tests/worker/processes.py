@@ -26,6 +26,9 @@ def service_env() -> dict[str, str]:
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     # No /metrics on the fixed default ports from tests; a test that wants it passes --metrics-port.
     env.update({f"INFERLINE_{service}_METRICS_PORT": "0" for service in ("GATEWAY", "ROUTER", "WORKER", "BUILDER")})
+    # Nor grpc.health.v1 on the worker's fixed default port: each worker picks a free one (logged,
+    # `health_serving`; health_port() reads it back).
+    env["INFERLINE_WORKER_HEALTH_PORT"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
@@ -76,6 +79,25 @@ def start_worker(log_dir: Path, redis_url: str, model: str, worker_id: str, mode
 
 def wait_worker_ready(client: redis.Redis, worker: ServiceProcess, timeout: float = 90) -> None:
     wait_until(lambda: client.exists(f"inferline:worker:{worker.name}"), timeout, "the worker's heartbeat", worker)
+
+
+def worker_health_port(worker: ServiceProcess, timeout: float = 90) -> int:
+    """The port the worker's grpc.health.v1 server bound (its `health_serving` log line)."""
+    def logged() -> int | None:
+        return next((e["port"] for e in worker.log_events() if e.get("event") == "health_serving"), None)
+
+    return wait_until(logged, timeout, "the worker's health port", worker)
+
+
+def health_status(port: int, service: str = "", timeout: float = 1.0) -> str | None:
+    """grpc.health.v1 Check on 127.0.0.1:port: SERVING, NOT_SERVING, ...; None when nothing answers."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                              timeout=timeout)
+        except grpc.RpcError:
+            return None
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 def start_router(log_dir: Path, redis_url: str, router_id: str, port: int, **settings: object) -> ServiceProcess:

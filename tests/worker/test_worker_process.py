@@ -9,8 +9,9 @@ import pytest
 import redis
 
 from inferline.v1 import common_pb2
-from tests.worker.processes import start_worker, wait_until, wait_worker_ready
+from tests.worker.processes import health_status, start_worker, wait_until, wait_worker_ready, worker_health_port
 from tests.worker.workload import collect_events, enqueue, make_jobs, reference
+from worker.health import LIVENESS, READINESS
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +95,16 @@ def test_heartbeat_describes_the_worker(worker, client):
     assert int(beat["kv_free"]) > 0 and beat["draining"] == "0"
     assert 0 < client.pttl(key) <= 2000
     assert client.sismember(f"inferline:workers:{MODEL}", worker.name)
+
+
+def test_liveness_and_readiness_serve_through_the_real_engine(worker):
+    """Readiness needs a real one-token generation of SmolLM2 (the probe); it never reaches Redis."""
+    port = worker_health_port(worker)
+    for service in ("", LIVENESS, READINESS):
+        wait_until(lambda: health_status(port, service) == "SERVING", 60, f"{service or '(server)'} SERVING", worker)
+    changes = [e for e in worker.log_events() if e.get("event") == "worker_health_changed" and e["serving"]]
+    assert {e["check"]: e["reason"] for e in changes} == {"liveness": "iterating", "readiness": "probe_ok"}
+    assert not [e for e in worker.log_events() if "probe" in str(e.get("entry", ""))]
 
 
 def test_sigterm_finishes_running_requests_then_exits_0(worker, client, smollm2_engine):
