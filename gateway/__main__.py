@@ -15,6 +15,7 @@ import structlog
 
 from gateway.server import create_gateway
 from gateway.settings import GatewaySettings
+from inferline.heap import freeze_long_lived
 from inferline.logs import configure_service_logging
 from inferline.metrics import start_metrics_server
 
@@ -40,6 +41,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 async def serve(settings: GatewaySettings) -> None:
     gateway = create_gateway(settings)
     await gateway.start()
+    freeze_long_lived()
     metrics_server = start_metrics_server(settings.metrics_port, settings.host, service="gateway")
     log.info(f"gateway listening on {settings.host}:{gateway.port}", router=settings.router_address,
              store=str(settings.store_dir), auth=bool(settings.api_keys), redis=bool(settings.redis_url))

@@ -36,19 +36,26 @@ FINISH_REASON_NAMES = {v: k.removeprefix("FINISH_REASON_").lower()
 
 
 class RequestTimer:
-    """Observes one request's events as the gateway relays them."""
+    """Observes one request's events as the gateway relays them. `folded`: the router sends the whole
+    generation as one last event (unary Generate, RouteRequest.final_only): its first token came
+    (total - time to first token) of the worker's Timings before that event, and there is no gap
+    between tokens to observe (streaming requests and the worker's step duration show those)."""
 
-    def __init__(self) -> None:
+    def __init__(self, folded: bool = False) -> None:
         self.started = time.perf_counter()
         self.model = ""
+        self.folded = folded
         self._last_token: float | None = None
 
     def event(self, event: router_pb2.RouteEvent) -> None:
         now = time.perf_counter()
         if event.token_ids:
             if self._last_token is None:
-                TIME_TO_FIRST_TOKEN.labels(self.model).observe(now - self.started)
-            else:
+                ttft = now - self.started
+                if self.folded:
+                    ttft -= max(0.0, event.timings.total_ms - event.timings.time_to_first_token_ms) / 1000
+                TIME_TO_FIRST_TOKEN.labels(self.model).observe(max(0.0, ttft))
+            elif not self.folded:
                 INTER_TOKEN_LATENCY.labels(self.model).observe(now - self._last_token)
             self._last_token = now
         if event.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED:
@@ -57,8 +64,8 @@ class RequestTimer:
 
 
 @contextlib.contextmanager
-def observed(context: grpc.aio.ServicerContext) -> Iterator[RequestTimer]:
+def observed(context: grpc.aio.ServicerContext, folded: bool = False) -> Iterator[RequestTimer]:
     """Around a whole Generate/GenerateStream call: counts it in flight, and its rejection or
     cancellation by reason."""
     with count_outcome(context, REJECTIONS, CANCELLATIONS, IN_FLIGHT):
-        yield RequestTimer()
+        yield RequestTimer(folded)

@@ -41,12 +41,15 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
 
     async def Generate(self, request: GenerateRequestIn, context: grpc.aio.ServicerContext
                        ) -> generate_pb2.GenerateResponse:
-        with metrics.observed(context) as timer:
+        with metrics.observed(context, folded=True) as timer:
             req = parsed(request)
             rid = request_id_of(req)
-            await _announce(context, rid)
+            # Unary: the id goes back in the response and the trailing metadata (an error status
+            # included); sending initial metadata on its own would cost a batch of its own.
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
             with request_context(rid), _outcome("generate", req.model) as done:
                 route_req = await self._route_request(req, rid, context)
+                route_req.final_only = True  # one event at the end, not one per engine step
                 builder = ResponseBuilder(rid)
                 async with contextlib.aclosing(self._route(route_req, context, timer)) as events:
                     async for event in events:
@@ -115,8 +118,8 @@ def _router_error(e: grpc.aio.AioRpcError) -> GrpcException:
 
 
 async def _announce(context: grpc.aio.ServicerContext, rid: str) -> None:
-    # Initial metadata reaches the client before the first chunk; trailing metadata also comes with
-    # an error status, so a rejected request can still be found in the logs by its id.
+    # Streaming: initial metadata reaches the client before the first chunk; trailing metadata also
+    # comes with an error status, so a rejected request can still be found in the logs by its id.
     metadata = ((REQUEST_ID_HEADER, rid),)
     await context.send_initial_metadata(metadata)
     context.set_trailing_metadata(metadata)

@@ -3,7 +3,9 @@
 The gateway tokenizes with the very files the workers load (engine.tokenizer.load_tokenizer on the
 engine's store folder), so token ids and the chat template agree with what the engine would do with
 text. An entry is keyed by the engine's checksum (sha256 of its manifest): a rebuilt engine is
-picked up on the next request without a restart.
+picked up on the next request without a restart. The checksum is recomputed only when the manifest
+file's inode, size or mtime changes (the store replaces it by renaming a new file in), so a request
+costs one stat, not a read and a hash.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from grpc_interceptor.exceptions import FailedPrecondition, Internal, InvalidArg
 
 from engine.loader import open_checkpoint
 from engine.tokenizer import load_tokenizer
-from inferline.engine_store import NAME_PATTERN, EngineCorruptError, EngineNotFoundError, EngineStore, Manifest
+from inferline.heap import freeze_long_lived
+from inferline.engine_store import (MANIFEST, NAME_PATTERN, EngineCorruptError, EngineNotFoundError, EngineStore,
+                                    Manifest)
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +46,7 @@ class EngineTokenizers:
         self.store = store
         self._cache: dict[str, EngineTokenizer] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._checksums: dict[str, tuple[tuple[int, int, int], str]] = {}  # name -> (manifest stat, checksum)
 
     async def get(self, name: str) -> EngineTokenizer:
         """The engine's tokenizer and limits; NOT_FOUND naming the model when the store lacks it."""
@@ -57,15 +62,24 @@ class EngineTokenizers:
             if cached is None or cached.checksum != checksum:
                 cached = await asyncio.to_thread(self._load, name, checksum)
                 self._cache[name] = cached
+                freeze_long_lived()  # a tokenizer lives as long as its engine: keep it out of full collections
         return cached
 
     def _checksum(self, name: str) -> str:
         # A name the store could never hold (path tricks included) is as unknown as a missing one.
         try:
-            if NAME_PATTERN.match(name) and self.store.exists(name):
-                return self.store.checksum(name)
-        except FileNotFoundError:  # deleted between the two reads
+            if NAME_PATTERN.match(name):
+                stat = (self.store.path(name) / MANIFEST).stat()
+                key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                known = self._checksums.get(name)
+                if known is not None and known[0] == key:
+                    return known[1]
+                checksum = self.store.checksum(name)
+                self._checksums[name] = (key, checksum)
+                return checksum
+        except FileNotFoundError:  # no such engine, or deleted between the two reads
             pass
+        self._checksums.pop(name, None)
         self._cache.pop(name, None)  # a deleted engine's tokenizer is not kept
         raise NotFound(f"model: {name!r} is not in the engine store; ListModels lists the engines")
 

@@ -21,6 +21,7 @@ from inferline.v1 import common_pb2, generate_pb2, router_pb2
 ROLES = ("system", "user", "assistant")
 # Request ids end up in Redis keys, log lines and metadata: keep them short and unambiguous.
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+INLINE_TOKENIZE_MAX_CHARS = 4096  # prompts up to this long are tokenized on the event loop
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ def check_input(request: generate_pb2.GenerateRequest, limits: Limits) -> str | 
     return [{"role": t.role, "content": t.content} for t in turns]
 
 
+def _chars(text_or_turns: str | list[dict[str, str]]) -> int:
+    return len(text_or_turns) if isinstance(text_or_turns, str) else sum(len(t["content"]) for t in text_or_turns)
+
+
 def _check_bytes(field: str, n: int, limits: Limits) -> None:
     # INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: clients retry the latter (the router's "queue full").
     if n > limits.max_prompt_bytes:
@@ -88,19 +93,28 @@ def sampling_params_of(p: common_pb2.SamplingParameters, limits: Limits) -> Samp
         raise InvalidArgument(str(e)) from e
 
 
-def tokenize(engine: EngineTokenizer, text_or_turns: str | list[dict[str, str]]) -> list[int]:
-    """Token ids as the engine would make them (Engine._tokenize / apply_chat_template). Blocking."""
+def tokenize(engine: EngineTokenizer, text_or_turns: str | list[dict[str, str]], wait: bool = True) -> list[int] | None:
+    """Token ids as the engine would make them (Engine._tokenize / apply_chat_template). Blocking;
+    with wait=False, None instead of waiting for another call's tokenizing to end."""
+    if not engine.lock.acquire(blocking=wait):
+        return None
+    try:
+        return _tokenize_locked(engine, text_or_turns)
+    finally:
+        engine.lock.release()
+
+
+def _tokenize_locked(engine: EngineTokenizer, text_or_turns: str | list[dict[str, str]]) -> list[int]:
     tok = engine.tokenizer
-    with engine.lock:
-        if isinstance(text_or_turns, str):
-            return list(tok.encode(text_or_turns))
-        if not getattr(tok, "chat_template", None):
-            raise InvalidArgument(f"messages: engine {engine.name!r} has no chat template; send a prompt instead")
-        try:
-            text = tok.apply_chat_template(text_or_turns, add_generation_prompt=True, tokenize=False)
-        except TemplateError as e:  # templates raise on e.g. roles that do not alternate
-            raise InvalidArgument(f"messages: the chat template of {engine.name!r} rejected them: {e}") from e
-        return list(tok.encode(text, add_special_tokens=False))
+    if isinstance(text_or_turns, str):
+        return list(tok.encode(text_or_turns))
+    if not getattr(tok, "chat_template", None):
+        raise InvalidArgument(f"messages: engine {engine.name!r} has no chat template; send a prompt instead")
+    try:
+        text = tok.apply_chat_template(text_or_turns, add_generation_prompt=True, tokenize=False)
+    except TemplateError as e:  # templates raise on e.g. roles that do not alternate
+        raise InvalidArgument(f"messages: the chat template of {engine.name!r} rejected them: {e}") from e
+    return list(tok.encode(text, add_special_tokens=False))
 
 
 def check_tokens(engine: EngineTokenizer, field: str, token_ids: list[int], params: SamplingParams) -> None:
@@ -117,12 +131,17 @@ def check_tokens(engine: EngineTokenizer, field: str, token_ids: list[int], para
 
 async def to_route_request(request: generate_pb2.GenerateRequest, request_id: str, tokenizers: EngineTokenizers,
                            limits: Limits) -> router_pb2.RouteRequest:
-    """Cheap checks first (no I/O), then the engine lookup, then tokenizing (in a thread: a 1 MiB
+    """Cheap checks first (no I/O), then the engine lookup, then tokenizing: a short prompt right here
+    (tens of microseconds, less than the hand-off to a thread costs), a long one in a thread (a 1 MiB
     prompt takes a while and must not stall other calls)."""
     text_or_turns = check_input(request, limits)
     params = sampling_params_of(request.parameters, limits)
     engine = await tokenizers.get(request.model)
-    token_ids = await asyncio.to_thread(tokenize, engine, text_or_turns)
+    token_ids = None
+    if _chars(text_or_turns) <= INLINE_TOKENIZE_MAX_CHARS:
+        token_ids = tokenize(engine, text_or_turns, wait=False)  # None while a long one holds the tokenizer
+    if token_ids is None:
+        token_ids = await asyncio.to_thread(tokenize, engine, text_or_turns)
     check_tokens(engine, "prompt" if isinstance(text_or_turns, str) else "messages", token_ids, params)
     # The parameters go on as the client sent them: the worker builds its SamplingParams from them.
     return router_pb2.RouteRequest(request_id=request_id, model=request.model, prompt_token_ids=token_ids,

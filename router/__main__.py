@@ -13,6 +13,7 @@ from pydantic_settings import CliApp
 from redis.exceptions import RedisError
 
 from inferline.grpc.server import build_server, set_serving
+from inferline.heap import freeze_long_lived
 from inferline.logs import configure_service_logging
 from inferline.metrics import start_metrics_server
 from inferline.v1 import router_pb2_grpc
@@ -54,6 +55,7 @@ async def serve(settings: RouterSettings) -> None:
     try:
         await client.ping()
         await set_serving(health, [SERVICE_NAME], True)
+        freeze_long_lived()
         log.info("router_ready", port=port, router_id=settings.router_id,
                  scale_from_zero_models=list(settings.scale_from_zero_models))
         stopping = asyncio.create_task(stop.wait())

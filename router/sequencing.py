@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import grpc
 
-from inferline.v1 import common_pb2, router_pb2
+from inferline.events import is_final
+from inferline.v1 import router_pb2
 
 
 class EventOrder:
@@ -27,11 +28,8 @@ class EventOrder:
         return ready
 
 
-def is_final(event: router_pb2.RouteEvent) -> bool:
-    return bool(event.error_code) or event.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
-
-
 def status_of_error(event: router_pb2.RouteEvent) -> grpc.StatusCode:
     """The gRPC status an error event stands for (INTERNAL for a code name this router does not know)."""
     code = grpc.StatusCode.__members__.get(event.error_code, grpc.StatusCode.INTERNAL)
     return grpc.StatusCode.INTERNAL if code == grpc.StatusCode.OK else code
+

@@ -37,6 +37,7 @@ from router import metrics
 from router.admission import Admission
 from router.idempotency import Claim, IdempotencyStore, fingerprint
 from router.results import DuplicateRequestError, ResultsFanout
+from inferline.events import EventFold
 from router.sequencing import EventOrder, status_of_error
 from inferline.redis_protocol import REQUESTS_STREAM_PATTERNS, band_of, cancel_key, model_of_requests_stream, text
 
@@ -69,8 +70,11 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             check_request(request)
             with request_context(request.request_id):
                 order = EventOrder()
+                fold = EventFold() if request.final_only else None
                 async with contextlib.aclosing(self._events(request, order)) as events:
                     async for event in events:
+                        if fold is not None and (event := fold.add(event)) is None:
+                            continue
                         if event.error_code:
                             log.info("request_failed", code=event.error_code, error=event.error_message)
                             raise GrpcException(event.error_message, status_of_error(event))

@@ -28,6 +28,7 @@ from worker.health_server import HealthPortError, WorkerHealth
 from worker.heartbeat import Heartbeat
 from worker.loop import StepLoop
 from worker.queue import RequestQueue
+from inferline.heap import freeze_long_lived
 from inferline.redis_protocol import connect
 from worker.settings import WorkerSettings
 from worker.startup import EngineUnavailableError, load_engine
@@ -51,6 +52,7 @@ async def serve(settings: WorkerSettings, engine) -> None:
         try:
             await queue.ensure_group()
             await heartbeat.beat()  # registered only now: the engine is loaded and the stream reachable
+            freeze_long_lived()
             heartbeat_task = asyncio.create_task(heartbeat.run(), name="heartbeat")
             try:
                 await run_until_stopped(step_loop, queue, stop, settings, health)

@@ -13,6 +13,7 @@ import grpc
 import structlog
 
 from engine import Engine, EngineStats, InvalidParameterError, RequestOutput
+from inferline.events import EventFold
 from inferline.logs import request_context
 from inferline.v1 import router_pb2
 from worker import metrics
@@ -37,6 +38,7 @@ class RunningRequest:
     first_token_ms: float | None = None
     scheduled: bool = False  # the engine produced output for it (inferline_worker_admission_time_seconds)
     lost: bool = False  # another worker took the entry over: stop, publish nothing, do not ack
+    fold: EventFold | None = None  # RouteRequest.final_only: publish one folded event, at the end
 
 
 class StepLoop:
@@ -164,7 +166,8 @@ class StepLoop:
                     refused.append(Publication(entry, error, final=True))
                     metrics.REJECTIONS.labels(self.model, error.error_code).inc()
                     continue
-                self.running[entry.entry_id] = RunningRequest(entry, taken_ms=now_ms())
+                self.running[entry.entry_id] = RunningRequest(
+                    entry, taken_ms=now_ms(), fold=EventFold() if entry.request.final_only else None)
                 metrics.QUEUE_TIME.labels(self.model).observe(max(0.0, now_ms() - entry.enqueued_ms) / 1000)
                 metrics.PROMPT_TOKENS.labels(self.model).inc(entry.prompt_tokens)
                 log.info("request_started", entry=entry.entry_id, taken_over=taken_over,
@@ -215,9 +218,12 @@ class StepLoop:
             if out.new_token_ids and req.first_token_ms is None:
                 req.first_token_ms = now
             timings = timings_proto(req.entry.enqueued_ms, req.taken_ms, req.first_token_ms, now) if out.finished else None
-            publications.append(Publication(req.entry, event_from_output(out, req.entry.rid, req.next_seq, timings),
-                                            final=out.finished))
+            event = event_from_output(out, req.entry.rid, req.next_seq, timings)
             req.next_seq += 1
+            if req.fold is not None:
+                event = req.fold.add(event)  # None before the last
+            if event is not None:
+                publications.append(Publication(req.entry, event, final=out.finished))
             if out.finished:
                 with request_context(req.entry.rid):
                     log.info("request_finished", entry=out.request_id, finish_reason=out.finish_reason,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from inferline.v1 import common_pb2 as inferline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19inferline/v1/router.proto\x12\x0cinferline.v1\x1a\x19inferline/v1/common.proto\"\xa7\x01\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x34\n\nparameters\x18\x04 \x01(\x0b\x32 .inferline.v1.SamplingParameters\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\nidempotent\x18\x06 \x01(\x08\"\xac\x02\n\nRouteEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x12\n\ntext_delta\x18\x04 \x01(\t\x12,\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1a.inferline.v1.TokenLogprob\x12\x31\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1a.inferline.v1.FinishReason\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.inferline.v1.Usage\x12&\n\x07timings\x18\x08 \x01(\x0b\x32\x15.inferline.v1.Timings\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t\"\x13\n\x11QueueStatsRequest\">\n\x12QueueStatsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.inferline.v1.ModelQueue\"S\n\nModelQueue\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x15\n\rqueued_tokens\x18\x03 \x01(\x04\x12\x0f\n\x07workers\x18\x04 \x01(\r2\xa4\x01\n\rRouterService\x12?\n\x05Route\x12\x1a.inferline.v1.RouteRequest\x1a\x18.inferline.v1.RouteEvent0\x01\x12R\n\rGetQueueStats\x12\x1f.inferline.v1.QueueStatsRequest\x1a .inferline.v1.QueueStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19inferline/v1/router.proto\x12\x0cinferline.v1\x1a\x19inferline/v1/common.proto\"\xbb\x01\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x34\n\nparameters\x18\x04 \x01(\x0b\x32 .inferline.v1.SamplingParameters\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\nidempotent\x18\x06 \x01(\x08\x12\x12\n\nfinal_only\x18\x07 \x01(\x08\"\xac\x02\n\nRouteEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x12\n\ntext_delta\x18\x04 \x01(\t\x12,\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1a.inferline.v1.TokenLogprob\x12\x31\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1a.inferline.v1.FinishReason\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.inferline.v1.Usage\x12&\n\x07timings\x18\x08 \x01(\x0b\x32\x15.inferline.v1.Timings\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t\"\x13\n\x11QueueStatsRequest\">\n\x12QueueStatsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.inferline.v1.ModelQueue\"S\n\nModelQueue\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x15\n\rqueued_tokens\x18\x03 \x01(\x04\x12\x0f\n\x07workers\x18\x04 \x01(\r2\xa4\x01\n\rRouterService\x12?\n\x05Route\x12\x1a.inferline.v1.RouteRequest\x1a\x18.inferline.v1.RouteEvent0\x01\x12R\n\rGetQueueStats\x12\x1f.inferline.v1.QueueStatsRequest\x1a .inferline.v1.QueueStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inferline.v1.router_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUTEREQUEST']._serialized_start=71
-  _globals['_ROUTEREQUEST']._serialized_end=238
-  _globals['_ROUTEEVENT']._serialized_start=241
-  _globals['_ROUTEEVENT']._serialized_end=541
-  _globals['_QUEUESTATSREQUEST']._serialized_start=543
-  _globals['_QUEUESTATSREQUEST']._serialized_end=562
-  _globals['_QUEUESTATSRESPONSE']._serialized_start=564
-  _globals['_QUEUESTATSRESPONSE']._serialized_end=626
-  _globals['_MODELQUEUE']._serialized_start=628
-  _globals['_MODELQUEUE']._serialized_end=711
-  _globals['_ROUTERSERVICE']._serialized_start=714
-  _globals['_ROUTERSERVICE']._serialized_end=878
+  _globals['_ROUTEREQUEST']._serialized_end=258
+  _globals['_ROUTEEVENT']._serialized_start=261
+  _globals['_ROUTEEVENT']._serialized_end=561
+  _globals['_QUEUESTATSREQUEST']._serialized_start=563
+  _globals['_QUEUESTATSREQUEST']._serialized_end=582
+  _globals['_QUEUESTATSRESPONSE']._serialized_start=584
+  _globals['_QUEUESTATSRESPONSE']._serialized_end=646
+  _globals['_MODELQUEUE']._serialized_start=648
+  _globals['_MODELQUEUE']._serialized_end=731
+  _globals['_ROUTERSERVICE']._serialized_start=734
+  _globals['_ROUTERSERVICE']._serialized_end=898
 # @@protoc_insertion_point(module_scope)

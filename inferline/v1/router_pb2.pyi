@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt_token_ids", "parameters", "priority", "idempotent")
+    __slots__ = ("request_id", "model", "prompt_token_ids", "parameters", "priority", "idempotent", "final_only")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
+    FINAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     parameters: _common_pb2.SamplingParameters
     priority: int
     idempotent: bool
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Union[_common_pb2.SamplingParameters, _Mapping]] = ..., priority: _Optional[int] = ..., idempotent: _Optional[bool] = ...) -> None: ...
+    final_only: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Union[_common_pb2.SamplingParameters, _Mapping]] = ..., priority: _Optional[int] = ..., idempotent: _Optional[bool] = ..., final_only: _Optional[bool] = ...) -> None: ...
 
 class RouteEvent(_message.Message):
     __slots__ = ("request_id", "seq", "token_ids", "text_delta", "logprobs", "finish_reason", "usage", "timings", "error_code", "error_message")

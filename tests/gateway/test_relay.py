@@ -35,8 +35,9 @@ def test_generate_returns_the_whole_completion(stub, fake_router, tokenizer):
     assert [lp.token_id for lp in response.logprobs] == [100, 101, 102]
     assert response.finish_reason == common_pb2.FINISH_REASON_LENGTH
     assert response.timings.total_ms == 3.0
-    assert ("x-request-id", "ok-generate") in tuple(call.initial_metadata())
+    assert ("x-request-id", "ok-generate") in tuple(call.trailing_metadata())
     seen = router.seen["ok-generate"]
+    assert seen.request.final_only  # unary: the router folds the events into one
     # Tokenized exactly as the engine does (tokenizer.encode of the raw prompt).
     assert list(seen.request.prompt_token_ids) == tokenizer.encode("The capital of France is")
     assert response.usage.prompt_tokens == len(seen.request.prompt_token_ids)
@@ -56,10 +57,11 @@ def test_chat_messages_get_the_chat_template(stub, fake_router, tokenizer):
     assert list(router.seen["ok-chat"].request.prompt_token_ids) == tokenizer.encode(text, add_special_tokens=False)
 
 
-def test_generate_stream_relays_each_event(stub):
+def test_generate_stream_relays_each_event(stub, fake_router):
     call = stub.GenerateStream(request("ok-stream"), timeout=10)
     chunks = list(call)
     assert ("x-request-id", "ok-stream") in tuple(call.initial_metadata())
+    assert not fake_router[0].seen["ok-stream"].request.final_only
     assert [c.text_delta for c in chunks] == ["Hello", ",", " world", ""]
     assert all(c.request_id == "ok-stream" for c in chunks)
     assert [list(c.token_ids) for c in chunks] == [[100], [101], [102], []]
@@ -75,7 +77,7 @@ def test_without_a_request_id_the_gateway_makes_one(stub, fake_router):
     # A generated id has none of the fake router's prefixes, so it gets the plain script.
     response, call = stub.Generate.with_call(request(""), timeout=10)
     assert re.fullmatch(r"[0-9a-f]{32}", response.request_id)
-    assert ("x-request-id", response.request_id) in tuple(call.initial_metadata())
+    assert ("x-request-id", response.request_id) in tuple(call.trailing_metadata())
     assert response.request_id in router.seen
 
 

@@ -157,6 +157,30 @@ def test_events_reach_the_caller_in_order_once_and_only_from_its_own_run(router,
     assert not client.exists("inferline:cancel:relay")  # it finished: nothing to cancel
 
 
+def test_final_only_folds_the_events_into_one_last_event(router, client, model):
+    """RouteRequest.final_only (the gateway's unary Generate): ordering and de-duplication as above,
+    then one event carrying every token, the text and the last event's finish reason and usage."""
+    async def scenario():
+        req = request("folded", model)
+        req.final_only = True
+        call = asyncio.create_task(route(router[1], req))
+        await asyncio.to_thread(wait_until, lambda: queued(client, model) == 1, 5, "the request to queue")
+        entry_id = take_entry(client, model)
+        ev = lambda seq, tok, text, **kw: router_pb2.RouteEvent(request_id="folded", seq=seq, token_ids=[tok],
+                                                                text_delta=text, **kw)
+        for event in [ev(1, 11, " b"), ev(0, 10, "a"), ev(0, 10, "a"),
+                      ev(2, 12, " c", finish_reason=common_pb2.FINISH_REASON_LENGTH,
+                         usage=common_pb2.Usage(prompt_tokens=3, completion_tokens=3))]:
+            publish(client, router[0].name, entry_id, event)
+        return await call
+
+    events, error = asyncio.run(scenario())
+    assert error is None and len(events) == 1
+    (folded,) = events
+    assert (folded.request_id, list(folded.token_ids), folded.text_delta) == ("folded", [10, 11, 12], "a b c")
+    assert folded.finish_reason == common_pb2.FINISH_REASON_LENGTH and folded.usage.completion_tokens == 3
+
+
 def test_an_error_event_becomes_the_call_status(router, client, model):
     async def scenario():
         call = asyncio.create_task(route(router[1], request("err", model)))

@@ -2,7 +2,8 @@
 import grpc
 
 from inferline.v1 import common_pb2, router_pb2
-from router.sequencing import EventOrder, is_final, status_of_error
+from inferline.events import is_final
+from router.sequencing import EventOrder, status_of_error
 
 
 def ev(seq: int, **kw) -> router_pb2.RouteEvent:
@@ -37,3 +38,4 @@ def test_final_and_error_events():
     assert status_of_error(ev(0, error_code="RESOURCE_EXHAUSTED")) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert status_of_error(ev(0, error_code="NO_SUCH_CODE")) == grpc.StatusCode.INTERNAL
     assert status_of_error(ev(0, error_code="OK")) == grpc.StatusCode.INTERNAL
+

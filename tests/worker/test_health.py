@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from engine import SamplingParams
 from inferline.redis_protocol import NORMAL, connect, requests_stream, results_stream
 from inferline.v1 import common_pb2, router_pb2
-from router.sequencing import is_final
+from inferline.events import is_final
 from worker.health import LIVENESS, READINESS
 from worker.health_server import WorkerHealth
 from worker.loop import StepLoop

@@ -58,6 +58,18 @@ def test_events_equal_the_offline_greedy_output(worker, client, smollm2_engine):
     assert int(client.get(f"inferline:queued_tokens:{MODEL}")) == 0
 
 
+def test_a_final_only_request_is_published_as_one_folded_event(worker, client, smollm2_engine):
+    """RouteRequest.final_only (unary Generate): one event with every token and the text, not one per step."""
+    (job,) = make_jobs(smollm2_engine, 1, "folded", max_tokens=(6,))
+    want = reference(smollm2_engine, [job])[job.request_id]
+    request = job.request(MODEL)
+    request.final_only = True
+    enqueue(client, request, ROUTER)
+    (event,) = collect_events(client, ROUTER, {job.request_id})[job.request_id]
+    assert event.seq == 0 and list(event.token_ids) == want.token_ids and event.text_delta == want.text
+    assert event.usage.completion_tokens == len(want.token_ids) and event.timings.total_ms > 0
+
+
 def test_invalid_parameters_end_with_an_error_event(worker, client, smollm2_engine):
     [job] = make_jobs(smollm2_engine, 1, "bad-temperature")
     enqueue(client, job.request(MODEL, temperature=-1.0), ROUTER)

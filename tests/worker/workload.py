@@ -8,7 +8,7 @@ import redis
 
 from engine import CompletionOutput, Engine, SamplingParams
 from inferline.v1 import common_pb2, router_pb2
-from router.sequencing import is_final
+from inferline.events import is_final
 
 TOPICS = ["the capital of France", "a haiku about GPUs", "what a KV cache is", "three prime numbers",
           "'good morning' in Spanish", "12 times 7", "clean Python code", "who wrote Romeo and Juliet",
