@@ -56,8 +56,7 @@ def main() -> None:
           f"(batch {args.batch_size}, {args.input_len} prompt tokens)")
     graphs = engine.runner.graphs
     if graphs is not None:
-        bs = min(s for s in graphs.batch_sizes if s >= args.batch_size)
-        graph = graphs._graphs["decode", bs]
+        bs, graph = graphs.decode_graph(args.batch_size)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         times = []
         for _ in range(20):

@@ -60,6 +60,11 @@ class StepGraphs:
         self._graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self._logits: dict[tuple[str, int], torch.Tensor] = {}
 
+    def decode_graph(self, batch_size: int) -> tuple[int, torch.cuda.CUDAGraph]:
+        """The captured decode graph that serves batch_size sequences, and its bucket (profiling)."""
+        bucket = min(s for s in self.batch_sizes if s >= batch_size)
+        return bucket, self._graphs["decode", bucket]
+
     def capture(self) -> None:
         # Largest first: smaller graphs then reuse the memory pool the largest ones reserved.
         pool = torch.cuda.graph_pool_handle()

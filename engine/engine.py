@@ -48,7 +48,7 @@ class Engine:
         self.max_seq_len = self._resolve_max_seq_len()
         backend = resolve_backend(config.attention_backend, self.device)
         model = load_model(ckpt, self.dtype, self.device, self.max_seq_len, backend)
-        self.runner = ModelRunner(model, [], config.block_size, self.device)
+        self.runner = ModelRunner(model, config.block_size, self.device)
         # CUDA graphs and the profiling forward need attention whose launches never depend on the data.
         graph_safe = self.device.type == "cuda" and ATTENTION_BACKENDS[backend].supports_cuda_graphs
         step_tokens = min(config.max_num_tokens, config.max_batch_size * self.max_seq_len)
@@ -57,7 +57,7 @@ class Engine:
             cfg, config.block_size, self.dtype, self.device, config.kv_cache_free_mem_fraction,
             max_useful_blocks=config.max_batch_size * blocks_for(self.max_seq_len, config.block_size),
             reserved_bytes=activation_bytes)
-        self.runner.kv_caches = allocate_kv_cache(cfg, num_blocks, config.block_size, self.dtype, self.device)
+        self.runner.attach_kv_caches(allocate_kv_cache(cfg, num_blocks, config.block_size, self.dtype, self.device))
         if graph_safe and config.cuda_graphs:
             self.runner.capture_graphs(config.max_batch_size, config.max_num_tokens, self.max_seq_len)
         self.block_manager = BlockManager(num_blocks, config.block_size)

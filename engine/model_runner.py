@@ -51,12 +51,19 @@ MAX_GRAPHED_CHUNKS = 2
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], block_size: int, device: torch.device):
+    def __init__(self, model: torch.nn.Module, block_size: int, device: torch.device,
+                 kv_caches: list[torch.Tensor] | None = None):
         self.model = model
-        self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
+        # None until attach_kv_caches: the engine sizes the pool after a profiling forward without one.
+        self.kv_caches = kv_caches
         self.graphs: StepGraphs | None = None
+
+    def attach_kv_caches(self, kv_caches: list[torch.Tensor]) -> None:
+        if self.graphs is not None:
+            raise RuntimeError("the KV cache must be attached before CUDA graphs are captured: they hold its pointers")
+        self.kv_caches = kv_caches
 
     @torch.inference_mode()
     def capture_graphs(self, max_batch_size: int, max_num_tokens: int, max_seq_len: int) -> None:

@@ -34,7 +34,7 @@ class PagedDecoder:
         for cache in self.kv_caches:
             cache.fill_(kv_fill)
         self.blocks = BlockManager(num_blocks, block_size)
-        self.runner = ModelRunner(self.model, self.kv_caches, block_size, CPU)
+        self.runner = ModelRunner(self.model, block_size, CPU, self.kv_caches)
         self._ids = itertools.count()
 
     def sequence(self, prompt: list[int]) -> Sequence:

@@ -61,6 +61,8 @@ def test_cuda_graph_replay_equals_eager_steps(smollm2_dir):
         results[graphs] = [o.token_ids for o in engine.generate(prompts, params)]
     assert results[True] == results[False]
     assert [len(t) for t in results[True]] == [p.max_tokens for p in params]
+    bucket, graph = engine.runner.graphs.decode_graph(3)  # bench/profile_step.py replays it alone
+    assert bucket == 4 and isinstance(graph, torch.cuda.CUDAGraph)
 
 
 def test_cuda_triton_attention_equals_torch_reference(smollm2_dir):
