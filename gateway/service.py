@@ -49,11 +49,8 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
             context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
             with request_context(rid), _outcome("generate", req.model) as done:
                 route_req = await self._route_request(req, rid, context)
-                route_req.final_only = True  # one event at the end, not one per engine step
                 builder = ResponseBuilder(rid)
-                async with contextlib.aclosing(self._route(route_req, context, timer)) as events:
-                    async for event in events:
-                        builder.add(event)
+                builder.add(await self._route_final(route_req, context, timer))
                 response = builder.build()
                 done.update(prompt_tokens=response.usage.prompt_tokens,
                             completion_tokens=response.usage.completion_tokens, finish_reason=response.finish_reason)
@@ -87,6 +84,19 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
             route_req.idempotent = True
             route_req.request_id = scoped_request_id(rid, api_key_of(context.invocation_metadata() or ()))
         return route_req
+
+    async def _route_final(self, route_req: router_pb2.RouteRequest, context: grpc.aio.ServicerContext,
+                           timer: metrics.RequestTimer) -> router_pb2.RouteEvent:
+        """The unary path: the whole generation as one event (RouterService.RouteFinal). Cancelling
+        this (the client went away) cancels the call, and with it the request in the router."""
+        timer.model = route_req.model
+        try:
+            event = await self.router.RouteFinal(route_req, timeout=context.time_remaining(),
+                                                 metadata=((REQUEST_ID_HEADER, route_req.request_id),))
+        except grpc.aio.AioRpcError as e:
+            raise _router_error(e) from None
+        timer.event(event)
+        return event
 
     async def _route(self, route_req: router_pb2.RouteRequest, context: grpc.aio.ServicerContext,
                      timer: metrics.RequestTimer | None = None) -> AsyncIterator[router_pb2.RouteEvent]:

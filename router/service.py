@@ -1,4 +1,5 @@
-"""RouterService: Route (admit, queue, relay the events) and GetQueueStats.
+"""RouterService: Route (admit, queue, relay the events), RouteFinal (Route with final_only, as one unary
+call: the gateway's Generate) and GetQueueStats.
 
 Route's statuses, all decided before anything is queued unless noted:
 - INVALID_ARGUMENT: request_id, model, prompt_token_ids or parameters missing; or (after queueing)
@@ -81,6 +82,14 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                         yield event
                 log.info("request_done", finish_reason=event.finish_reason,
                          completion_tokens=event.usage.completion_tokens)
+
+    async def RouteFinal(self, request: router_pb2.RouteRequest,
+                         context: grpc.aio.ServicerContext) -> router_pb2.RouteEvent:
+        request.final_only = True
+        final = None
+        async for event in self.Route(request, context):  # one: the folded last event (or a status raised)
+            final = event
+        return final
 
     async def _events(self, request: router_pb2.RouteRequest, order: EventOrder
                       ) -> AsyncIterator[router_pb2.RouteEvent]:

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Coroutine, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from inferline.events import EventFold
 from inferline.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 T = TypeVar("T")
@@ -43,6 +44,7 @@ class Seen:
     request: router_pb2.RouteRequest
     timeout_s: float | None
     metadata: dict[str, str]
+    method: str = "Route"  # or RouteFinal (the unary Generate)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -83,6 +85,15 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
         except asyncio.CancelledError:
             seen.cancelled.set()
             raise
+
+    async def RouteFinal(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+                         ) -> router_pb2.RouteEvent:
+        """Route's events folded into one, as the real router's RouteFinal (`cut-`: an unfinished one)."""
+        fold, folded = EventFold(), None
+        async for event in self.Route(request, context):
+            self.seen[request.request_id].method = "RouteFinal"
+            folded = fold.add(event)
+        return folded if folded is not None else router_pb2.RouteEvent(request_id=request.request_id)
 
     def wait_seen(self, rid: str, timeout: float = 10) -> Seen:
         deadline = time.monotonic() + timeout

@@ -157,28 +157,44 @@ def test_events_reach_the_caller_in_order_once_and_only_from_its_own_run(router,
     assert not client.exists("inferline:cancel:relay")  # it finished: nothing to cancel
 
 
-def test_final_only_folds_the_events_into_one_last_event(router, client, model):
-    """RouteRequest.final_only (the gateway's unary Generate): ordering and de-duplication as above,
-    then one event carrying every token, the text and the last event's finish reason and usage."""
-    async def scenario():
-        req = request("folded", model)
-        req.final_only = True
-        call = asyncio.create_task(route(router[1], req))
+async def route_final(address: str, req: router_pb2.RouteRequest, timeout: float = 10):
+    """RouteFinal's one event (as a list, like route's), and its error (None when it ended OK)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            return [await router_pb2_grpc.RouterServiceStub(channel).RouteFinal(req, timeout=timeout)], None
+        except grpc.aio.AioRpcError as e:
+            return [], e
+
+
+@pytest.mark.parametrize("call", ["Route final_only", "RouteFinal"])
+def test_a_folded_request_gets_one_last_event_with_everything(router, client, model, call):
+    """RouteRequest.final_only, or the unary RouteFinal (the gateway's Generate): ordering and
+    de-duplication as above, then one event carrying every token, the text and the last event's finish
+    reason and usage. An error event still ends the call with its status."""
+    rid = f"folded-{call[-5:]}"
+
+    async def scenario(error: bool):
+        req = request(rid + ("-err" if error else ""), model)
+        req.final_only = call == "Route final_only"
+        pending = asyncio.create_task(route(router[1], req) if req.final_only else route_final(router[1], req))
         await asyncio.to_thread(wait_until, lambda: queued(client, model) == 1, 5, "the request to queue")
         entry_id = take_entry(client, model)
-        ev = lambda seq, tok, text, **kw: router_pb2.RouteEvent(request_id="folded", seq=seq, token_ids=[tok],
+        ev = lambda seq, tok, text, **kw: router_pb2.RouteEvent(request_id=req.request_id, seq=seq, token_ids=[tok],
                                                                 text_delta=text, **kw)
-        for event in [ev(1, 11, " b"), ev(0, 10, "a"), ev(0, 10, "a"),
-                      ev(2, 12, " c", finish_reason=common_pb2.FINISH_REASON_LENGTH,
-                         usage=common_pb2.Usage(prompt_tokens=3, completion_tokens=3))]:
+        last = (router_pb2.RouteEvent(request_id=req.request_id, seq=2, error_code="INTERNAL", error_message="boom")
+                if error else ev(2, 12, " c", finish_reason=common_pb2.FINISH_REASON_LENGTH,
+                                 usage=common_pb2.Usage(prompt_tokens=3, completion_tokens=3)))
+        for event in [ev(1, 11, " b"), ev(0, 10, "a"), ev(0, 10, "a"), last]:
             publish(client, router[0].name, entry_id, event)
-        return await call
+        return await pending
 
-    events, error = asyncio.run(scenario())
+    events, error = asyncio.run(scenario(error=False))
     assert error is None and len(events) == 1
     (folded,) = events
-    assert (folded.request_id, list(folded.token_ids), folded.text_delta) == ("folded", [10, 11, 12], "a b c")
+    assert (folded.request_id, list(folded.token_ids), folded.text_delta) == (rid, [10, 11, 12], "a b c")
     assert folded.finish_reason == common_pb2.FINISH_REASON_LENGTH and folded.usage.completion_tokens == 3
+    events, error = asyncio.run(scenario(error=True))
+    assert events == [] and error.code() == grpc.StatusCode.INTERNAL and error.details() == "boom"
 
 
 def test_an_error_event_becomes_the_call_status(router, client, model):
