@@ -1,5 +1,6 @@
 """FP8 (W8A8, e4m3): weights in float8_e4m3fn with one scale per tensor or per output channel,
-activations quantized to e4m3 per token at run time; torch._scaled_mm multiplies. Hopper and Ada
+activations quantized to e4m3 per token at run time (one Triton kernel on CUDA,
+triton/fp8_quant.py; quantize_per_token here is its reference); torch._scaled_mm multiplies. Hopper and Ada
 (CUDA compute capability >= 8.9) only: check_device says so clearly anywhere else.
 
 Stored: `qweight` float8_e4m3fn [out, in], `scales` float32 [out] (per-tensor granularity stores the
@@ -62,7 +63,9 @@ class Fp8Linear(nn.Module):
         # x: [tokens, in] -> [tokens, out]; row-wise scaled matmul (per-token x per-channel scales)
         if not x.is_cuda:  # only the builder's scoring on a CPU gets here: engines refuse fp8 off CUDA
             return self.reference(x)
-        xq, x_scales = quantize_per_token(x)
+        from engine.layers.quantization.triton.fp8_quant import fp8_quantize_per_token
+
+        xq, x_scales = fp8_quantize_per_token(x)  # quantize_per_token's result, in one kernel
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         y = torch._scaled_mm(xq, self.qweight.t(), scale_a=x_scales, scale_b=self.scales.float()[None, :],
                              out_dtype=out_dtype).to(x.dtype)
