@@ -1,4 +1,5 @@
-"""The public InferenceService: validate and tokenize, then relay the router's Route stream.
+"""The public InferenceService: validate and tokenize, then relay the router's answer: RouteFinal's one
+folded event for the unary Generate, the Route stream's events for GenerateStream.
 
 Errors are raised as grpc-interceptor exceptions; the shared ErrorInterceptor turns them into
 statuses. A router status is passed on with its code and message (RESOURCE_EXHAUSTED when a queue
