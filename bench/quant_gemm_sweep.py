@@ -68,6 +68,22 @@ def sweep(name: str, kernel, args: tuple, n: int, nbytes: int, grid_space: dict)
         print(f"  {name}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s  (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) = {config}")
 
 
+def shape_header(shape: str, n: int, k: int, m: int) -> torch.Tensor:
+    """Print the shape's cuBLAS bf16 time (the baseline); the bf16 activations x [m, k] every kernel takes."""
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    ms = triton.testing.do_bench_cudagraph(lambda: F.linear(x, w), rep=50)
+    print(f"\n{shape} N={n} K={k} M={m}: cuBLAS bf16 {1e3 * ms:.1f} us ({2 * n * k / ms / 1e9:.2f} TB/s)")
+    return x
+
+
+def time_call(label: str, fn, nbytes: int) -> None:
+    """One wrapper as the engine calls it, under a CUDA graph (compiled and tuned outside it first)."""
+    fn()
+    ms = triton.testing.do_bench_cudagraph(fn, rep=50)
+    print(f"  {label}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
+
+
 def sweep_gemv(name: str, call, nbytes: int, space: dict) -> None:
     """call(blocks) runs the GEMV with one fixed launch; timed under a CUDA graph, as decode runs."""
     rows = []
@@ -89,24 +105,16 @@ def main_gemv(m: int) -> None:
     w8_space = {"BLOCK_N": [8, 16, 32], "BLOCK_K": [512, 1024], "num_warps": [4, 8], "num_stages": [1, 3]}
     w4_space = {"BLOCK_N": [8, 16, 32, 64], "BLOCK_W": [16, 32, 64], "num_warps": [4, 8], "num_stages": [1]}
     for shape, (n, k) in SHAPES.items():
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        ms = triton.testing.do_bench_cudagraph(lambda: F.linear(x, w), rep=50)
-        print(f"\n{shape} N={n} K={k} M={m}: cuBLAS bf16 {1e3 * ms:.1f} us ({2 * n * k / ms / 1e9:.2f} TB/s)")
+        x = shape_header(shape, n, k, m)
         args, nbytes = w4_args(m, n, k)
         q, s, z = args[1], args[2], args[3]
-        for label, fn in (("w4a16 GEMM", lambda: w4a16_matmul(x, q, s, z, GROUP, split_k=None)),
-                          ("w4a16 GEMV autotuned", lambda: w4a16_gemv(x, q, s, z, GROUP))):
-            fn()
-            ms = triton.testing.do_bench_cudagraph(fn, rep=50)
-            print(f"  {label}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
+        time_call("w4a16 GEMM", lambda: w4a16_matmul(x, q, s, z, GROUP, split_k=None), nbytes)
+        time_call("w4a16 GEMV autotuned", lambda: w4a16_gemv(x, q, s, z, GROUP), nbytes)
         sweep_gemv("w4a16 GEMV", lambda b: w4a16_gemv(x, q, s, z, GROUP, blocks=b), nbytes, w4_space)
         args, nbytes = w8_args(m, n, k)
         q, s = args[1], args[2]
-        for label, fn in (("w8a16 GEMM", lambda: w8a16_matmul(x, q, s)), ("w8a16 GEMV autotuned", lambda: w8a16_gemv(x, q, s))):
-            fn()
-            ms = triton.testing.do_bench_cudagraph(fn, rep=50)
-            print(f"  {label}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
+        time_call("w8a16 GEMM", lambda: w8a16_matmul(x, q, s), nbytes)
+        time_call("w8a16 GEMV autotuned", lambda: w8a16_gemv(x, q, s), nbytes)
         sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, w8_space)
 
 
@@ -123,19 +131,14 @@ def main() -> None:
     w4_space = {"bn": [16, 32, 64], "bk": [64, 128], "warps": [4], "stages": [4, 6, 8, 12]}
     w8_space = {"bn": [16, 32, 64], "bk": [256, 512], "warps": [4], "stages": [3, 5, 8]}
     for shape, (n, k) in SHAPES.items():
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        ms = triton.testing.do_bench_cudagraph(lambda: F.linear(x, w), rep=50)
-        print(f"\n{shape} N={n} K={k} M={m}: cuBLAS bf16 {1e3 * ms:.1f} us ({2 * n * k / ms / 1e9:.2f} TB/s)")
+        x = shape_header(shape, n, k, m)
         args, nbytes = w4_args(m, n, k)
         q, s, z = args[1], args[2], args[3]
-        ms = triton.testing.do_bench_cudagraph(lambda: w4a16_matmul(x, q, s, z, GROUP), rep=50)
-        print(f"  w4a16 wrapper: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
+        time_call("w4a16 wrapper", lambda: w4a16_matmul(x, q, s, z, GROUP), nbytes)
         if not opts.wrappers_only:
             sweep("w4a16", _w4a16_kernel, args, n, nbytes, w4_space)
         args, nbytes = w8_args(m, n, k)
-        ms = triton.testing.do_bench_cudagraph(lambda: w8a16_matmul(*args[:3]), rep=50)
-        print(f"  w8a16 wrapper: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s")
+        time_call("w8a16 wrapper", lambda: w8a16_matmul(*args[:3]), nbytes)
         if not opts.wrappers_only:
             sweep("w8a16", _w8a16_kernel, args, n, nbytes, w8_space)
 

@@ -46,6 +46,42 @@ def check_tensor(name: str, t: torch.Tensor, x: torch.Tensor, dtypes: tuple[torc
         raise ValueError(f"{name}: is on {t.device}, but x is on {x.device}")
 
 
+def check_int8_operands(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> None:
+    """W8A16 (the GEMM and the GEMV): x [M, K], qweight int8 [N, K] contiguous, scales [N] float."""
+    check_activations(x)
+    check_tensor("qweight", qweight, x, (torch.int8,), 2)
+    check_tensor("scales", scales, x, None, 1)
+    n, k = qweight.shape
+    if k != x.shape[1]:
+        raise ValueError(f"qweight: has K={k} input columns, but x has K={x.shape[1]}")
+    if scales.shape[0] != n:
+        raise ValueError(f"scales: has {scales.shape[0]} entries, but qweight has N={n} rows")
+    if not qweight.is_contiguous():
+        raise ValueError("qweight: must be contiguous")
+
+
+def check_int4_operands(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                        group_size: int) -> None:
+    """W4A16 (the GEMM and the GEMV): x [M, K], qweight uint8 [N, ceil(K/2)] contiguous, scales [N, G]
+    float and zeros uint8 [N, G], G = ceil(K / group_size), group_size a positive multiple of 32."""
+    check_activations(x)
+    check_tensor("qweight", qweight, x, (torch.uint8,), 2)
+    check_tensor("scales", scales, x, None, 2)
+    check_tensor("zeros", zeros, x, (torch.uint8,), 2)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 32:
+        raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size!r}")
+    k, n = x.shape[1], qweight.shape[0]
+    if qweight.shape[1] != (k + 1) // 2:
+        raise ValueError(f"qweight: has {qweight.shape[1]} bytes per row, but x's K={k} needs {(k + 1) // 2}")
+    groups = -(-k // group_size)
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if tuple(t.shape) != (n, groups):
+            raise ValueError(f"{name}: expected shape ({n}, {groups}) for N={n}, K={k}, group_size={group_size}, "
+                             f"got {tuple(t.shape)}")
+    if not qweight.is_contiguous():
+        raise ValueError("qweight: must be contiguous")
+
+
 # Decode (M <= DECODE_MAX_M) is a GEMV that only streams weights. A long K over a short N (a 7B model's
 # down_proj: N = 4096, K = 11008) leaves W4A16 with few output tiles, each walking 86 K tiles in series
 # (bench/quant_gemm_sweep.py, H200: 58.8 us at 0.4 TB/s). Such shapes split K across programs: each

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.layers.quantization.triton import check_activations
+
 BLOCK_K = 1024
 
 
@@ -35,10 +37,7 @@ def _fp8_quant_kernel(x_ptr, q_ptr, s_ptr, stride_xm, stride_qm, K: tl.constexpr
 def fp8_quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [M, K] float16/bfloat16/float32 on CUDA (or under TRITON_INTERPRET=1) -> (float8_e4m3fn
     [M, K], float32 scales [M, 1]) with x ~ xq * scales."""
-    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"x: dtype must be float16, bfloat16 or float32, got {getattr(x, 'dtype', type(x))}")
-    if x.dim() != 2:
-        raise ValueError(f"x: must be 2-D [M, K], got shape {tuple(x.shape)}")
+    check_activations(x)
     if x.stride(1) != 1:
         x = x.contiguous()
     m, k = x.shape

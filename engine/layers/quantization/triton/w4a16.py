@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton import (DECODE_MAX_M, check_activations, check_tensor, interpreting, m_bucket,
-                                                reduce_splits, split_k_for)
+from engine.layers.quantization.triton import (DECODE_MAX_M, check_int4_operands, interpreting, m_bucket, reduce_splits,
+                                                split_k_for)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_K must divide group_size, so the 32-wide
 # configs keep every group size (a multiple of 32) covered.
@@ -121,27 +121,11 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     """x: [M, K] float16/bfloat16/float32, qweight: uint8 [N, ceil(K/2)], scales: [N, G] float,
     zeros: uint8 [N, G] (0..15), G = ceil(K / group_size) -> x @ w.T: [M, N] in x.dtype. split_k: K ranges
     summed after the kernel (None: chosen from the shape for decode, else 1)."""
-    check_activations(x)
-    check_tensor("qweight", qweight, x, (torch.uint8,), 2)
-    check_tensor("scales", scales, x, None, 2)
-    check_tensor("zeros", zeros, x, (torch.uint8,), 2)
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 32:
-        raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size!r}")
+    check_int4_operands(x, qweight, scales, zeros, group_size)
     if split_k is not None and (isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1):
         raise ValueError(f"split_k: must be a positive int, got {split_k!r}")
     m, k = x.shape
     n = qweight.shape[0]
-    if qweight.shape[1] != (k + 1) // 2:
-        raise ValueError(f"qweight: has {qweight.shape[1]} bytes per row, but x's K={k} needs {(k + 1) // 2}")
-    groups = -(-k // group_size)
-    if tuple(scales.shape) != (n, groups):
-        raise ValueError(f"scales: expected shape ({n}, {groups}) for N={n}, K={k}, group_size={group_size}, "
-                         f"got {tuple(scales.shape)}")
-    if tuple(zeros.shape) != (n, groups):
-        raise ValueError(f"zeros: expected shape ({n}, {groups}) for N={n}, K={k}, group_size={group_size}, "
-                         f"got {tuple(zeros.shape)}")
-    if not qweight.is_contiguous():
-        raise ValueError("qweight: must be contiguous")
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton import check_activations, check_tensor, interpreting, multiprocessors
+from engine.layers.quantization.triton import check_int4_operands, interpreting, multiprocessors
 
 GEMV_MAX_M = 4
 # (BLOCK_N, BLOCK_W, num_warps, num_stages), BLOCK_W in int32 words (8 columns each): candidates for
@@ -137,27 +137,13 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     contiguous, scales: [N, G] float, zeros: uint8 [N, G], G = ceil(K / group_size) -> x @ w.T: [M, N] in
     x.dtype. blocks: a fixed launch ({"BLOCK_N", "BLOCK_W", "num_warps", "num_stages"}) instead of the
     autotuned ones."""
-    check_activations(x)
-    check_tensor("qweight", qweight, x, (torch.uint8,), 2)
-    check_tensor("scales", scales, x, None, 2)
-    check_tensor("zeros", zeros, x, (torch.uint8,), 2)
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 32:
-        raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size!r}")
+    check_int4_operands(x, qweight, scales, zeros, group_size)
     m, k = x.shape
     n = qweight.shape[0]
     if not 1 <= m <= GEMV_MAX_M:
         raise ValueError(f"x: the GEMV takes 1..{GEMV_MAX_M} rows, got M={m}")
     if not gemv_supports(k):
         raise ValueError(f"x: the GEMV reads whole int32 words of weights, so K must be a multiple of 8, got K={k}")
-    if qweight.shape[1] != (k + 1) // 2:
-        raise ValueError(f"qweight: has {qweight.shape[1]} bytes per row, but x's K={k} needs {(k + 1) // 2}")
-    groups = -(-k // group_size)
-    for name, t in (("scales", scales), ("zeros", zeros)):
-        if tuple(t.shape) != (n, groups):
-            raise ValueError(f"{name}: expected shape ({n}, {groups}) for N={n}, K={k}, group_size={group_size}, "
-                             f"got {tuple(t.shape)}")
-    if not qweight.is_contiguous():
-        raise ValueError("qweight: must be contiguous")
     if blocks is not None and not tile_fits(blocks["BLOCK_W"], group_size):
         raise ValueError(f"blocks: BLOCK_W={blocks['BLOCK_W']} words neither holds whole groups of "
                          f"{group_size} nor lies inside one")

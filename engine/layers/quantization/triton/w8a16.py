@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton import check_activations, check_tensor, interpreting, m_bucket
+from engine.layers.quantization.triton import check_int8_operands, interpreting, m_bucket
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 CONFIGS = [
@@ -80,16 +80,8 @@ def _autotuned() -> triton.runtime.Autotuner:
 def w8a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x: [M, K] float16/bfloat16/float32, qweight: int8 [N, K], scales: [N] float
     -> x @ (qweight * scales[:, None]).T: [M, N] in x.dtype."""
-    check_activations(x)
-    check_tensor("qweight", qweight, x, (torch.int8,), 2)
-    check_tensor("scales", scales, x, None, 1)
+    check_int8_operands(x, qweight, scales)
     n, k = qweight.shape
-    if k != x.shape[1]:
-        raise ValueError(f"qweight: has K={k} input columns, but x has K={x.shape[1]}")
-    if scales.shape[0] != n:
-        raise ValueError(f"scales: has {scales.shape[0]} entries, but qweight has N={n} rows")
-    if not qweight.is_contiguous():
-        raise ValueError("qweight: must be contiguous")
     if x.stride(1) != 1:
         x = x.contiguous()
     m = x.shape[0]

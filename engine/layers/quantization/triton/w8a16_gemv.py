@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton import check_activations, check_tensor, interpreting
+from engine.layers.quantization.triton import check_int8_operands, interpreting
 
 GEMV_MAX_M = 4
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): candidates for the autotuner, from
@@ -84,19 +84,11 @@ def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     """x: [M, K] float16/bfloat16/float32 with M <= GEMV_MAX_M, qweight: int8 [N, K] contiguous,
     scales: [N] float -> x @ (qweight * scales[:, None]).T: [M, N] in x.dtype. blocks: a fixed
     launch ({"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}) instead of the autotuned ones."""
-    check_activations(x)
-    check_tensor("qweight", qweight, x, (torch.int8,), 2)
-    check_tensor("scales", scales, x, None, 1)
+    check_int8_operands(x, qweight, scales)
     m, k = x.shape
     n = qweight.shape[0]
     if not 1 <= m <= GEMV_MAX_M:
         raise ValueError(f"x: the GEMV takes 1..{GEMV_MAX_M} rows, got M={m}")
-    if qweight.shape[1] != k:
-        raise ValueError(f"qweight: has K={qweight.shape[1]} input columns, but x has K={k}")
-    if scales.shape[0] != n:
-        raise ValueError(f"scales: has {scales.shape[0]} entries, but qweight has N={n} rows")
-    if not qweight.is_contiguous():
-        raise ValueError("qweight: must be contiguous")
     if x.stride(1) != 1:
         x = x.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
