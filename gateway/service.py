@@ -100,17 +100,15 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
         return event
 
     async def _route(self, route_req: router_pb2.RouteRequest, context: grpc.aio.ServicerContext,
-                     timer: metrics.RequestTimer | None = None) -> AsyncIterator[router_pb2.RouteEvent]:
+                     timer: metrics.RequestTimer) -> AsyncIterator[router_pb2.RouteEvent]:
         # The router gets what is left of the client's deadline, so it stops the request (and frees
         # its worker slot) when the client would no longer read the answer anyway.
         call = self.router.Route(route_req, timeout=context.time_remaining(),
                                  metadata=((REQUEST_ID_HEADER, route_req.request_id),))
         try:
-            if timer is not None:
-                timer.model = route_req.model  # validated: a model of the store
+            timer.model = route_req.model  # validated: a model of the store
             async for event in call:
-                if timer is not None:
-                    timer.event(event)
+                timer.event(event)
                 yield event
         except grpc.aio.AioRpcError as e:
             raise _router_error(e) from None
