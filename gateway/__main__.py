@@ -28,6 +28,8 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     p.add_argument("--port", type=int)
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--router-address")
+    p.add_argument("--router-streams", type=int)
+    p.add_argument("--router-write-interval-ms", type=float)
     p.add_argument("--store-dir")
     p.add_argument("--redis-url")
     p.add_argument("--max-tokens-limit", type=int)

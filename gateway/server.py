@@ -1,4 +1,5 @@
-"""Assembles the gateway: store, tokenizers, router channel, optional Redis, the grpc.aio server."""
+"""Assembles the gateway: store, tokenizers, router channel and its RouteMany calls, optional Redis, the
+grpc.aio server."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,13 +13,13 @@ from gateway.auth import ApiKeyInterceptor
 from gateway.handlers import SERVICE_NAME, add_inference_service
 from gateway.models import ModelCatalog
 from gateway.router_health import RouterHealth
+from gateway.router_mux import RouterMux
 from gateway.service import InferenceServicer
 from gateway.settings import GatewaySettings
 from gateway.tokenizers import EngineTokenizers
 from gateway.validation import Limits
 from inferline.engine_store import EngineStore
 from inferline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, build_server, set_serving
-from inferline.v1 import router_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +30,7 @@ class Gateway:
     health: health.aio.HealthServicer
     port: int
     router_channel: grpc.aio.Channel
+    router: RouterMux
     redis: aioredis.Redis | None
     router_health: RouterHealth
 
@@ -44,6 +46,7 @@ class Gateway:
         await self.router_health.stop()
         await set_serving(self.health, [SERVICE_NAME], False)
         await self.server.stop(grace_s)
+        await self.router.close()
         await self.router_channel.close()
         if self.redis is not None:
             await self.redis.aclose()
@@ -54,13 +57,17 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
     if not settings.store_dir.is_dir():  # EngineStore would create it and serve an empty store
         raise FileNotFoundError(f"engine store {settings.store_dir} does not exist (INFERLINE_GATEWAY_STORE_DIR)")
     store = EngineStore(settings.store_dir)
-    router_channel = grpc.aio.insecure_channel(settings.router_address)
+    # No receive limit: the router batches its replies, and a message refused for its size would fail
+    # the whole RouteMany call, every request on it.
+    router_channel = grpc.aio.insecure_channel(settings.router_address,
+                                               options=[("grpc.max_receive_message_length", -1)])
+    router = RouterMux(router_channel, settings.router_streams, settings.router_write_interval_ms / 1000)
     redis = None
     if settings.redis_url:
         # Short timeouts: ListModels reports 0 workers rather than hanging when Redis is down.
         redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-    servicer = InferenceServicer(EngineTokenizers(store), ModelCatalog(store, redis),
-                                 router_pb2_grpc.RouterServiceStub(router_channel), Limits.from_settings(settings))
+    servicer = InferenceServicer(EngineTokenizers(store), ModelCatalog(store, redis), router,
+                                 Limits.from_settings(settings))
     keys = [k.get_secret_value() for k in settings.api_keys]
     interceptors = [ApiKeyInterceptor(keys)] if keys else []
     # The transport limit stays above max_prompt_bytes so oversize prompts get the gateway's own
@@ -68,5 +75,5 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
     max_message = max(DEFAULT_MAX_MESSAGE_BYTES, 2 * settings.max_prompt_bytes)
     server, health_servicer, port = build_server([(add_inference_service, servicer, SERVICE_NAME)],
                                                  settings.address, interceptors, max_message_bytes=max_message)
-    return Gateway(server, health_servicer, port, router_channel, redis,
+    return Gateway(server, health_servicer, port, router_channel, router, redis,
                    RouterHealth(router_channel, health_servicer, [SERVICE_NAME]))

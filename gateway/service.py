@@ -1,5 +1,6 @@
-"""The public InferenceService: validate and tokenize, then relay the router's answer: RouteFinal's one
-folded event for the unary Generate, the Route stream's events for GenerateStream.
+"""The public InferenceService: validate and tokenize, then relay the router's answer, routed over the
+gateway's RouteMany calls (gateway/router_mux.py): one folded event for the unary Generate
+(RouteRequest.final_only), every event for GenerateStream.
 
 Errors are raised as grpc-interceptor exceptions; the shared ErrorInterceptor turns them into
 statuses. A router status is passed on with its code and message (RESOURCE_EXHAUSTED when a queue
@@ -22,10 +23,11 @@ from gateway.auth import api_key_of, scoped_request_id
 from gateway.handlers import MalformedRequest, parsed
 from gateway.models import ModelCatalog
 from gateway.relay import INCOMPLETE, ResponseBuilder, stream_chunk
+from gateway.router_mux import RouterError, RouterMux
 from gateway.tokenizers import EngineTokenizers
 from gateway.validation import Limits, request_id_of, to_route_request
 from inferline.logs import request_context
-from inferline.v1 import common_pb2, generate_pb2, generate_pb2_grpc, router_pb2, router_pb2_grpc
+from inferline.v1 import common_pb2, generate_pb2, generate_pb2_grpc, router_pb2
 
 log = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
@@ -33,8 +35,7 @@ GenerateRequestIn = generate_pb2.GenerateRequest | MalformedRequest
 
 
 class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, tokenizers: EngineTokenizers, catalog: ModelCatalog, router: router_pb2_grpc.RouterServiceStub,
-                 limits: Limits):
+    def __init__(self, tokenizers: EngineTokenizers, catalog: ModelCatalog, router: RouterMux, limits: Limits):
         self.tokenizers = tokenizers
         self.catalog = catalog
         self.router = router
@@ -50,8 +51,11 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
             context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
             with request_context(rid), _outcome("generate", req.model) as done:
                 route_req = await self._route_request(req, rid, context)
+                route_req.final_only = True  # it reads nothing before the end: one folded event
                 builder = ResponseBuilder(rid)
-                builder.add(await self._route_final(route_req, context, timer))
+                async with contextlib.aclosing(self._route(route_req, context, timer)) as events:
+                    async for event in events:
+                        builder.add(event)
                 response = builder.build()
                 done.update(prompt_tokens=response.usage.prompt_tokens,
                             completion_tokens=response.usage.completion_tokens, finish_reason=response.finish_reason)
@@ -86,44 +90,26 @@ class InferenceServicer(generate_pb2_grpc.InferenceServiceServicer):
             route_req.request_id = scoped_request_id(rid, api_key_of(context.invocation_metadata() or ()))
         return route_req
 
-    async def _route_final(self, route_req: router_pb2.RouteRequest, context: grpc.aio.ServicerContext,
-                           timer: metrics.RequestTimer) -> router_pb2.RouteEvent:
-        """The unary path: the whole generation as one event (RouterService.RouteFinal). Cancelling
-        this (the client went away) cancels the call, and with it the request in the router."""
-        timer.model = route_req.model
-        try:
-            event = await self.router.RouteFinal(route_req, timeout=context.time_remaining(),
-                                                 metadata=((REQUEST_ID_HEADER, route_req.request_id),))
-        except grpc.aio.AioRpcError as e:
-            raise _router_error(e) from None
-        timer.event(event)
-        return event
-
     async def _route(self, route_req: router_pb2.RouteRequest, context: grpc.aio.ServicerContext,
                      timer: metrics.RequestTimer) -> AsyncIterator[router_pb2.RouteEvent]:
         # The router gets what is left of the client's deadline, so it stops the request (and frees
-        # its worker slot) when the client would no longer read the answer anyway.
-        call = self.router.Route(route_req, timeout=context.time_remaining(),
-                                 metadata=((REQUEST_ID_HEADER, route_req.request_id),))
+        # its worker slot) when the client would no longer read the answer anyway. Closing the
+        # events early (the client cancelled: our task is cancelled) cancels the request there.
+        timer.model = route_req.model  # validated: a model of the store
         try:
-            timer.model = route_req.model  # validated: a model of the store
-            async for event in call:
-                timer.event(event)
-                yield event
-        except grpc.aio.AioRpcError as e:
+            async with contextlib.aclosing(self.router.route(route_req, context.time_remaining())) as events:
+                async for event in events:
+                    timer.event(event)
+                    yield event
+        except RouterError as e:
             raise _router_error(e) from None
-        finally:
-            # Reached with the call still running when the client cancelled (our task is cancelled)
-            # or we stopped reading: cancelling the Route call cancels the request in the router.
-            if not call.done():
-                call.cancel()
 
 
-def _router_error(e: grpc.aio.AioRpcError) -> GrpcException:
-    if e.code() == grpc.StatusCode.UNAVAILABLE:
-        log.warning("router_unavailable", details=e.details())
+def _router_error(e: RouterError) -> GrpcException:
+    if e.code == grpc.StatusCode.UNAVAILABLE:
+        log.warning("router_unavailable", details=e.details)
         return Unavailable("router: unavailable, retry later")
-    return GrpcException(e.details() or e.code().name, status_code=e.code())
+    return GrpcException(e.details or e.code.name, status_code=e.code)
 
 
 async def _announce(context: grpc.aio.ServicerContext, rid: str) -> None:

@@ -64,6 +64,7 @@ async def serve(settings: RouterSettings) -> None:
         if reader.done():
             reader.result()  # the reader only ends by failing: raise its error
         await set_serving(health, [SERVICE_NAME], False)
+        service.drain()
         await server.stop(settings.shutdown_grace_s)
         await service.finish_cleanups()
         log.info("router_stopped")

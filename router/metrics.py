@@ -11,10 +11,12 @@ QUEUED_WITHOUT_WORKERS = Counter("inferline_router_requests_queued_without_worke
                                  "Requests of a scale_from_zero_models model queued while no live worker served it "
                                  "(they wait for an autoscaler to start one)", ["model"])
 REJECTIONS = Counter("inferline_router_rejections_total",
-                     "Route calls that ended with an error status, by status name (RESOURCE_EXHAUSTED: queue full, "
-                     "NOT_FOUND: no live worker and not a scale_from_zero_models model, INVALID_ARGUMENT, "
-                     "ALREADY_EXISTS, a worker's error event)", ["reason"])
+                     "Requests (Route calls, or requests on a RouteMany call) that ended with an error status, by "
+                     "status name (RESOURCE_EXHAUSTED: queue full, NOT_FOUND: no live worker and not a "
+                     "scale_from_zero_models model, INVALID_ARGUMENT, ALREADY_EXISTS, a worker's error event)",
+                     ["reason"])
 CANCELLATIONS = Counter("inferline_router_cancellations_total",
-                        "Route calls the caller gave up on: CANCELLED or DEADLINE_EXCEEDED (cancel:{rid} is set)",
+                        "Requests the caller gave up on: CANCELLED or DEADLINE_EXCEEDED (cancel:{rid} is set)",
                         ["reason"])
-IN_FLIGHT = Gauge("inferline_router_requests_in_flight", "Route calls being served (queued or running)")
+IN_FLIGHT = Gauge("inferline_router_requests_in_flight",
+                  "Requests being served (queued or running), Route calls and RouteMany requests alike")

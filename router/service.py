@@ -1,5 +1,6 @@
 """RouterService: Route (admit, queue, relay the events), RouteFinal (Route with final_only, as one unary
-call: the gateway's Generate) and GetQueueStats.
+call), RouteMany (many Routes over one long-lived call: the gateway's transport, router/multiplex.py)
+and GetQueueStats.
 
 Route's statuses, all decided before anything is queued unless noted:
 - INVALID_ARGUMENT: request_id, model, prompt_token_ids or parameters missing; or (after queueing)
@@ -19,6 +20,10 @@ Route's statuses, all decided before anything is queued unless noted:
 An idempotent request whose id is already claimed follows the claimant's events instead of queueing.
 Cancelling the call or passing its deadline sets cancel:{rid} to the entry id of this run: a worker
 that takes the entry later (within cancel_ttl_s) drops it without running it.
+
+A request on a RouteMany call runs through Route itself, with a RequestDeadline in place of the call's
+context: the same statuses, metrics and log lines, its status sent in a RouteReply; a cancel command, its
+timeout or the call ending cancel it as above.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from inferline.v1 import router_pb2, router_pb2_grpc
 from router import metrics
 from router.admission import Admission
 from router.idempotency import Claim, IdempotencyStore, fingerprint
+from router.multiplex import RequestDeadline, RouteManySession
 from router.results import DuplicateRequestError, ResultsFanout
 from inferline.events import EventFold
 from router.sequencing import EventOrder, status_of_error
@@ -64,9 +70,11 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         self.results = results
         self.cancel_ttl_s = cancel_ttl_s
         self._cleanups: set[asyncio.Task] = set()
+        self._sessions: set[RouteManySession] = set()
+        self._draining = False
 
-    async def Route(self, request: router_pb2.RouteRequest,
-                    context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteEvent]:
+    async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext | RequestDeadline
+                    ) -> AsyncIterator[router_pb2.RouteEvent]:
         with count_outcome(context, metrics.REJECTIONS, metrics.CANCELLATIONS, metrics.IN_FLIGHT):
             check_request(request)
             with request_context(request.request_id):
@@ -90,6 +98,28 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         async for event in self.Route(request, context):  # one: the folded last event (or a status raised)
             final = event
         return final
+
+    async def RouteMany(self, request_iterator: AsyncIterator[router_pb2.RouteManyRequest],
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteManyResponse]:
+        session = RouteManySession(self.Route)
+        if self._draining:
+            session.drain()
+        self._sessions.add(session)
+        log.info("route_many_started", peer=context.peer(), calls=len(self._sessions))
+        try:
+            async with contextlib.aclosing(session.replies(request_iterator)) as replies:
+                async for response in replies:
+                    yield response
+        finally:
+            self._sessions.discard(session)
+            log.info("route_many_ended", peer=context.peer(), requests=session.started)
+
+    def drain(self) -> None:
+        """Shutting down: RouteMany calls take no new requests and end once theirs finished (so the
+        server's grace period is not spent waiting on calls that would never end)."""
+        self._draining = True
+        for session in self._sessions:
+            session.drain()
 
     async def _events(self, request: router_pb2.RouteRequest, order: EventOrder
                       ) -> AsyncIterator[router_pb2.RouteEvent]:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from inferline.v1 import common_pb2 as inferline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19inferline/v1/router.proto\x12\x0cinferline.v1\x1a\x19inferline/v1/common.proto\"\xbb\x01\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x34\n\nparameters\x18\x04 \x01(\x0b\x32 .inferline.v1.SamplingParameters\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\nidempotent\x18\x06 \x01(\x08\x12\x12\n\nfinal_only\x18\x07 \x01(\x08\"\xac\x02\n\nRouteEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x12\n\ntext_delta\x18\x04 \x01(\t\x12,\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1a.inferline.v1.TokenLogprob\x12\x31\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1a.inferline.v1.FinishReason\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.inferline.v1.Usage\x12&\n\x07timings\x18\x08 \x01(\x0b\x32\x15.inferline.v1.Timings\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t\"\x13\n\x11QueueStatsRequest\">\n\x12QueueStatsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.inferline.v1.ModelQueue\"S\n\nModelQueue\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x15\n\rqueued_tokens\x18\x03 \x01(\x04\x12\x0f\n\x07workers\x18\x04 \x01(\r2\xe8\x01\n\rRouterService\x12?\n\x05Route\x12\x1a.inferline.v1.RouteRequest\x1a\x18.inferline.v1.RouteEvent0\x01\x12\x42\n\nRouteFinal\x12\x1a.inferline.v1.RouteRequest\x1a\x18.inferline.v1.RouteEvent\x12R\n\rGetQueueStats\x12\x1f.inferline.v1.QueueStatsRequest\x1a .inferline.v1.QueueStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19inferline/v1/router.proto\x12\x0cinferline.v1\x1a\x19inferline/v1/common.proto\"\xbb\x01\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x34\n\nparameters\x18\x04 \x01(\x0b\x32 .inferline.v1.SamplingParameters\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\nidempotent\x18\x06 \x01(\x08\x12\x12\n\nfinal_only\x18\x07 \x01(\x08\"\xac\x02\n\nRouteEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x12\n\ntext_delta\x18\x04 \x01(\t\x12,\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1a.inferline.v1.TokenLogprob\x12\x31\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1a.inferline.v1.FinishReason\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.inferline.v1.Usage\x12&\n\x07timings\x18\x08 \x01(\x0b\x32\x15.inferline.v1.Timings\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t\"M\n\x10RouteManyRequest\x12(\n\x06starts\x18\x01 \x03(\x0b\x32\x18.inferline.v1.RouteStart\x12\x0f\n\x07\x63\x61ncels\x18\x02 \x03(\x04\"]\n\nRouteStart\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x1a.inferline.v1.RouteRequest\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\"P\n\x11RouteManyResponse\x12)\n\x07replies\x18\x01 \x03(\x0b\x32\x18.inferline.v1.RouteReply\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"q\n\nRouteReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x18.inferline.v1.RouteEvent\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x19.inferline.v1.RouteStatus\",\n\x0bRouteStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x13\n\x11QueueStatsRequest\">\n\x12QueueStatsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.inferline.v1.ModelQueue\"S\n\nModelQueue\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x15\n\rqueued_tokens\x18\x03 \x01(\x04\x12\x0f\n\x07workers\x18\x04 \x01(\r2\xba\x02\n\rRouterService\x12?\n\x05Route\x12\x1a.inferline.v1.RouteRequest\x1a\x18.inferline.v1.RouteEvent0\x01\x12\x42\n\nRouteFinal\x12\x1a.inferline.v1.RouteRequest\x1a\x18.inferline.v1.RouteEvent\x12P\n\tRouteMany\x12\x1e.inferline.v1.RouteManyRequest\x1a\x1f.inferline.v1.RouteManyResponse(\x01\x30\x01\x12R\n\rGetQueueStats\x12\x1f.inferline.v1.QueueStatsRequest\x1a .inferline.v1.QueueStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTEREQUEST']._serialized_end=258
   _globals['_ROUTEEVENT']._serialized_start=261
   _globals['_ROUTEEVENT']._serialized_end=561
-  _globals['_QUEUESTATSREQUEST']._serialized_start=563
-  _globals['_QUEUESTATSREQUEST']._serialized_end=582
-  _globals['_QUEUESTATSRESPONSE']._serialized_start=584
-  _globals['_QUEUESTATSRESPONSE']._serialized_end=646
-  _globals['_MODELQUEUE']._serialized_start=648
-  _globals['_MODELQUEUE']._serialized_end=731
-  _globals['_ROUTERSERVICE']._serialized_start=734
-  _globals['_ROUTERSERVICE']._serialized_end=966
+  _globals['_ROUTEMANYREQUEST']._serialized_start=563
+  _globals['_ROUTEMANYREQUEST']._serialized_end=640
+  _globals['_ROUTESTART']._serialized_start=642
+  _globals['_ROUTESTART']._serialized_end=735
+  _globals['_ROUTEMANYRESPONSE']._serialized_start=737
+  _globals['_ROUTEMANYRESPONSE']._serialized_end=817
+  _globals['_ROUTEREPLY']._serialized_start=819
+  _globals['_ROUTEREPLY']._serialized_end=932
+  _globals['_ROUTESTATUS']._serialized_start=934
+  _globals['_ROUTESTATUS']._serialized_end=978
+  _globals['_QUEUESTATSREQUEST']._serialized_start=980
+  _globals['_QUEUESTATSREQUEST']._serialized_end=999
+  _globals['_QUEUESTATSRESPONSE']._serialized_start=1001
+  _globals['_QUEUESTATSRESPONSE']._serialized_end=1063
+  _globals['_MODELQUEUE']._serialized_start=1065
+  _globals['_MODELQUEUE']._serialized_end=1148
+  _globals['_ROUTERSERVICE']._serialized_start=1151
+  _globals['_ROUTERSERVICE']._serialized_end=1465
 # @@protoc_insertion_point(module_scope)

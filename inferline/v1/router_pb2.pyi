@@ -49,6 +49,50 @@ class RouteEvent(_message.Message):
     error_message: str
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., text_delta: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
 
+class RouteManyRequest(_message.Message):
+    __slots__ = ("starts", "cancels")
+    STARTS_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_FIELD_NUMBER: _ClassVar[int]
+    starts: _containers.RepeatedCompositeFieldContainer[RouteStart]
+    cancels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, starts: _Optional[_Iterable[_Union[RouteStart, _Mapping]]] = ..., cancels: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RouteStart(_message.Message):
+    __slots__ = ("call_id", "request", "timeout_s")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    request: RouteRequest
+    timeout_s: float
+    def __init__(self, call_id: _Optional[int] = ..., request: _Optional[_Union[RouteRequest, _Mapping]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class RouteManyResponse(_message.Message):
+    __slots__ = ("replies", "draining")
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[RouteReply]
+    draining: bool
+    def __init__(self, replies: _Optional[_Iterable[_Union[RouteReply, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class RouteReply(_message.Message):
+    __slots__ = ("call_id", "event", "status")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    event: RouteEvent
+    status: RouteStatus
+    def __init__(self, call_id: _Optional[int] = ..., event: _Optional[_Union[RouteEvent, _Mapping]] = ..., status: _Optional[_Union[RouteStatus, _Mapping]] = ...) -> None: ...
+
+class RouteStatus(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class QueueStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

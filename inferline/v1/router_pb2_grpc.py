@@ -46,6 +46,11 @@ class RouterServiceStub:
                 request_serializer=inferline_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
                 response_deserializer=inferline_dot_v1_dot_router__pb2.RouteEvent.FromString,
                 _registered_method=True)
+        self.RouteMany = channel.stream_stream(
+                '/inferline.v1.RouterService/RouteMany',
+                request_serializer=inferline_dot_v1_dot_router__pb2.RouteManyRequest.SerializeToString,
+                response_deserializer=inferline_dot_v1_dot_router__pb2.RouteManyResponse.FromString,
+                _registered_method=True)
         self.GetQueueStats = channel.unary_unary(
                 '/inferline.v1.RouterService/GetQueueStats',
                 request_serializer=inferline_dot_v1_dot_router__pb2.QueueStatsRequest.SerializeToString,
@@ -68,7 +73,20 @@ class RouterServiceServicer:
 
     def RouteFinal(self, request, context):
         """Route with final_only set, as a unary call: the request's whole generation in its one event.
-        The gateway's unary Generate uses it, since a unary call costs grpc less than a stream.
+        For clients that send a request now and then; the gateway uses RouteMany.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RouteMany(self, request_iterator, context):
+        """Many requests over one long-lived call, each run exactly as by Route (final_only included):
+        the gateway keeps one (or a few) open and multiplexes all its requests on them, which takes
+        grpc's per-call work (call setup, metadata, deadline timers, completion-queue operations) off
+        every request, and batches whatever is ready into one message each way. Requests are numbered
+        by the client (RouteStart.call_id); each ends with one RouteReply carrying a status. Cancelling
+        or breaking the call cancels every request still running on it, as cancelling its Route call
+        would; the client closing its side only stops new requests (the call ends once they finish).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +111,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.RouteFinal,
                     request_deserializer=inferline_dot_v1_dot_router__pb2.RouteRequest.FromString,
                     response_serializer=inferline_dot_v1_dot_router__pb2.RouteEvent.SerializeToString,
+            ),
+            'RouteMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.RouteMany,
+                    request_deserializer=inferline_dot_v1_dot_router__pb2.RouteManyRequest.FromString,
+                    response_serializer=inferline_dot_v1_dot_router__pb2.RouteManyResponse.SerializeToString,
             ),
             'GetQueueStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStats,
@@ -156,6 +179,33 @@ class RouterService:
             '/inferline.v1.RouterService/RouteFinal',
             inferline_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
             inferline_dot_v1_dot_router__pb2.RouteEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RouteMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/inferline.v1.RouterService/RouteMany',
+            inferline_dot_v1_dot_router__pb2.RouteManyRequest.SerializeToString,
+            inferline_dot_v1_dot_router__pb2.RouteManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

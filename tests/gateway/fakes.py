@@ -14,9 +14,12 @@ from typing import Any, AsyncIterator, Coroutine, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
+from grpc_interceptor.exceptions import NotFound, ResourceExhausted
 
 from inferline.events import EventFold
+from inferline.grpc.errors import ErrorInterceptor
 from inferline.v1 import common_pb2, router_pb2, router_pb2_grpc
+from router.multiplex import RequestDeadline, RouteManySession
 
 T = TypeVar("T")
 
@@ -43,8 +46,6 @@ class Seen:
     """What the fake router observed about one request id."""
     request: router_pb2.RouteRequest
     timeout_s: float | None
-    metadata: dict[str, str]
-    method: str = "Route"  # or RouteFinal (the unary Generate)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -54,20 +55,33 @@ TEXT = ["Hello", ",", " world"]
 class FakeRouter(router_pb2_grpc.RouterServiceServicer):
     """Prefixes: `ok-` three events then a final one; `busy-` RESOURCE_EXHAUSTED; `gone-` NOT_FOUND;
     `slow-` one event then waits (to be cancelled); `delay-` takes 1 s in all; `cut-` ends without a
-    final event."""
+    final event. RouteMany runs each request through Route, as the real router does (router/multiplex.py);
+    final_only requests get the events folded into one."""
 
     def __init__(self) -> None:
         self.seen: dict[str, Seen] = {}
 
-    async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+    async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext | RequestDeadline
                     ) -> AsyncIterator[router_pb2.RouteEvent]:
+        fold = EventFold() if request.final_only else None
+        async for event in self._script(request, context):
+            if fold is None or (event := fold.add(event)) is not None:
+                yield event
+
+    async def RouteMany(self, request_iterator: AsyncIterator[router_pb2.RouteManyRequest],
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteManyResponse]:
+        async for response in RouteManySession(self.Route).replies(request_iterator):
+            yield response
+
+    async def _script(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext | RequestDeadline
+                      ) -> AsyncIterator[router_pb2.RouteEvent]:
         rid = request.request_id
-        seen = Seen(request, context.time_remaining(), dict(context.invocation_metadata() or ()))
+        seen = Seen(request, context.time_remaining())
         self.seen[rid] = seen
         if rid.startswith("busy-"):
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue of 'smollm2-135m' is full (64 requests)")
+            raise ResourceExhausted("queue of 'smollm2-135m' is full (64 requests)")
         if rid.startswith("gone-"):
-            await context.abort(grpc.StatusCode.NOT_FOUND, "model: no worker serves 'smollm2-135m'")
+            raise NotFound("model: no worker serves 'smollm2-135m'")
         try:
             for seq, text in enumerate(TEXT):
                 yield router_pb2.RouteEvent(request_id=rid, seq=seq, token_ids=[100 + seq], text_delta=text,
@@ -86,15 +100,6 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
             seen.cancelled.set()
             raise
 
-    async def RouteFinal(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
-                         ) -> router_pb2.RouteEvent:
-        """Route's events folded into one, as the real router's RouteFinal (`cut-`: an unfinished one)."""
-        fold, folded = EventFold(), None
-        async for event in self.Route(request, context):
-            self.seen[request.request_id].method = "RouteFinal"
-            folded = fold.add(event)
-        return folded if folded is not None else router_pb2.RouteEvent(request_id=request.request_id)
-
     def wait_seen(self, rid: str, timeout: float = 10) -> Seen:
         deadline = time.monotonic() + timeout
         while rid not in self.seen:
@@ -106,7 +111,7 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
 
 async def start_fake_router(router: FakeRouter) -> tuple[grpc.aio.Server, int]:
     """Serves grpc.health.v1 too (SERVING), as the real router does: the gateway's health follows it."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)])
     router_pb2_grpc.add_RouterServiceServicer_to_server(router, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")

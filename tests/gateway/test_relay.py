@@ -37,13 +37,13 @@ def test_generate_returns_the_whole_completion(stub, fake_router, tokenizer):
     assert response.timings.total_ms == 3.0
     assert ("x-request-id", "ok-generate") in tuple(call.trailing_metadata())
     seen = router.seen["ok-generate"]
-    assert seen.method == "RouteFinal"  # unary: the router folds the events into one
+    assert seen.request.final_only  # unary: the router folds the events into one
+    assert seen.request.request_id == "ok-generate"
     # Tokenized exactly as the engine does (tokenizer.encode of the raw prompt).
     assert list(seen.request.prompt_token_ids) == tokenizer.encode("The capital of France is")
     assert response.usage.prompt_tokens == len(seen.request.prompt_token_ids)
     assert seen.request.model == MODEL and seen.request.priority == 3
     assert seen.request.parameters == PARAMS
-    assert seen.metadata["x-request-id"] == "ok-generate"
 
 
 def test_chat_messages_get_the_chat_template(stub, fake_router, tokenizer):
@@ -61,7 +61,7 @@ def test_generate_stream_relays_each_event(stub, fake_router):
     call = stub.GenerateStream(request("ok-stream"), timeout=10)
     chunks = list(call)
     assert ("x-request-id", "ok-stream") in tuple(call.initial_metadata())
-    assert fake_router[0].seen["ok-stream"].method == "Route"
+    assert not fake_router[0].seen["ok-stream"].request.final_only
     assert [c.text_delta for c in chunks] == ["Hello", ",", " world", ""]
     assert all(c.request_id == "ok-stream" for c in chunks)
     assert [list(c.token_ids) for c in chunks] == [[100], [101], [102], []]
