@@ -9,6 +9,8 @@
 #   bench/gpu_7b.sh mixed       256 requests, output lengths 16..512: static vs in-flight batching
 #   bench/gpu_7b.sh quant       int8_wo, int4_wo (the AWQ/GPTQ format) and fp8 engines: batch-1 latency and
 #                               memory vs HF bf16; fp8 throughput
+#   bench/gpu_7b.sh fp8_throughput  the fp8 engine with an fp8 KV cache: 128/128, 128/2048, 2048/128
+#   bench/gpu_7b.sh long_fp8kv  bf16 weights with an fp8 KV cache: 128/2048 and 2048/128
 #   bench/gpu_7b.sh gqa         the Llama-3-8B shape (GQA 32/8): batch-1 latency vs HF, 128/128 throughput
 #   bench/gpu_7b.sh all         every stage above, in that order
 # Writes [BENCHMARK] lines, tables, JSON and PNG plots under $OUT (default bench-results/). Each stage
@@ -68,23 +70,39 @@ stage_mixed() {
     --max-batch-size 64 --runs 3 --plot-dir "$OUT"
 }
 
-stage_quant() {
+quant_engine() {  # quant_engine SCHEME: builds $STORE/b7-SCHEME unless it is there
   checkpoint baichuan2-7b "$MHA"
+  # The lm_head too: at batch 1 its 1 GB of bf16 is read every token; and the embedding as int8 rows
+  # (its 1 GB is only looked up, but counts in the footprint). Tiny calibration and scoring: the
+  # weights are random, only the engine's speed and size matter here.
+  [ -d "$STORE/b7-$1" ] || inferline build --source "$MHA" --name "b7-$1" --quantization "$1" \
+    --quantize-lm-head --quantize-embedding --dtype bfloat16 --device cuda --store-dir "$STORE" \
+    --calibration-samples 8 --eval-windows 2 --json > "$OUT/build_$1.json" 2> "$OUT/build_$1.err"
+}
+
+stage_quant() {
   local engines=""
   for scheme in ${QUANT_SCHEMES:-int8_wo int4_wo fp8}; do
-    # The lm_head too: at batch 1 its 1 GB of bf16 is read every token. Tiny calibration and scoring:
-    # the weights are random, only the engine's speed and size matter here.
-    [ -d "$STORE/b7-$scheme" ] || inferline build --source "$MHA" --name "b7-$scheme" --quantization "$scheme" \
-      --quantize-lm-head --dtype bfloat16 --device cuda --store-dir "$STORE" --calibration-samples 8 \
-      --eval-windows 2 --json > "$OUT/build_$scheme.json" 2> "$OUT/build_$scheme.err"
+    quant_engine "$scheme"
     engines="$engines,$STORE/b7-$scheme"
   done
   bench latency_quant --model "${engines#,}" --hf-model "$MHA" --compare-hf --batch-size 1 \
     --input-output-len "32,50;128,50" --runs 5
-  [ -d "$STORE/b7-fp8" ] || return 0
-  bench throughput_fp8 --model "$STORE/b7-fp8" --batch-size 256 --input-output-len "128,128" --runs 3
-  bench throughput_fp8_long --model "$STORE/b7-fp8" --batch-size 128 --input-output-len "128,2048;2048,128" \
-    --scheduler-policy guaranteed_no_evict --warmup 0 --runs 2
+  case " ${QUANT_SCHEMES:-fp8} " in *" fp8 "*) stage_fp8_throughput ;; esac
+}
+
+stage_fp8_throughput() {  # fp8 weights and activations with an fp8 KV cache, as TensorRT-LLM's fp8 numbers run
+  quant_engine fp8
+  bench throughput_fp8 --model "$STORE/b7-fp8" --kv-cache-dtype fp8 --batch-size 256,512 \
+    --input-output-len "128,128" --runs 3
+  bench throughput_fp8_long --model "$STORE/b7-fp8" --kv-cache-dtype fp8 --batch-size 256 \
+    --input-output-len "128,2048;2048,128" --scheduler-policy guaranteed_no_evict --warmup 0 --runs 2
+}
+
+stage_long_fp8kv() {  # bf16 weights, fp8 KV cache: twice the sequences fit the pool
+  checkpoint baichuan2-7b "$MHA"
+  bench throughput_long_fp8kv --model "$MHA" --kv-cache-dtype fp8 --batch-size 256 \
+    --input-output-len "128,2048;2048,128" --scheduler-policy guaranteed_no_evict --warmup 0 --runs 2
 }
 
 stage_gqa() {
@@ -95,7 +113,7 @@ stage_gqa() {
 
 machine | tee "$OUT/machine.txt"
 case "${1:?stage: tests, latency, throughput, long, mixed, quant, gqa or all}" in
-  all) for s in tests latency throughput long mixed quant gqa; do "stage_$s"; done ;;
-  tests|latency|throughput|long|mixed|quant|gqa) "stage_$1" ;;
+  all) for s in tests latency throughput long long_fp8kv mixed quant gqa; do "stage_$s"; done ;;
+  tests|latency|throughput|long|long_fp8kv|mixed|quant|fp8_throughput|gqa) "stage_$1" ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

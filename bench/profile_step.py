@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--kv-cache-dtype", default="auto", help="auto (the model's dtype) or fp8")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--decode-steps", type=int, default=32)
@@ -29,7 +30,8 @@ def main() -> None:
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     engine = Engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.batch_size,
-                                 max_seq_len=args.input_len + args.decode_steps + 8))
+                                 max_seq_len=args.input_len + args.decode_steps + 8,
+                                 kv_cache_dtype=args.kv_cache_dtype))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     vocab = engine.model_config.vocab_size
     params = SamplingParams(max_tokens=args.decode_steps, min_tokens=args.decode_steps, detokenize=False)

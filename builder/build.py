@@ -68,7 +68,7 @@ class BuildSpec:
     @classmethod
     def parse(cls, *, source: str, name: str, dtype: str = "", quantization: str = "", max_batch_size: int,
               max_seq_len: int = 0, group_size: int = 0, quantize_lm_head: bool = False,
-              smoothquant_alpha: float | None = None, gptq_act_order: bool | None = None,
+              quantize_embedding: bool = False, smoothquant_alpha: float | None = None, gptq_act_order: bool | None = None,
               fp8_granularity: str = "") -> BuildSpec:
         if not NAME_PATTERN.match(name or ""):
             raise BuildInputError("name", f"{name!r} must match {NAME_PATTERN.pattern}")
@@ -87,10 +87,13 @@ class BuildSpec:
             try:
                 config = QuantizationConfig(
                     scheme=quantization, group_size=group_size or 128, lm_head=quantize_lm_head,
+                    embedding=quantize_embedding,
                     alpha=0.5 if smoothquant_alpha is None else smoothquant_alpha, act_order=True if gptq_act_order is None else gptq_act_order,
                     fp8_granularity=fp8_granularity or "channel")
             except InvalidParameterError as e:
                 raise BuildInputError(f"quantization_options.{e.field}", e.problem) from e
+        elif quantize_embedding:
+            raise BuildInputError("quantization_options.quantize_embedding", "needs a quantization scheme")
         return cls(source=source, name=name, dtype=dtype, quantization=config, max_batch_size=max_batch_size,
                    max_seq_len=max_seq_len)
 
@@ -188,6 +191,10 @@ def _convert_quantized(spec: BuildSpec, source: Source, identity: dict, dtype: s
                        report: ProgressCallback, quantize: QuantizeSettings) -> Manifest:
     report("convert", 0.02, f"opening the {source.kind} checkpoint")
     ckpt = _open_source(spec, source)
+    if spec.quantization.embedding and ckpt.config.tie_word_embeddings and not spec.quantization.lm_head:
+        raise BuildInputError("quantization_options.quantize_embedding",
+                              f"{spec.source}: ties its lm_head to the embedding; quantize the lm_head too "
+                              "(quantize_lm_head), or the float head would keep the table's full size")
     tokenizer = load_tokenizer(ckpt)
     if tokenizer is None:
         raise BuildInputError("source", f"{spec.source}: has no tokenizer files; a quantized build calibrates and "

@@ -46,7 +46,7 @@ def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """ids [N, L] -> logits [N, L, vocab] float32, each row a sequence of its own."""
     n, length = ids.shape
     batch = make_batch(model, n, length)
-    device = model.embed_tokens.weight.device
+    device = model.device
     hidden = model(ids.to(device).flatten(), batch.positions, [batch.kv_cache] * len(model.layers), batch.meta)
     return model.compute_logits(hidden).view(n, length, -1)
 

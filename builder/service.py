@@ -65,7 +65,8 @@ def engine_record(manifest: Manifest, path: Path, checksum: str, status: str) ->
         architecture=manifest.architecture, size_bytes=manifest.size_bytes, created_at=manifest.created_at)
     if quant.get("scheme", "none") != "none":
         record.quantization_options.CopyFrom(pb.QuantizationOptions(
-            group_size=quant["group_size"], quantize_lm_head=quant["lm_head"], smoothquant_alpha=quant["alpha"],
+            group_size=quant["group_size"], quantize_lm_head=quant["lm_head"],
+            quantize_embedding=quant.get("embedding", False), smoothquant_alpha=quant["alpha"],
             gptq_act_order=quant["act_order"], fp8_granularity=quant["fp8_granularity"]))
         record.quality.CopyFrom(pb.QualityReport(**quant["quality"]))
     return record
@@ -76,7 +77,7 @@ def build_spec(request: pb.BuildEngineRequest) -> BuildSpec:
     return BuildSpec.parse(
         source=request.source, name=request.name, dtype=request.dtype, quantization=request.quantization,
         max_batch_size=request.max_batch_size, max_seq_len=request.max_seq_len, group_size=options.group_size,
-        quantize_lm_head=options.quantize_lm_head,
+        quantize_lm_head=options.quantize_lm_head, quantize_embedding=options.quantize_embedding,
         smoothquant_alpha=options.smoothquant_alpha if options.HasField("smoothquant_alpha") else None,
         gptq_act_order=options.gptq_act_order if options.HasField("gptq_act_order") else None,
         fp8_granularity=options.fp8_granularity)

@@ -6,12 +6,15 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import InvalidParameterError
+from engine.kv_cache import KV_CACHE_DTYPES
 from engine.layers.attention import BACKEND_CHOICES
 from engine.scheduler import SchedulerConfig
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POLICIES = ("max_utilization", "guaranteed_no_evict")
 BATCHING = ("inflight", "static")
+# The Triton kernels convert to and from e4m3 with instructions of Ada and Hopper (sm_89) and newer.
+FP8_KV_MIN_CAPABILITY = (8, 9)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class EngineConfig:
     block_size: int = 16  # tokens per KV block
     num_kv_blocks: int | None = None  # pool size; None: sized from kv_cache_free_mem_fraction
     kv_cache_free_mem_fraction: float = 0.9  # share of free memory (after weights) the KV pool may take
+    # "auto": the model's dtype; "fp8": float8_e4m3fn, half the bytes per token (engine/layers/attention/kv_quant.py)
+    kv_cache_dtype: str = "auto"
     scheduler_policy: str = "max_utilization"
     batching: str = "inflight"
     attention_backend: str = "auto"  # "auto": triton_paged on CUDA, torch_paged elsewhere
@@ -52,8 +57,16 @@ class EngineConfig:
         check(self.batching in BATCHING, "batching", f"must be one of {BATCHING}, got {self.batching!r}")
         check(self.attention_backend in BACKEND_CHOICES, "attention_backend",
               f"must be one of {list(BACKEND_CHOICES)}, got {self.attention_backend!r}")
+        check(self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype",
+              f"must be one of {list(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
         if self.device.startswith("cuda"):
             check(torch.cuda.is_available(), "device", "CUDA was asked for but no CUDA device is available")
+            if self.kv_cache_dtype == "fp8":
+                device = torch.device(self.device)
+                capability = torch.cuda.get_device_capability(device)
+                check(capability >= FP8_KV_MIN_CAPABILITY, "kv_cache_dtype",
+                      f"fp8 needs CUDA compute capability >= 8.9 (Ada, Hopper or newer); "
+                      f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
 
     @property
     def scheduler_config(self) -> SchedulerConfig:

@@ -15,8 +15,9 @@ from engine.block_manager import BlockManager, blocks_for
 from engine.config import DTYPES, EngineConfig
 from engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from engine.errors import InvalidParameterError
-from engine.kv_cache import allocate_kv_cache, num_blocks_for_budget
+from engine.kv_cache import allocate_kv_cache, kv_cache_dtype, num_blocks_for_budget
 from engine.layers.attention import ATTENTION_BACKENDS, resolve_backend
+from engine.layers.attention.kv_quant import KV_FP8
 from engine.loader import open_checkpoint
 from engine.model_runner import ModelRunner, load_model
 from engine.outputs import CompletionOutput, EngineStats, RequestOutput, TokenLogprob, Usage
@@ -45,6 +46,7 @@ class Engine:
         self.tokenizer = load_tokenizer(ckpt)
         self.device = torch.device(config.device)
         self.dtype = DTYPES[config.dtype or self._default_dtype(cfg.torch_dtype)]
+        self.kv_cache_dtype = kv_cache_dtype(config.kv_cache_dtype, self.dtype)
         self.max_seq_len = self._resolve_max_seq_len()
         backend = resolve_backend(config.attention_backend, self.device)
         model = load_model(ckpt, self.dtype, self.device, self.max_seq_len, backend)
@@ -52,12 +54,16 @@ class Engine:
         # CUDA graphs and the profiling forward need attention whose launches never depend on the data.
         graph_safe = self.device.type == "cuda" and ATTENTION_BACKENDS[backend].supports_cuda_graphs
         step_tokens = min(config.max_num_tokens, config.max_batch_size * self.max_seq_len)
-        activation_bytes = self.runner.profile_activation_bytes(step_tokens, config.max_batch_size) if graph_safe else 0
+        activation_bytes = (self.runner.profile_activation_bytes(step_tokens, config.max_batch_size,
+                                                                 self.kv_cache_dtype) if graph_safe else 0)
         num_blocks = config.num_kv_blocks or num_blocks_for_budget(
-            cfg, config.block_size, self.dtype, self.device, config.kv_cache_free_mem_fraction,
+            cfg, config.block_size, self.kv_cache_dtype, self.device, config.kv_cache_free_mem_fraction,
             max_useful_blocks=config.max_batch_size * blocks_for(self.max_seq_len, config.block_size),
             reserved_bytes=activation_bytes)
-        self.runner.attach_kv_caches(allocate_kv_cache(cfg, num_blocks, config.block_size, self.dtype, self.device))
+        self.runner.attach_kv_caches(allocate_kv_cache(cfg, num_blocks, config.block_size, self.kv_cache_dtype,
+                                                       self.device))
+        if self.kv_cache_dtype == KV_FP8:
+            self._log_kv_scales(model)
         if graph_safe and config.cuda_graphs:
             self.runner.capture_graphs(config.max_batch_size, config.max_num_tokens, self.max_seq_len)
         self.block_manager = BlockManager(num_blocks, config.block_size)
@@ -71,7 +77,8 @@ class Engine:
         # step otherwise (measured on the CI machine), as vLLM does after start-up.
         gc.freeze()
         log.info("engine_ready", model=config.model, architecture=cfg.architecture, device=str(self.device),
-                 dtype=str(self.dtype), attention=backend, cuda_graphs=self.runner.graphs is not None,
+                 dtype=str(self.dtype), kv_cache_dtype=str(self.kv_cache_dtype), attention=backend,
+                 cuda_graphs=self.runner.graphs is not None,
                  activation_reserve_gib=round(activation_bytes / 2**30, 3), kv_blocks=num_blocks, block_size=config.block_size, max_seq_len=self.max_seq_len)
 
     # -- public API ------------------------------------------------------------------------------
@@ -201,6 +208,17 @@ class Engine:
             field = "prompt" if blocks_for(n + 1, bm.block_size) > bm.num_blocks else "max_tokens"
             raise InvalidParameterError(field, f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) need {need} KV "
                                                f"blocks but the pool has {bm.num_blocks}")
+
+    @staticmethod
+    def _log_kv_scales(model: torch.nn.Module) -> None:
+        # Without a checkpoint's scales K and V are stored as they are: anything past +-448 saturates.
+        layers = [m for m in model.modules() if hasattr(m, "kv_scales_loaded")]
+        defaults = sum(not m.kv_scales_loaded for m in layers)
+        if defaults:
+            log.warning("fp8_kv_cache_default_scales", layers=defaults, of_layers=len(layers), k_scale=1.0,
+                        v_scale=1.0, message="the checkpoint has no self_attn.k_scale/v_scale for these layers: "
+                                             "K and V are stored unscaled in e4m3 (saturating at +-448), as vLLM "
+                                             "does without calibration")
 
     def _default_dtype(self, checkpoint_dtype: str | None) -> str:
         if self.device.type == "cpu":

@@ -105,13 +105,13 @@ class ModelRunner:
         return self.model.compute_logits(hidden[logits_index])
 
     @torch.inference_mode()
-    def profile_activation_bytes(self, num_tokens: int, num_seqs: int) -> int:
+    def profile_activation_bytes(self, num_tokens: int, num_seqs: int, kv_cache_dtype: torch.dtype) -> int:
         """Peak memory (bytes) a forward of num_tokens tokens in num_seqs sequences takes on top of the
-        weights, measured by running one on a one-block scratch cache (CUDA, graph-safe attention only):
-        what the KV pool must leave free."""
+        weights, measured by running one on a one-block scratch cache in the pool's dtype (CUDA,
+        graph-safe attention only): what the KV pool must leave free."""
         cfg = self.model.cfg
         scratch = torch.empty(2, 1, self.block_size, cfg.num_kv_heads, cfg.head_dim,
-                              dtype=self.model.embed_tokens.weight.dtype, device=self.device)
+                              dtype=kv_cache_dtype, device=self.device)
         num_seqs = max(1, min(num_seqs, num_tokens))
         lens = np.full(num_seqs, num_tokens // num_seqs, dtype=np.int32)
         lens[: num_tokens % num_seqs] += 1

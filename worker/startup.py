@@ -24,7 +24,8 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
         # Dev/test: no manifest, so the batch and sequence limits come from the settings (or the engine's defaults).
         overrides = {k: v for k, v in (("max_batch_size", settings.max_batch_size), ("max_seq_len", settings.max_seq_len))
                      if v is not None}
-        return EngineConfig(model=str(settings.model_path), device=device, dtype=settings.dtype, **overrides)
+        return EngineConfig(model=str(settings.model_path), device=device, dtype=settings.dtype,
+                            kv_cache_dtype=settings.kv_cache_dtype, **overrides)
     if not settings.store_dir.is_dir():
         raise EngineUnavailableError(f"engine store {str(settings.store_dir)!r} does not exist")
     store = EngineStore(settings.store_dir)
@@ -36,7 +37,8 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
     log.info("engine_verified", engine=settings.engine, fingerprint=manifest.fingerprint, files=len(manifest.files))
     return EngineConfig(model=str(folder), device=device, dtype=settings.dtype or manifest.dtype,
                         max_batch_size=settings.max_batch_size or manifest.max_batch_size,
-                        max_seq_len=settings.max_seq_len or manifest.max_seq_len)
+                        max_seq_len=settings.max_seq_len or manifest.max_seq_len,
+                        kv_cache_dtype=settings.kv_cache_dtype)
 
 
 def load_engine(settings: WorkerSettings) -> Engine | SyntheticEngine:

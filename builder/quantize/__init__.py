@@ -1,7 +1,8 @@
 """Quantizing a loaded float model in place, one decoder layer at a time (the builder's offline step,
 like gpt-fast's quantize.py): each scheme's layer quantizer replaces the layer's four linears with
 quantized ones of the scheme's format, calibrating on the layer's real inputs where the scheme needs
-them. The lm_head, when asked for, is rounded to nearest; the embedding is never quantized."""
+them. The lm_head and the embedding, when asked for, are rounded to nearest (the embedding as int8
+rows whatever the scheme: engine/layers/embedding.py)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -11,8 +12,10 @@ from torch import nn
 
 from builder.quantize import awq, gptq, rtn, smoothquant
 from builder.quantize.common import to_quantized
+from engine.model_runner import default_dtype
 from builder.quantize.layerwise import Batch, make_batch, run_layer
-from engine.layers.quantization import CALIBRATED, QuantizationConfig
+from engine.layers.embedding import Int8Embedding
+from engine.layers.quantization import CALIBRATED, QuantizationConfig, int8_wo
 
 # (decoder layer, its input x [N*L, hidden] or None, the batch or None, config) -> None; in place.
 LayerQuantizer = Callable[[nn.Module, "torch.Tensor | None", "Batch | None", QuantizationConfig], None]
@@ -36,7 +39,7 @@ def quantize_model(model: nn.Module, config: QuantizationConfig, calibration_ids
     if config.scheme in CALIBRATED:
         if calibration_ids is None:
             raise ValueError(f"{config.scheme} needs calibration data")
-        device = model.embed_tokens.weight.device
+        device = model.device
         batch = make_batch(model, *calibration_ids.shape)
         x = model.embed_tokens(calibration_ids.to(device).flatten())
         for i, layer in enumerate(model.layers):
@@ -55,3 +58,14 @@ def quantize_model(model: nn.Module, config: QuantizationConfig, calibration_ids
             head.weight.copy_(model.embed_tokens.weight)
         model.lm_head = to_quantized(head, config)
         model.lm_head_quantized = True
+    if config.embedding:  # after the head: a tied head copies the float table
+        model.embed_tokens = int8_embedding(model.embed_tokens)
+
+
+def int8_embedding(embedding: nn.Embedding) -> Int8Embedding:
+    weight = embedding.weight
+    with torch.device(weight.device), default_dtype(weight.dtype):
+        module = Int8Embedding(embedding.num_embeddings, embedding.embedding_dim)
+    for name, value in int8_wo.quantize(weight, None).items():  # a row is an output channel
+        getattr(module, name).copy_(value)
+    return module

@@ -34,7 +34,7 @@ class Batch:
 
 def make_batch(model: nn.Module, num_seqs: int, seq_len: int) -> Batch:
     cfg = model.cfg
-    device, dtype = model.embed_tokens.weight.device, model.embed_tokens.weight.dtype
+    device, dtype = model.device, model.dtype
     blocks_per_seq = -(-seq_len // BLOCK_SIZE)
     kv_cache = torch.zeros(2, num_seqs * blocks_per_seq, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim,
                            dtype=dtype, device=device)
@@ -45,7 +45,8 @@ def make_batch(model: nn.Module, num_seqs: int, seq_len: int) -> Batch:
 
 
 def run_layer(layer: nn.Module, x: torch.Tensor, batch: Batch) -> torch.Tensor:
-    return layer(x, batch.positions, batch.kv_cache, batch.meta)
+    out, residual = layer(x, None, batch.positions, batch.kv_cache, batch.meta)
+    return out + residual  # the residual stream after the layer
 
 
 def run_attention(layer: nn.Module, normed: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -5,6 +5,8 @@ only place that needs to know which sequence a token belongs to, via AttentionMe
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Iterable
 
 import torch
@@ -12,12 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.activation import silu_and_mul
+from engine.layers.embedding import make_embedding
 from engine.layers.attention import ATTENTION_BACKENDS, AttentionMetadata
+from engine.layers.attention.kv_quant import KV_FP8
 from engine.layers.linear import make_linear
 from engine.layers.quantization import QuantizationConfig
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
 from engine.models.config import ModelConfig
+
+
+# vLLM / llm-compressor's per-layer fp8 KV-cache scales: model.layers.{i}.self_attn.{k,v}_scale
+KV_SCALE_NAME = re.compile(r"layers\.(\d+)\.self_attn\.([kv])_scale")
 
 
 class Attention(nn.Module):
@@ -33,6 +41,21 @@ class Attention(nn.Module):
         self.rotary = rotary
         self.attn = ATTENTION_BACKENDS[attention_backend](cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                                           scale=cfg.head_dim ** -0.5)
+        # An fp8 KV cache holds K / k_scale and V / v_scale. Python floats, fixed once loaded: the kernels
+        # take them as scalar arguments, which CUDA graphs capture as constants. 1.0 (vLLM's default
+        # without calibration) unless the checkpoint has them.
+        self.k_scale, self.v_scale = 1.0, 1.0
+        self.kv_scales_loaded = False
+
+    def load_kv_scale(self, which: str, scale: torch.Tensor) -> None:
+        """A checkpoint's `k_scale` or `v_scale` (which: "k" or "v") for this layer's fp8 KV cache."""
+        if scale.numel() != 1:
+            raise ValueError(f"{which}_scale: one scale per layer is supported, got shape {tuple(scale.shape)}")
+        value = float(scale.float().reshape(()))
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{which}_scale: must be finite and > 0, got {value}")
+        setattr(self, f"{which}_scale", value)
+        self.kv_scales_loaded = True
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -42,7 +65,9 @@ class Attention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         q, k = self.rotary(positions, q, k)
-        out = self.attn(q, k, v, kv_cache, meta)  # [tokens, heads, head_dim]
+        # The scales describe an fp8 cache; a cache in the model's dtype holds K and V as they are.
+        k_scale, v_scale = (self.k_scale, self.v_scale) if kv_cache.dtype == KV_FP8 else (1.0, 1.0)
+        out = self.attn(q, k, v, kv_cache, meta, k_scale, v_scale)  # [tokens, heads, head_dim]
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
@@ -68,12 +93,18 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg, quant)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        # x: [tokens, hidden], the residual stream; the input is never modified in place
-        attn_out = self.attn(self.attn_norm(x), positions, kv_cache, meta)
-        h, x = self.mlp_norm(attn_out, residual=x)  # x + attn_out, and its norm, in one pass
-        return x + self.mlp(h)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+                kv_cache: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        # x, residual: [tokens, hidden]; the residual stream is x + residual (x alone when residual is
+        # None). Returns (mlp output, residual stream before it): their sum is left to the next norm,
+        # which adds and normalises in one pass. `residual` is never modified in place.
+        if residual is None:
+            h, residual = self.attn_norm(x), x
+        else:
+            h, residual = self.attn_norm(x, residual=residual)
+        attn_out = self.attn(h, positions, kv_cache, meta)
+        h, residual = self.mlp_norm(attn_out, residual=residual)
+        return self.mlp(h), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -81,7 +112,7 @@ class LlamaForCausalLM(nn.Module):
                  quantization: QuantizationConfig | None = None):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)  # never quantized
+        self.embed_tokens = make_embedding(cfg.vocab_size, cfg.hidden_size, quantization)
         rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
         self.layers = nn.ModuleList(DecoderLayer(cfg, rotary, attention_backend, quantization)
                                     for _ in range(cfg.num_layers))
@@ -91,6 +122,8 @@ class LlamaForCausalLM(nn.Module):
         if self.lm_head_quantized:
             self.lm_head = make_linear(cfg.hidden_size, cfg.vocab_size, quantization=quantization)
         elif cfg.tie_word_embeddings:
+            if not isinstance(self.embed_tokens, nn.Embedding):
+                raise ValueError("a quantized embedding cannot serve as the tied lm_head: quantize the lm_head too")
             with torch.device("meta"):  # its weight is the embedding's: allocate nothing for it
                 self.lm_head = make_linear(cfg.hidden_size, cfg.vocab_size)
             self.lm_head.weight = self.embed_tokens.weight
@@ -100,10 +133,19 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
         # input_ids, positions: [tokens] -> hidden states [tokens, hidden]
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, positions, kv_cache, meta)
-        return self.norm(x)
+            x, residual = layer(x, residual, positions, kv_cache, meta)
+        return self.norm(x, residual=residual)[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activations' dtype (the embedding's table may be int8)."""
+        return self.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [seqs, hidden] -> [seqs, vocab] float32
@@ -132,6 +174,9 @@ class LlamaForCausalLM(nn.Module):
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for hf_name, tensor in weights:
+            if (kv_scale := KV_SCALE_NAME.fullmatch(hf_name.removeprefix("model."))) is not None:
+                self.layers[int(kv_scale[1])].attn.load_kv_scale(kv_scale[2], tensor)
+                continue
             name, shard = self._our_name(hf_name)
             if name is None:
                 continue

@@ -13,11 +13,12 @@ import typer
 
 from engine import InvalidParameterError
 from engine.config import POLICIES
+from engine.kv_cache import KV_CACHE_DTYPES
 from inferline.cli.bench_cases import Case, make_cases, parse_batch_sizes, parse_input_output_len, random_prompts
 from inferline.cli.bench_mixed import make_spec, run_mixed
 from inferline.cli.bench_plots import plot_results, prepare_plot_dir
 from inferline.cli.bench_report import CaseResult, CaseTiming, Comparison, comparison_table
-from inferline.cli.device import DEVICE_HELP, DTYPE_HELP, resolve_device
+from inferline.cli.device import DEVICE_HELP, DTYPE_HELP, KV_CACHE_DTYPE_HELP, resolve_device
 from inferline.cli.engine_bench import EngineSide
 from inferline.cli.errors import user_errors
 from inferline.memory import GIB, PeakMemoryTracker, release_memory
@@ -58,6 +59,7 @@ def bench(
              "engines, their unquantized source.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
+    kv_cache_dtype: Annotated[str, typer.Option(help=f"Our engine's {KV_CACHE_DTYPE_HELP}.")] = "auto",
     warmup: Annotated[int, typer.Option(help="Untimed runs per case before the timed ones (mixed: passes of short "
                                              "warm-up requests per engine).")] = 1,
     runs: Annotated[int, typer.Option(help="Timed runs per case; latency is their median (mixed: per mode, every "
@@ -98,6 +100,9 @@ def bench(
             raise InvalidParameterError("--model", "names no model")
         if scheduler_policy not in POLICIES:
             raise InvalidParameterError("--scheduler-policy", f"must be one of {', '.join(POLICIES)}, got {scheduler_policy!r}")
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise InvalidParameterError("--kv-cache-dtype",
+                                        f"must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
         if workload == "mixed":
             if compare_hf or hf_model:
                 raise InvalidParameterError("--compare-hf" if compare_hf else "--hf-model",
@@ -117,16 +122,17 @@ def bench(
     if workload == "mixed":
         with user_errors({"max_seq_len": "--input-len/--output-len-range", "max_batch_size": "--max-batch-size"}):
             _import_loading_code()
-            payload = run_mixed(models[0], _model_label(models[0]), dev, dtype, spec, warmup, runs, seed)
+            payload = run_mixed(models[0], _model_label(models[0]), dev, dtype, spec, warmup, runs, seed,
+                                kv_cache_dtype)
     else:
         payload = _bench_grid(model, models, hf_model, compare_hf, dev, dtype, cases, warmup, runs, seed,
-                              scheduler_policy)
+                              scheduler_policy, kv_cache_dtype)
     _save(payload, json_file, plot_dir)
 
 
 def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_hf: bool, dev: str,
                 dtype: Optional[str], cases: list[Case], warmup: int, runs: int, seed: int,
-                scheduler_policy: str) -> dict[str, Any]:
+                scheduler_policy: str, kv_cache_dtype: str) -> dict[str, Any]:
     with user_errors({"max_seq_len": "--input-output-len", "max_batch_size": "--batch-size"}):
         prompts: dict[Case, list[list[int]]] = {}
 
@@ -136,7 +142,7 @@ def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_
             # activation memory reserved next to the KV pool is what the cases need.
             step_tokens = min(8192, max(max_batch, *(c.batch_size * c.input_len for c in cases)))
             side = EngineSide(name, dev, dtype, max_batch, max(c.input_len + c.output_len for c in cases),
-                              step_tokens, scheduler_policy)
+                              step_tokens, scheduler_policy, kv_cache_dtype)
             # Every side gets these same prompts; the checkpoint's vocabulary comes with our (first) engine.
             for case in cases:
                 prompts.setdefault(case, random_prompts(case, side.engine.model_config.vocab_size,
@@ -157,7 +163,8 @@ def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_
     if comparisons:
         typer.echo("\n" + comparison_table(comparisons))
         typer.echo("lat. red. = 1 - ours/hf latency; speedup = hf/ours latency; mem red. = 1 - ours/hf peak memory")
-    return {"workload": "grid", "model": model, "device": dev, "warmup": warmup, "runs": runs, "seed": seed,
+    return {"workload": "grid", "model": model, "device": dev, "kv_cache_dtype": kv_cache_dtype, "warmup": warmup,
+            "runs": runs, "seed": seed,
             "results": [r.to_json() for rs in ours.values() for r in rs] + [r.to_json() for r in hf],
             "comparison": [c.to_json() for c in comparisons]}
 

@@ -134,7 +134,7 @@ def run_workload(engine: Engine, device: str, prompts: list[list[int]], output_l
 
 
 def run_mixed(model: str, model_label: str, device: str, dtype: str | None, spec: MixedSpec, warmup: int, runs: int,
-              seed: int) -> dict[str, Any]:
+              seed: int, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     """Every batching mode on a fresh engine: load, warm up, `runs` timed passes of the same workload.
     Prints a [BENCHMARK] line per mode and the comparison; returns the JSON record."""
     output_lens = draw_output_lens(spec.requests, spec.output_lo, spec.output_hi, seed)
@@ -144,7 +144,8 @@ def run_mixed(model: str, model_label: str, device: str, dtype: str | None, spec
     for batching in spec.batchings:
         with PeakMemoryTracker(torch_device) as memory:
             engine = Engine(EngineConfig(model=model, device=device, dtype=dtype, max_batch_size=spec.max_batch_size,
-                                         max_seq_len=spec.max_seq_len, batching=batching))
+                                         max_seq_len=spec.max_seq_len, batching=batching,
+                                         kv_cache_dtype=kv_cache_dtype))
             vocab_size, tokenizer = engine.model_config.vocab_size, engine.tokenizer
             if not prompts:  # the same prompts for every mode, from the first engine's vocabulary
                 prompts = random_prompts(Case(spec.requests, spec.input_len, 0), vocab_size, tokenizer, seed)
@@ -168,7 +169,8 @@ def run_mixed(model: str, model_label: str, device: str, dtype: str | None, spec
     if comparison is not None:
         typer.echo(f"in-flight / static: throughput {comparison['throughput_ratio']:.2f}x, "
                    f"p99 latency {comparison['p99_latency_ratio']:.2f}x (medians of {runs} runs)")
-    return {"workload": "mixed", "model": model, "device": device, "warmup": warmup, "runs": runs, "seed": seed,
+    return {"workload": "mixed", "model": model, "device": device, "kv_cache_dtype": kv_cache_dtype,
+            "warmup": warmup, "runs": runs, "seed": seed,
             "requests": spec.requests, "input_len": spec.input_len, "output_len_range": [spec.output_lo, spec.output_hi],
             "max_batch_size": spec.max_batch_size, "batching": list(spec.batchings), "output_lens": output_lens,
             "modes": [r.to_json() for r in results], "comparison": comparison}

@@ -26,6 +26,8 @@ def build(
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16; empty = the checkpoint's own.")] = "",
     group_size: Annotated[int, typer.Option(help="int4 schemes: input channels per scale; 0 = 128.")] = 0,
     quantize_lm_head: Annotated[bool, typer.Option(help="Quantize the lm_head too.")] = False,
+    quantize_embedding: Annotated[bool, typer.Option(
+        help="Store the token embedding as int8 rows (tied models: with --quantize-lm-head).")] = False,
     smoothquant_alpha: Annotated[Optional[float], typer.Option(help="smoothquant migration strength (0.5).")] = None,
     gptq_act_order: Annotated[bool, typer.Option(help="gptq: quantize columns by decreasing Hessian diagonal.")] = True,
     fp8_granularity: Annotated[str, typer.Option(help="fp8 weight scales: channel or tensor.")] = "",
@@ -43,7 +45,8 @@ def build(
     request = builder_pb2.BuildEngineRequest(
         source=source, name=name, dtype=dtype, quantization=quantization, max_batch_size=max_batch_size,
         max_seq_len=max_seq_len, quantization_options=builder_pb2.QuantizationOptions(
-            group_size=group_size, quantize_lm_head=quantize_lm_head, gptq_act_order=gptq_act_order,
+            group_size=group_size, quantize_lm_head=quantize_lm_head, quantize_embedding=quantize_embedding,
+            gptq_act_order=gptq_act_order,
             fp8_granularity=fp8_granularity, smoothquant_alpha=smoothquant_alpha))
     if builder:
         with _progress(name) as progress:

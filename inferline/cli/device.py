@@ -6,6 +6,8 @@ import torch
 DEVICE_HELP = "cpu, cuda or cuda:N; auto picks cuda when a GPU is visible, else cpu"
 DTYPE_HELP = ("float32, bfloat16 or float16; default: the engine's (the checkpoint's own dtype on GPU, "
               "float32 on CPU)")
+KV_CACHE_DTYPE_HELP = ("KV cache dtype: auto (the model's dtype) or fp8 (e4m3: half the bytes per token, so twice "
+                       "the KV blocks; CUDA needs compute capability >= 8.9)")
 
 
 def resolve_device(device: str) -> str:

@@ -19,12 +19,12 @@ class EngineSide:
     name = "inferline"
 
     def __init__(self, model: str, device: str, dtype: str | None, max_batch_size: int, max_seq_len: int,
-                 max_num_tokens: int, scheduler_policy: str = "max_utilization"):
+                 max_num_tokens: int, scheduler_policy: str = "max_utilization", kv_cache_dtype: str = "auto"):
         # Sized to the largest case: the KV pool holds max_batch_size sequences of max_seq_len tokens, and
         # a step (hence the activation memory reserved for it) holds max_num_tokens.
         self.engine = Engine(EngineConfig(model=model, device=device, dtype=dtype, max_batch_size=max_batch_size,
                                           max_seq_len=max_seq_len, max_num_tokens=max_num_tokens,
-                                          scheduler_policy=scheduler_policy))
+                                          scheduler_policy=scheduler_policy, kv_cache_dtype=kv_cache_dtype))
         self.device = device
 
     @property

@@ -18,6 +18,7 @@ OPTION_FOR_FIELD: dict[str, str] = {
     "model": "--model",
     "device": "--device",
     "dtype": "--dtype",
+    "kv_cache_dtype": "--kv-cache-dtype",
     "max_tokens": "--max-output-len",
     "temperature": "--temperature",
     "top_k": "--top-k",

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from engine import CompletionOutput, Engine, EngineConfig, InvalidParameterError, SamplingParams
-from inferline.cli.device import DEVICE_HELP, DTYPE_HELP, resolve_device
+from inferline.cli.device import DEVICE_HELP, DTYPE_HELP, KV_CACHE_DTYPE_HELP, resolve_device
 from inferline.cli.errors import user_errors
 
 
@@ -26,6 +26,7 @@ def run(
         "--json", help='Print one JSON object {"outputs": [{"text", "token_ids", "finish_reason"}]} and nothing else.')] = False,
     dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    kv_cache_dtype: Annotated[str, typer.Option(help=KV_CACHE_DTYPE_HELP)] = "auto",
     temperature: Annotated[float, typer.Option(help="0 = greedy (the default).")] = 0.0,
     top_k: Annotated[int, typer.Option(help="0 = off.")] = 0,
     top_p: Annotated[float, typer.Option(help="1.0 = off.")] = 1.0,
@@ -38,7 +39,7 @@ def run(
         params = SamplingParams(max_tokens=max_output_len, temperature=temperature, top_k=top_k, top_p=top_p,
                                 seed=seed)
         config = EngineConfig(model=model_path, device=resolve_device(device), dtype=dtype,
-                              max_batch_size=len(input_text))
+                              max_batch_size=len(input_text), kv_cache_dtype=kv_cache_dtype)
         engine = Engine(config)
         prompts = [_prompt(engine, text, chat) for text in input_text]
         outputs = engine.generate(prompts, params)

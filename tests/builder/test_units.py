@@ -114,3 +114,18 @@ def test_a_gguf_alone_in_a_folder_is_that_file(tmp_path):
 def test_no_allowed_roots_means_bundled_only(tiny_llama_dir: Path):
     with pytest.raises(SourceNotAllowedError, match="only bundled models"):
         resolve_source(str(tiny_llama_dir), [])
+
+
+def test_an_int8_embedding_needs_a_scheme_and_for_a_tied_model_the_lm_head(tmp_path):
+    from builder.build import build_engine
+    from inferline.engine_store import EngineStore
+
+    assert spec(quantization="int4_wo", quantize_embedding=True).quantization.embedding is True
+    with pytest.raises(BuildInputError) as info:
+        spec(quantize_embedding=True)
+    assert info.value.field == "quantization_options.quantize_embedding"
+    # SmolLM2 ties its lm_head to the embedding: refused before anything is quantized or stored.
+    with pytest.raises(BuildInputError, match="ties its lm_head to the embedding") as info:
+        build_engine(spec(quantization="int8_wo", quantize_embedding=True), EngineStore(tmp_path / "store"))
+    assert info.value.field == "quantization_options.quantize_embedding"
+    assert not any((tmp_path / "store").glob("**/*.safetensors"))

@@ -2,7 +2,8 @@
 scheduled tokens, writes the new K/V into the paged cache and attends over each sequence's blocks.
 
 A backend is picked by name from ATTENTION_BACKENDS; "auto" is the Triton kernels on CUDA and the
-portable PyTorch reference elsewhere.
+portable PyTorch reference elsewhere. Every backend takes a cache in the model's dtype or in fp8 with
+the layer's k_scale and v_scale (kv_quant.py).
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 every query of the step (prefill chunks and decodes alike) over its sequence's cache blocks.
 
 Its launches depend only on the batch's shape, never on cache contents, and it makes no host syncs,
-so decode steps built on it are captured in CUDA graphs."""
+so decode steps built on it are captured in CUDA graphs. An fp8 cache is quantized by the store kernel and
+read back by the attention kernel, its per-layer scales passed as scalar arguments."""
 from __future__ import annotations
 
 import torch
@@ -23,9 +24,10 @@ class TritonPagedAttention:
         self.scale = scale
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                 meta: AttentionMetadata) -> torch.Tensor:
+                 meta: AttentionMetadata, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
         # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]
-        # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim]
-        self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping)
+        # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim], q's dtype or fp8 (scaled by k/v_scale)
+        self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, k_scale, v_scale)
         return self._paged_attention(q, kv_cache[0], kv_cache[1], meta.block_tables, meta.context_lens,
-                                     meta.query_start, meta.max_query_len, self.scale)
+                                     meta.query_start, meta.max_query_len, self.scale,
+                                     k_scale=k_scale, v_scale=v_scale)

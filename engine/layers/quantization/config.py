@@ -19,7 +19,10 @@ FP8_GRANULARITIES = ("tensor", "channel")
 class QuantizationConfig:
     scheme: str
     group_size: int = 128  # int4 formats: input channels sharing one scale and zero point
-    lm_head: bool = False  # quantize the output projection too (the embedding always stays unquantized)
+    lm_head: bool = False  # quantize the output projection too
+    # Store the token embedding as int8 rows (engine/layers/embedding.py), whatever the scheme. Where the
+    # checkpoint ties the lm_head to it, the builder asks for lm_head too (the head then has its own copy).
+    embedding: bool = False
     alpha: float = 0.5  # smoothquant: migration strength, 0 (all on activations) .. 1 (all on weights)
     act_order: bool = True  # gptq: quantize columns in order of decreasing Hessian diagonal (static groups)
     fp8_granularity: str = "channel"  # fp8 weights: one scale per tensor or per output channel

@@ -13,6 +13,7 @@ from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's
 
 import triton  # noqa: E402
 
+from engine.layers.attention.kv_quant import quantize_kv  # noqa: E402
 from engine.layers.attention.triton import paged_attention as paged_attention_module  # noqa: E402
 from engine.layers.attention.triton.paged_attention import paged_attention  # noqa: E402
 
@@ -227,3 +228,51 @@ def test_rejects_bad_inputs(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # outside the interpreter, CPU q is an error
     with pytest.raises(ValueError, match=r"^q: .*CUDA"):
         paged_attention(q.cpu(), kc.cpu(), vc.cpu(), bt.cpu(), cl.cpu(), qs.cpu(), 2, 0.125)
+
+
+# -- fp8 (e4m3) caches: the interpreter loads and widens e4m3 exactly, so these run on CPU too ------------
+
+def fp8_case(case: Case, k_scale: float, v_scale: float) -> Case:
+    """`case` with its caches quantized as the store leaves them (garbage included: NaN stays NaN, 1e4
+    saturates) and its reference keys and values the dequantized cache."""
+    case.k_cache, case.v_cache = quantize_kv(case.k_cache, k_scale), quantize_kv(case.v_cache, v_scale)
+    case.keys = [quantize_kv(k, k_scale).double() * k_scale for k in case.keys]
+    case.values = [quantize_kv(v, v_scale).double() * v_scale for v in case.values]
+    return case
+
+
+def run_fp8(case: Case, k_scale: float, v_scale: float) -> torch.Tensor:
+    args = [t.to(DEVICE) for t in (case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens,
+                                   case.query_start)]
+    return paged_attention(*args, case.max_query_len, case.scale, k_scale=k_scale, v_scale=v_scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k_scale,v_scale", [(1.0, 1.0), (0.3, 2.5)])
+@pytest.mark.parametrize("heads,kv_heads", HEADS)
+def test_fp8_cache_matches_reference_over_the_dequantized_cache(heads, kv_heads, k_scale, v_scale, dtype):
+    case = fp8_case(Case(MIXED + [(1, 2)], heads, kv_heads, dtype=dtype, garbage=float("nan"), seed=heads + kv_heads),
+                    k_scale, v_scale)
+    assert case.k_cache.dtype == torch.float8_e4m3fn and torch.isnan(case.k_cache.float()).any()
+    assert_matches(run_fp8(case, k_scale, v_scale), case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fp8_7b_shapes(dtype):
+    for seqs in ([(1, 1), (1, 300), (1, 77), (1, 1000)], [(1, 300), (200, 200), (64, 500), (1, 0)]):
+        case = fp8_case(Case(seqs, 32, 8, head_dim=128, block_size=16, dtype=dtype, garbage=float("nan")), 0.02, 0.01)
+        assert_matches(run_fp8(case, 0.02, 0.01), case)
+
+
+def test_fp8_rejects_mixed_caches_and_stray_scales():
+    case = Case([(1, 5), (2, 6)], 4, 2)
+    q, kc, vc, bt, cl, qs = (t.to(DEVICE) for t in (case.q, case.k_cache, case.v_cache, case.block_tables,
+                                                     case.context_lens, case.query_start))
+    kc8, vc8 = quantize_kv(kc, 1.0), quantize_kv(vc, 1.0)
+    with pytest.raises(ValueError, match=r"^v_cache: .*dtype must be torch.float8_e4m3fn, got torch.float32"):
+        paged_attention(q, kc8, vc, bt, cl, qs, 2, 0.125)
+    with pytest.raises(ValueError, match=r"^k_scale: only an fp8"):
+        paged_attention(q, kc, vc, bt, cl, qs, 2, 0.125, k_scale=0.5)
+    with pytest.raises(ValueError, match=r"^v_scale: must be a Python float"):
+        paged_attention(q, kc8, vc8, bt, cl, qs, 2, 0.125, v_scale=torch.tensor(1.0))

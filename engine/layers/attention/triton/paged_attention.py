@@ -15,6 +15,10 @@ are masked out both in the scores and in the loads (other=0), so whatever stale 
 block's unused slots never reaches the output. A row with no visible key (padding: context_len 0) is
 written as zeros.
 
+An fp8 cache (kv_quant.py) is read as e4m3 tiles, half the bytes, converted to the query's dtype in
+registers; its scales are never applied per element: k_scale is folded into the score scale, and v_scale
+onto the output (the softmax weights of a row sum to 1, so sum p * (v * v_scale) = v_scale * sum p * v).
+
 Block sizes are fixed per batch kind, never autotuned: the kernel is captured in CUDA graphs.
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.layers.attention.kv_quant import KV_FP8, check_kv_scales
 from engine.layers.triton import (FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, interpreting,
                                   next_power_of_2)
 
@@ -67,12 +72,13 @@ def _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_h
     slot = pos % BLOCK_SIZE
     kv_mask = pos_ok[:, None] & d_ok[None, :]  # [BLOCK_N, BLOCK_D]
     # Masked slots load as 0, never as what the cache holds there (maybe NaN): p * NaN would be NaN.
+    # An fp8 cache converts to q's dtype here (a no-op for a cache in q's dtype).
     k = tl.load(k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + dims[None, :],
-                mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+                mask=kv_mask, other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
     v = tl.load(v_head + block[:, None] * stride_vb + slot[:, None] * stride_vs + dims[None, :],
-                mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+                mask=kv_mask, other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
 
-    # qk_scale = scale * log2(e): scores are kept in base 2, since exp2 is the native instruction.
+    # qk_scale = scale * k_scale * log2(e): scores are kept in base 2, since exp2 is the native instruction.
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
     visible = pos_ok[None, :] & (pos[None, :] <= q_pos[:, None])
     s = tl.where(visible, s, float("-inf"))
@@ -86,7 +92,7 @@ def _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_h
 
 @triton.jit
 def _paged_attention_kernel(
-        q_ptr, k_ptr, v_ptr, out_ptr, block_tables_ptr, context_lens_ptr, query_start_ptr, qk_scale,
+        q_ptr, k_ptr, v_ptr, out_ptr, block_tables_ptr, context_lens_ptr, query_start_ptr, qk_scale, v_scale,
         stride_qt, stride_qh, stride_ot, stride_oh,
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
         G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -142,6 +148,7 @@ def _paged_attention_kernel(
                                              BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # no visible key (padding): 0, not 0 / 0
+    out = out * v_scale  # exact for 1.0: a cache in q's dtype gets the same output as without scales
     o_ptrs = out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :]
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
@@ -153,10 +160,10 @@ def launch_for(max_query_len: int) -> LaunchConfig:
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
            context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
-           out: torch.Tensor | None) -> None:
+           out: torch.Tensor | None, k_scale: float, v_scale: float) -> None:
     check_tensor("q", q, FLOAT_DTYPES, 3)
-    check_tensor("k_cache", k_cache, (q.dtype,), 4, like=q)
-    check_tensor("v_cache", v_cache, (q.dtype,), 4, like=q)
+    check_tensor("k_cache", k_cache, (q.dtype, KV_FP8), 4, like=q)
+    check_tensor("v_cache", v_cache, (k_cache.dtype,), 4, like=q)
     check_tensor("block_tables", block_tables, (torch.int32,), 2, like=q)
     check_tensor("context_lens", context_lens, (torch.int32,), 1, like=q)
     check_tensor("query_start", query_start, (torch.int32,), 1, like=q)
@@ -177,6 +184,7 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_
         raise ValueError(f"max_query_len: must be a non-negative Python int, got {max_query_len!r}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise ValueError(f"scale: must be a Python float, got {type(scale).__name__}")
+    check_kv_scales(k_cache.dtype, k_scale, v_scale)
     if out is not None:
         check_tensor("out", out, (q.dtype,), 3, like=q)
         check_shape("out", out, tuple(q.shape), "q's shape")
@@ -185,17 +193,18 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
     """Causal attention of each sequence's queries over its cached keys and values.
 
     q: [tokens, heads, head_dim]; k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim] holding
-    this step's K/V already; block_tables: [seqs, max_blocks] int32; context_lens: [seqs] int32, the
-    cached tokens including this step's; query_start: [seqs + 1] int32, sequence s's queries being
-    q[query_start[s]:query_start[s + 1]]; max_query_len: >= the longest of those (a Python int, so no
-    device sync). Returns out ([tokens, heads, head_dim], new unless given): rows of sequences with
+    this step's K/V already, in q's dtype, or both float8_e4m3fn holding K / k_scale and V / v_scale
+    (Python floats; 1.0 for any other cache); block_tables: [seqs, max_blocks] int32; context_lens:
+    [seqs] int32, the cached tokens including this step's; query_start: [seqs + 1] int32, sequence s's
+    queries being q[query_start[s]:query_start[s + 1]]; max_query_len: >= the longest of those (a Python
+    int, so no device sync). Returns out ([tokens, heads, head_dim], new unless given): rows of sequences with
     context_len 0 are zeros; rows at or past query_start[-1] are left unwritten.
     """
-    _check(q, k_cache, v_cache, block_tables, context_lens, query_start, max_query_len, scale, out)
+    _check(q, k_cache, v_cache, block_tables, context_lens, query_start, max_query_len, scale, out, k_scale, v_scale)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     tokens, heads, head_dim = q.shape
@@ -210,7 +219,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     stages = min(launch.num_stages, 2) if q.dtype == torch.float32 else launch.num_stages
     grid = (seqs, kv_heads, triton.cdiv(max_query_len * group, launch.block_m))
     _paged_attention_kernel[grid](
-        q, k_cache, v_cache, out, block_tables, context_lens, query_start, float(scale) * LOG2E,
+        q, k_cache, v_cache, out, block_tables, context_lens, query_start, float(scale) * k_scale * LOG2E,
+        float(v_scale),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
