@@ -3,12 +3,14 @@
 paged_attention.py's LAUNCH table holds the chosen ones.
 
     python bench/attention_sweep.py            # CUDA only
+    python bench/attention_sweep.py --fp8      # decode over an fp8 (e4m3) cache instead
 
 Bytes counted per decode launch: every sequence's K and V once (the floor: decode attention only streams
 the cache). Median of triton.testing.do_bench's timed repetitions.
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import torch
@@ -19,7 +21,8 @@ from engine.layers.attention.triton import paged_attention as pa
 BLOCK_SIZE = 16
 
 
-def make_batch(seqs: int, ctx: int, q_len: int, heads: int, kv_heads: int, head_dim: int = 128):
+def make_batch(seqs: int, ctx: int, q_len: int, heads: int, kv_heads: int, head_dim: int = 128,
+               cache_dtype: torch.dtype = torch.bfloat16):
     gen = torch.Generator(device="cuda").manual_seed(0)
     blocks_per_seq = -(-ctx // BLOCK_SIZE)
     num_blocks = seqs * blocks_per_seq
@@ -29,7 +32,8 @@ def make_batch(seqs: int, ctx: int, q_len: int, heads: int, kv_heads: int, head_
     q = torch.randn(seqs * q_len, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
     context_lens = torch.full((seqs,), ctx, dtype=torch.int32, device="cuda")
     query_start = torch.arange(0, seqs * q_len + 1, q_len, dtype=torch.int32, device="cuda")
-    kv_bytes = 2 * seqs * ctx * kv_heads * head_dim * 2
+    cache = cache.to(cache_dtype)
+    kv_bytes = 2 * seqs * ctx * kv_heads * head_dim * cache.element_size()
     return (q, cache[0], cache[1], tables, context_lens, query_start, q_len, head_dim ** -0.5), kv_bytes
 
 
@@ -54,8 +58,18 @@ def sweep(kind: str, label: str, args: tuple, kv_bytes: int, grid: dict[str, lis
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fp8", action="store_true", help="decode batches over an fp8 cache (and their bf16 twins)")
+    fp8 = parser.parse_args().fp8
     decode_grid = {"block_m": [16], "block_n": [32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [2, 3, 4]}
     prefill_grid = {"block_m": [64, 128], "block_n": [32, 64, 128], "num_warps": [4, 8], "num_stages": [2, 3]}
+    if fp8:  # 128/2048 at one wave: as many sequences as each pool holds, ~1100 tokens of context on average
+        for seqs, dtype in [(96, torch.bfloat16), (192, torch.float8_e4m3fn), (96, torch.float8_e4m3fn)]:
+            args, kv_bytes = make_batch(seqs, 1100, 1, 32, 32, cache_dtype=dtype)
+            kind = "decode_fp8" if dtype == torch.float8_e4m3fn else "decode"
+            sweep(kind, f"decode {seqs} seqs x 1100 ctx, 32/32 heads, {dtype} cache", args, kv_bytes,
+                  {"block_m": [16], "block_n": [64, 128, 256], "num_warps": [2, 4], "num_stages": [3, 4]})
+        return
     for seqs, ctx, heads, kv_heads in [(256, 192, 32, 32), (64, 1100, 32, 32), (1, 178, 32, 32), (256, 192, 32, 8)]:
         args, kv_bytes = make_batch(seqs, ctx, 1, heads, kv_heads)
         sweep("decode", f"decode {seqs} seqs x {ctx} ctx, {heads}/{kv_heads} heads", args, kv_bytes, decode_grid)
