@@ -52,6 +52,19 @@ class Gateway:
             await self.redis.aclose()
 
 
+def keepalive_options(settings: GatewaySettings) -> list[tuple[str, int]]:
+    """Pings on the long-lived RouteMany call, which carries data only while requests are in flight."""
+    if not settings.router_keepalive_s:
+        return []
+    return [("grpc.keepalive_time_ms", int(settings.router_keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(settings.router_keepalive_timeout_s * 1000)),
+            ("grpc.http2.ping_timeout_ms", int(settings.router_keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # grpc otherwise sends at most one ping per 5 minutes while no data flows, the case that matters.
+            ("grpc.http2.min_time_between_pings_ms", int(settings.router_keepalive_s * 1000))]
+
+
 def create_gateway(settings: GatewaySettings) -> Gateway:
     """Must run inside the event loop that will serve (grpc.aio binds channels and servers to it)."""
     if not settings.store_dir.is_dir():  # EngineStore would create it and serve an empty store
@@ -60,7 +73,8 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
     # No receive limit: the router batches its replies, and a message refused for its size would fail
     # the whole RouteMany call, every request on it.
     router_channel = grpc.aio.insecure_channel(settings.router_address,
-                                               options=[("grpc.max_receive_message_length", -1)])
+                                               options=[("grpc.max_receive_message_length", -1),
+                                                        *keepalive_options(settings)])
     router = RouterMux(router_channel, settings.router_streams, settings.router_write_interval_ms / 1000)
     redis = None
     if settings.redis_url:

@@ -25,6 +25,12 @@ class GatewaySettings(BaseSettings):
     # meanwhile share it (~2 per message at ~900 requests/s; each message costs a syscall here and a
     # read in the router), while a request after a pause goes at once. 0 = every request at once.
     router_write_interval_ms: float = Field(default=1.0, ge=0, le=100)
+    # HTTP/2 pings on the router channel: a router that answers none within router_keepalive_timeout_s
+    # (frozen, its host gone, a dropped connection) fails the requests on its RouteMany call with
+    # UNAVAILABLE then, not at each request's deadline. The router accepts pings this often
+    # (inferline/grpc/server.py). 0 = no pings.
+    router_keepalive_s: float = Field(default=10.0, ge=0, le=3600)
+    router_keepalive_timeout_s: float = Field(default=5.0, gt=0, le=600)
     # The engine store is the source of truth for what can be served: names, tokenizers, max_seq_len.
     store_dir: Path = Path("engines")
     # Optional: only used to count live workers per model in ListModels. The plain REDIS_URL that the

@@ -11,6 +11,12 @@ from inferline.grpc.reflection import enable_reflection
 
 # Generous enough for long prompts, small enough that a 10 MB prompt is refused by the transport.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Clients may ping (HTTP/2 keepalive) every second, with or without calls or data: the gateway pings its
+# router this way to find a dead connection. grpc's default (one ping per 5 minutes without data) would
+# answer faster pings with GOAWAY "too_many_pings", cutting every call on the connection.
+KEEPALIVE_ENFORCEMENT = [("grpc.keepalive_permit_without_calls", 1),
+                         ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+                         ("grpc.http2.max_ping_strikes", 0)]
 
 
 def build_server(
@@ -26,7 +32,7 @@ def build_server(
     server = grpc.aio.server(
         interceptors=[*extra_interceptors, ErrorInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)],
         options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max_message_bytes), *options],
+                 ("grpc.max_send_message_length", max_message_bytes), *KEEPALIVE_ENFORCEMENT, *options],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

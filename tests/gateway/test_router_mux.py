@@ -2,9 +2,12 @@
 test plays the worker (a heartbeat, then answering the entries the router queues). Many calls share one
 RouteMany call and each gets its own answer; a client cancelling or its deadline passing cancels only its
 request, worker-side too; the router's statuses reach the client as with a call per request; a router
-that dies fails the requests in flight with UNAVAILABLE, and once it is back requests work again."""
+that dies fails the requests in flight with UNAVAILABLE, and once it is back requests work again; one that
+freezes is found by the channel's keepalive pings."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -212,3 +215,32 @@ def _drain(stream, errors: list[grpc.RpcError]) -> None:
             pass
     except grpc.RpcError as e:
         errors.append(e)
+
+
+def test_a_frozen_router_is_found_by_keepalive_and_its_requests_fail_unavailable(
+        loop_thread, engine_store_dir, tmp_path):
+    """A router that stops answering without closing its connection (SIGSTOP: a hung process, a host gone):
+    the gateway's pings go unanswered and the request fails within seconds, not at its 60 s deadline."""
+    with redis_server(tmp_path) as redis_url:
+        port = free_port()
+        client = redis.Redis.from_url(redis_url)
+        router = start_router(tmp_path, redis_url, f"frozen-{uuid.uuid4().hex[:6]}", port)
+        try:
+            wait_router_ready(router, port)
+            with running_gateway(loop_thread, store_dir=engine_store_dir, router_address=f"127.0.0.1:{port}",
+                                 redis_url=None, router_keepalive_s=1.0, router_keepalive_timeout_s=1.0
+                                 ) as address, grpc.insecure_channel(address) as channel:
+                stack = Stack(client, router, generate_pb2_grpc.InferenceServiceStub(channel))
+                stack.serve_model()
+                unary = stack.stub.Generate.future(request(), timeout=60)
+                stack.take(1)  # queued: the router holds the request, waiting for its events
+                os.kill(router.proc.pid, signal.SIGSTOP)
+                try:
+                    with pytest.raises(grpc.RpcError) as info:
+                        unary.result(15)  # pings every 1 s, 1 s to answer: well inside 15 s
+                finally:
+                    os.kill(router.proc.pid, signal.SIGCONT)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            router.stop()
+            client.close()
