@@ -19,6 +19,7 @@ from typing import AsyncIterator
 import grpc
 import structlog
 
+from inferline.outbox import Outbox
 from inferline.v1 import router_pb2, router_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -51,8 +52,7 @@ class _ManyCall:
         self._write_interval_s = write_interval_s
         self._inboxes: dict[int, asyncio.Queue[Reply]] = {}
         self._call_ids = itertools.count()
-        self._outbox: list[router_pb2.RouteManyRequest] = [router_pb2.RouteManyRequest()]
-        self._outbox_bytes = 0  # of the last message in the outbox
+        self._outbox = Outbox(router_pb2.RouteManyRequest, MAX_START_BATCH_BYTES)
         self._ready = asyncio.Event()
         self.accepting = True  # False once it broke, ended or the router said it is draining
         self._writer = asyncio.create_task(self._write(), name="router-many-writer")
@@ -64,20 +64,14 @@ class _ManyCall:
         self._inboxes[call_id] = inbox
         # A deadline already passed still goes as one (0 would mean none).
         timeout = 0.0 if timeout_s is None else max(timeout_s, MIN_TIMEOUT_S)
-        start = router_pb2.RouteStart(call_id=call_id, request=request, timeout_s=timeout)
-        size = start.ByteSize()
-        if self._outbox_bytes and self._outbox_bytes + size > MAX_START_BATCH_BYTES:
-            self._outbox.append(router_pb2.RouteManyRequest())
-            self._outbox_bytes = 0
-        self._outbox[-1].starts.append(start)
-        self._outbox_bytes += size
+        self._outbox.add("starts", router_pb2.RouteStart(call_id=call_id, request=request, timeout_s=timeout))
         self._ready.set()
         return call_id, inbox
 
     def finish(self, call_id: int, cancel: bool) -> None:
         """The request is done with; `cancel`: before its end, so the router should stop it."""
         if self._inboxes.pop(call_id, None) is not None and cancel:
-            self._outbox[-1].cancels.append(call_id)
+            self._outbox.last.cancels.append(call_id)
             self._ready.set()
 
     async def _write(self) -> None:
@@ -92,11 +86,7 @@ class _ManyCall:
                     await asyncio.sleep(wait_s)
                 last_write = loop.time()
                 self._ready.clear()
-                while self._outbox[0].starts or self._outbox[0].cancels:
-                    message = self._outbox.pop(0)
-                    if not self._outbox:
-                        self._outbox.append(router_pb2.RouteManyRequest())
-                        self._outbox_bytes = 0
+                while (message := self._outbox.take()) is not None:
                     await self._call.write(message)
         except Exception as e:  # the call is over: the reader learns why and fails what is in flight
             log.debug("router_many_write_failed", error=repr(e))

@@ -22,6 +22,7 @@ from grpc_interceptor.exceptions import GrpcException
 from inferline.events import is_final
 from inferline.grpc.errors import as_grpc_exception
 from inferline.logs import request_context
+from inferline.outbox import Outbox
 from inferline.v1 import router_pb2
 
 log = structlog.get_logger(__name__)
@@ -64,8 +65,7 @@ class RouteManySession:
         self._route = route
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancelled: set[int] = set()  # by a cancel command: they get a CANCELLED reply
-        self._outbox: list[router_pb2.RouteManyResponse] = [router_pb2.RouteManyResponse()]
-        self._outbox_bytes = 0  # of the last message in the outbox
+        self._outbox = Outbox(router_pb2.RouteManyResponse, MAX_REPLY_BATCH_BYTES)
         self._ready = asyncio.Event()  # something to send, or the call may be able to end
         self._closing = False  # no more starts: the client closed its side, or drain()
         self._draining = False
@@ -78,13 +78,8 @@ class RouteManySession:
         reader = asyncio.create_task(self._read(commands), name="route-many-commands")
         try:
             while True:
-                first = self._outbox[0]
-                if first.replies or first.draining:
-                    del self._outbox[0]
-                    if not self._outbox:  # replies made while this one is written go in the next
-                        self._outbox.append(router_pb2.RouteManyResponse())
-                        self._outbox_bytes = 0
-                    yield first
+                if (message := self._outbox.take()) is not None:  # replies made while it is written go in the next
+                    yield message
                 elif self._closing and not self._tasks:
                     return
                 else:
@@ -99,7 +94,7 @@ class RouteManySession:
         """The router is stopping: tell the client, refuse new starts, end the call once the rest finished."""
         if not self._draining:
             self._draining = self._closing = True
-            self._outbox[-1].draining = True
+            self._outbox.last.draining = True
             self._ready.set()
 
     async def _read(self, commands: AsyncIterator[router_pb2.RouteManyRequest]) -> None:
@@ -172,11 +167,5 @@ class RouteManySession:
 
     def _reply(self, call_id: int, event: router_pb2.RouteEvent | None,
                status: router_pb2.RouteStatus | None = None) -> None:
-        reply = router_pb2.RouteReply(call_id=call_id, event=event, status=status)
-        size = reply.ByteSize()
-        if self._outbox_bytes and self._outbox_bytes + size > MAX_REPLY_BATCH_BYTES:
-            self._outbox.append(router_pb2.RouteManyResponse())
-            self._outbox_bytes = 0
-        self._outbox[-1].replies.append(reply)
-        self._outbox_bytes += size
+        self._outbox.add("replies", router_pb2.RouteReply(call_id=call_id, event=event, status=status))
         self._ready.set()
