@@ -35,6 +35,9 @@ class EngineConfig:
     attention_backend: str = "auto"  # "auto": triton_paged on CUDA, torch_paged elsewhere
     # Replay decode steps from CUDA graphs (CUDA with triton_paged attention); off: every step eager.
     cuda_graphs: bool = True
+    # Schedule and launch each step before the previous one's tokens are read back (engine.py); None: on
+    # for CUDA, where the host's step work then overlaps the GPU's, off on a CPU, where it cannot.
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         def check(ok: bool, field: str, problem: str) -> None:

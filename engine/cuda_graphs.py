@@ -18,6 +18,7 @@ import torch
 
 from engine.layers.attention import AttentionMetadata
 from engine.step_inputs import StepInputs
+from engine.transfer import copy_into, to_device
 
 log = structlog.get_logger(__name__)
 
@@ -88,33 +89,35 @@ class StepGraphs:
         top = self.prefill_lengths[-1] if self.prefill_lengths else 0
         return all(n <= top for n in chunk_lengths)
 
-    def run(self, inputs: StepInputs) -> torch.Tensor | None:
-        """Logits [sampling sequences, vocab] float32 if a captured graph covers this step, else None."""
+    def run(self, inputs: StepInputs, previous_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Logits [sampling sequences, vocab] float32 if a captured graph covers this step, else None.
+        previous_tokens: the previous step's sampled tokens, where this step carries some (async scheduling)."""
         n = len(inputs.input_ids)
         if inputs.max_query_len == 1 and inputs.num_seqs <= self.batch_sizes[-1]:
             bucket = self.batch_sizes[bisect.bisect_left(self.batch_sizes, n)]
-            self._load(inputs, bucket, seqs=bucket)
+            self._load(inputs, bucket, seqs=bucket, previous_tokens=previous_tokens)
             self._graphs["decode", bucket].replay()
             logits = self._logits["decode", bucket][:n]
             # A one-token chunk of a longer prompt is computed here too but samples nothing.
-            return logits if len(inputs.logits_index) == n else logits[torch.from_numpy(inputs.logits_index).to(logits.device)]
+            return logits if len(inputs.logits_index) == n else logits[to_device(inputs.logits_index, logits.device)]
         if inputs.num_seqs == 1 and self.prefill_lengths and n <= self.prefill_lengths[-1]:
             bucket = self.prefill_lengths[bisect.bisect_left(self.prefill_lengths, n)]
-            self._load(inputs, bucket, seqs=2)
-            self.prefill_query_start.copy_(torch.tensor([0, n, bucket], dtype=torch.int32), non_blocking=True)
+            self._load(inputs, bucket, seqs=2, previous_tokens=previous_tokens)
+            copy_into(self.prefill_query_start, torch.tensor([0, n, bucket], dtype=torch.int32))
             self.prefill_last_token.fill_(n - 1)
             self._graphs["prefill", bucket].replay()
             return self._logits["prefill", bucket][:len(inputs.logits_index)]  # none for a non-final chunk
         return None
 
-    def _load(self, inputs: StepInputs, tokens: int, seqs: int) -> None:
+    def _load(self, inputs: StepInputs, tokens: int, seqs: int, previous_tokens: torch.Tensor | None) -> None:
         n, s = len(inputs.input_ids), inputs.num_seqs
-        self.input_ids[:n].copy_(torch.from_numpy(inputs.input_ids), non_blocking=True)
-        self.positions[:n].copy_(torch.from_numpy(inputs.positions), non_blocking=True)
-        self.slot_mapping[:n].copy_(torch.from_numpy(inputs.slot_mapping), non_blocking=True)
-        self.context_lens[:s].copy_(torch.from_numpy(inputs.context_lens), non_blocking=True)
+        copy_into(self.input_ids[:n], inputs.input_ids)
+        inputs.fill_carried(self.input_ids, previous_tokens)
+        copy_into(self.positions[:n], inputs.positions)
+        copy_into(self.slot_mapping[:n], inputs.slot_mapping)
+        copy_into(self.context_lens[:s], inputs.context_lens)
         tables = inputs.block_tables()
-        self.block_tables[:s, :tables.shape[1]].copy_(torch.from_numpy(tables), non_blocking=True)
+        copy_into(self.block_tables[:s, :tables.shape[1]], tables)
         # Whatever an earlier, larger step left in the padding becomes padding again.
         self.slot_mapping[n:tokens].fill_(-1)
         self.context_lens[s:seqs].zero_()

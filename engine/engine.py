@@ -21,10 +21,10 @@ from engine.layers.attention.kv_quant import KV_FP8
 from engine.loader import open_checkpoint
 from engine.model_runner import ModelRunner, load_model
 from engine.outputs import CompletionOutput, EngineStats, RequestOutput, TokenLogprob, Usage
-from engine.sampler import Sampler, SamplingRow
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
-from engine.sequence import Sequence
+from engine.sampler import SampledTokens, Sampler, SamplingRow
+from engine.sampling_params import SamplingParams, needs_token_history
+from engine.scheduler import ScheduledSequence, Scheduler
+from engine.sequence import PENDING, Sequence, SequenceStatus
 from engine.tokenizer import load_tokenizer
 
 log = structlog.get_logger(__name__)
@@ -36,6 +36,18 @@ class _Request:
     generator: torch.Generator
     detokenizer: IncrementalDetokenizer | None
     stop_matcher: StopStringMatcher
+
+
+@dataclass
+class _Launched:
+    """A step whose sampled tokens may still be on the device."""
+
+    requests: list[_Request]  # the sequences that sample, in sampled-row order
+    output_index: list[int]  # where each one's token goes in its output_token_ids
+    sampled: SampledTokens
+    # Whether the next step may be launched before these tokens reach the host: not when a sampler
+    # needs a sequence's token history on the host (penalties).
+    next_can_start: bool
 
 
 class Engine:
@@ -72,6 +84,12 @@ class Engine:
         self.sampler = Sampler(self.eos_token_ids)
         self._requests: dict[str, _Request] = {}
         self._aborted: list[RequestOutput] = []
+        # Async scheduling (vLLM's name; SGLang's overlap scheduler): step N+1 is scheduled and launched
+        # while step N still runs on the GPU, its input tokens read on the device, and only then are step
+        # N's tokens read back and processed, so the host's per-step work hides behind the GPU's.
+        self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
+                                 else self.device.type == "cuda")
+        self._in_flight: _Launched | None = None
         # Everything allocated so far (modules, tokenizer, transformers' tables) lives as long as the
         # engine: frozen out of the collector, whose full passes over it cost ~7 ms per 256-sequence
         # step otherwise (measured on the CI machine), as vLLM does after start-up.
@@ -98,16 +116,21 @@ class Engine:
         self.scheduler.add(seq)
 
     def step(self) -> list[RequestOutput]:
+        """Schedule and launch the next step, then return what the previous launch produced (with
+        async scheduling; without it, both are the same step)."""
         outputs, self._aborted = self._aborted, []
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None and not previous.next_can_start:
+            outputs += self._finish(previous)
+            previous = None
         batch = self.scheduler.schedule().scheduled
-        if not batch:
-            return outputs
-        logits = self.runner.execute(batch)
-        sampling = [item.seq for item in batch if item.samples]
-        tokens = self.sampler(logits, [SamplingRow(s, self._requests[s.request_id].generator) for s in sampling])
-        for item in batch:
-            item.seq.num_computed_tokens += item.num_tokens
-        outputs += [self._append_token(self._requests[s.request_id], tok) for s, tok in zip(sampling, tokens)]
+        launched = self._launch(batch, previous) if batch else None
+        if previous is not None:
+            outputs += self._finish(previous)
+        if launched is not None and self.async_scheduling:
+            self._in_flight = launched
+        elif launched is not None:
+            outputs += self._finish(launched)
         return outputs
 
     def abort(self, request_id: str) -> bool:
@@ -120,7 +143,7 @@ class Engine:
         return True
 
     def has_unfinished(self) -> bool:
-        return bool(self._requests) or bool(self._aborted)
+        return bool(self._requests) or bool(self._aborted) or self._in_flight is not None
 
     def stats(self) -> EngineStats:
         bm = self.block_manager
@@ -156,9 +179,39 @@ class Engine:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _append_token(self, req: _Request, tok: TokenLogprob) -> RequestOutput:
+    def _launch(self, batch: list[ScheduledSequence], previous: _Launched | None) -> _Launched:
+        """Run the model and the sampler for `batch` without waiting for the results; each sampling
+        sequence gets a PENDING output token, read from the device by the next step if need be."""
+        logits = self.runner.execute(batch, previous.sampled.token_ids if previous is not None else None)
+        requests = [self._requests[item.seq.request_id] for item in batch if item.samples]
+        sampled = self.sampler.sample(logits, [SamplingRow(r.seq, r.generator) for r in requests])
+        for item in batch:
+            item.seq.num_computed_tokens += item.num_tokens
+        output_index = []
+        for row, req in enumerate(requests):
+            output_index.append(len(req.seq.output_token_ids))
+            req.seq.output_token_ids.append(PENDING)
+            req.seq.pending_row = row
+        next_can_start = not any(needs_token_history(r.seq.params) for r in requests)
+        return _Launched(requests, output_index, sampled, next_can_start)
+
+    def _finish(self, launched: _Launched) -> list[RequestOutput]:
+        """Wait for a launched step's tokens and process them (stops, detokenizing, finishing)."""
+        tokens = launched.sampled.tokens()
+        outputs = []
+        for req, index, tok in zip(launched.requests, launched.output_index, tokens):
+            if req.seq.status is SequenceStatus.FINISHED:  # aborted, or ended by the token before this one
+                continue
+            req.seq.output_token_ids[index] = tok.token_id
+            if req.seq.pending_row is not None and index == len(req.seq.output_token_ids) - 1:
+                req.seq.pending_row = None  # no later step carries it
+            outputs.append(self._append_token(req, tok, index))
+        return outputs
+
+    def _append_token(self, req: _Request, tok: TokenLogprob, index: int) -> RequestOutput:
+        """Process output token number `index` (later ones may be in flight)."""
         seq, p = req.seq, req.seq.params
-        seq.output_token_ids.append(tok.token_id)
+        generated = index + 1
         delta, reason = "", None
         if tok.token_id in self.eos_token_ids and not p.ignore_eos:
             reason = "eos"
@@ -167,18 +220,24 @@ class Engine:
         elif req.detokenizer is not None:
             delta = req.stop_matcher.add(req.detokenizer.add(tok.token_id))
             reason = "stop" if req.stop_matcher.stopped else None
-        if reason is None and (len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= seq.max_total_tokens):
+        if reason is None and (generated >= p.max_tokens
+                               or len(seq.prompt_token_ids) + generated >= seq.max_total_tokens):
             reason = "length"
         if reason is not None:
             delta += req.stop_matcher.flush()
+            del seq.output_token_ids[generated:]  # a token computed past the end (async scheduling)
+            seq.pending_row = None
             self.scheduler.finish(seq, reason)
             del self._requests[seq.request_id]
         return RequestOutput(seq.request_id, [tok.token_id], delta, [tok] if p.logprobs else None,
-                             reason is not None, reason, self._usage(seq))
+                             reason is not None, reason,
+                             Usage(prompt_tokens=len(seq.prompt_token_ids), completion_tokens=generated))
 
     @staticmethod
     def _usage(seq: Sequence) -> Usage:
-        return Usage(prompt_tokens=len(seq.prompt_token_ids), completion_tokens=len(seq.output_token_ids))
+        """Tokens reported so far (those still in flight never will be)."""
+        outputs = seq.output_token_ids
+        return Usage(prompt_tokens=len(seq.prompt_token_ids), completion_tokens=len(outputs) - outputs.count(PENDING))
 
     def _tokenize(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):

@@ -18,6 +18,7 @@ from engine.loader import Checkpoint
 from engine.models import MODEL_CLASSES
 from engine.scheduler import ScheduledSequence
 from engine.step_inputs import StepInputs
+from engine.transfer import to_device
 
 
 @contextlib.contextmanager
@@ -75,21 +76,24 @@ class ModelRunner:
         self.graphs.capture()
 
     @torch.inference_mode()
-    def execute(self, batch: list[ScheduledSequence]) -> torch.Tensor:
-        """Run one step; returns logits [sampling sequences, vocab] in float32, in batch order."""
+    def execute(self, batch: list[ScheduledSequence], previous_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Run one step; returns logits [sampling sequences, vocab] in float32, in batch order.
+        previous_tokens: the previous step's sampled tokens (on the device), for sequences whose last
+        token is still PENDING on the host (async scheduling)."""
         if self.graphs is not None and (parts := self._graphed_parts(batch)) is not None:
             if len(parts) == 1:
-                return self.graphs.run(StepInputs.build(batch, self.block_size))
+                return self.graphs.run(StepInputs.build(batch, self.block_size), previous_tokens)
             # The decodes and each prompt chunk replay their own graphs: two or three replays cost less
             # than one eager step of ~350 launches (sequences never read each other's cache, so the
             # order is free). Rows are put back in batch order.
             rows: dict[int, torch.Tensor] = {}
             for part in parts:
                 # Copied: two chunks of one length replay the same graph, into the same output buffer.
-                logits = self.graphs.run(StepInputs.build([batch[i] for i in part], self.block_size)).clone()
+                logits = self.graphs.run(StepInputs.build([batch[i] for i in part], self.block_size),
+                                         previous_tokens).clone()
                 rows.update(zip((i for i in part if batch[i].samples), logits))
             return torch.stack([rows[i] for i in sorted(rows)]) if rows else logits[:0]
-        return self._run_eager(StepInputs.build(batch, self.block_size))
+        return self._run_eager(StepInputs.build(batch, self.block_size), previous_tokens)
 
     def _graphed_parts(self, batch: list[ScheduledSequence]) -> list[list[int]] | None:
         """The batch split into graph-covered parts (decodes; each prompt chunk), or None for eager."""
@@ -99,8 +103,9 @@ class ModelRunner:
             return None
         return ([decodes] if decodes else []) + chunks
 
-    def _run_eager(self, inputs: StepInputs) -> torch.Tensor:
+    def _run_eager(self, inputs: StepInputs, previous_tokens: torch.Tensor | None) -> torch.Tensor:
         input_ids, positions, meta, logits_index = self._to_device(inputs)
+        inputs.fill_carried(input_ids, previous_tokens)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)
         return self.model.compute_logits(hidden[logits_index])
 
@@ -139,7 +144,7 @@ class ModelRunner:
         dev = self.device
 
         def put(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(array).to(dev, non_blocking=True)
+            return to_device(array, dev)
 
         meta = AttentionMetadata(slot_mapping=put(inputs.slot_mapping), block_tables=put(inputs.block_tables()),
                                  context_lens=put(inputs.context_lens), query_start=put(inputs.query_start),

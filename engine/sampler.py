@@ -11,6 +11,7 @@ import torch
 
 from engine.outputs import TokenLogprob
 from engine.sequence import Sequence
+from engine.transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -19,11 +20,45 @@ class SamplingRow:
     generator: torch.Generator
 
 
+@dataclass
+class SampledTokens:
+    """One step's draws, possibly still being computed on the device: tokens() waits for them.
+
+    Everything the host needs is computed and queued for copying when sampling is launched, so the next
+    step can be launched before these tokens are read, without overwriting what they were drawn from."""
+
+    token_ids: torch.Tensor  # [rows] int64 on the model's device: what the next step may read as input
+    rows: list[SamplingRow]
+    _host: list[torch.Tensor]  # token ids, then (if any row asked) chosen logprobs, top values, top ids
+    _ready: torch.cuda.Event | None  # recorded after the copies to the host; None on a CPU
+
+    def tokens(self) -> list[TokenLogprob]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        token_ids = self._host[0].tolist()
+        if len(self._host) == 1:
+            return [TokenLogprob(tok, float("nan")) for tok in token_ids]
+        chosen, top_vals, top_ids = (t.tolist() for t in self._host[1:])
+        out = []
+        for i, (tok, row) in enumerate(zip(token_ids, self.rows)):
+            p = row.seq.params
+            if not p.logprobs:
+                out.append(TokenLogprob(tok, float("nan")))
+                continue
+            n = p.top_logprobs
+            out.append(TokenLogprob(tok, chosen[i], tuple(zip(top_ids[i][:n], top_vals[i][:n]))))
+        return out
+
+
 class Sampler:
     def __init__(self, eos_token_ids: tuple[int, ...]):
         self.eos_token_ids = eos_token_ids
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[TokenLogprob]:
+        return self.sample(logits, rows).tokens()
+
+    def sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SampledTokens:
+        """Launch the draws of one step without waiting for them (no host sync)."""
         # logits: [rows, vocab] float32
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(r.seq.params.logprobs for r in rows) else None
         penalized = [i for i, r in enumerate(rows) if _has_penalties(r.seq)]
@@ -33,17 +68,26 @@ class Sampler:
             for i in penalized:
                 self._apply_penalties(logits[i], rows[i].seq)
             if forbidden[0]:  # every row's masked stop tokens in one indexed write
-                logits[forbidden] = float("-inf")
+                rows_idx, token_idx = _on_device(list(forbidden), logits.device)
+                # A device scalar: a Python float would be copied from the host, blocking (sync debug mode).
+                logits.index_put_((rows_idx, token_idx), logits.new_full((), float("-inf")))
         greedy = [i for i, r in enumerate(rows) if r.seq.params.greedy]
-        if len(greedy) == len(rows):  # the common serving case: one kernel, one copy to the host
-            return self._with_logprobs(logits.argmax(dim=-1).tolist(), raw_logprobs, rows)
-        token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        if greedy:
-            token_ids[greedy] = logits[greedy].argmax(dim=-1)
-        for i, row in enumerate(rows):
-            if not row.seq.params.greedy:
-                token_ids[i] = self._sample(logits[i], row)
-        return self._with_logprobs(token_ids.tolist(), raw_logprobs, rows)
+        if len(greedy) == len(rows):  # the common serving case: one kernel
+            token_ids = logits.argmax(dim=-1)
+        else:
+            token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+            if greedy:
+                greedy_rows = _on_device(greedy, logits.device)
+                token_ids[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+            for i, row in enumerate(rows):
+                if not row.seq.params.greedy:
+                    token_ids[i] = self._sample(logits[i], row)
+        device_side = [token_ids]
+        if raw_logprobs is not None:
+            top = max(r.seq.params.top_logprobs for r in rows)
+            top_vals, top_ids = raw_logprobs.topk(top, dim=-1)
+            device_side += [raw_logprobs.gather(1, token_ids[:, None])[:, 0], top_vals, top_ids]
+        return SampledTokens(token_ids, rows, *_copy_to_host(device_side))
 
     def _forbidden_early_stops(self, rows: list[SamplingRow]) -> tuple[list[int], list[int]]:
         """(row, token) pairs that must not be sampled: stop and EOS tokens before min_tokens."""
@@ -61,15 +105,15 @@ class Sampler:
     def _apply_penalties(logits: torch.Tensor, seq: Sequence) -> None:
         p = seq.params
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(seq.all_token_ids)), device=logits.device)
+            seen = _on_device(sorted(set(seq.all_token_ids)), logits.device)
             vals = logits[seen]
             logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if (p.presence_penalty or p.frequency_penalty) and seq.output_token_ids:
-            ids, counts = torch.tensor(seq.output_token_ids, device=logits.device).unique(return_counts=True)
+            ids, counts = _on_device(seq.output_token_ids, logits.device).unique(return_counts=True)
             logits[ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
 
     @staticmethod
-    def _sample(logits: torch.Tensor, row: SamplingRow) -> int:
+    def _sample(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
         p = row.seq.params
         logits = logits / p.temperature
         if p.top_k > 0 and p.top_k < logits.numel():
@@ -85,22 +129,23 @@ class Sampler:
             probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
         # Exponential race (Gumbel-max in another form): argmax(p / E), E ~ Exp(1), is a draw from p.
         noise = torch.empty_like(probs).exponential_(generator=row.generator)
-        return int((probs / noise).argmax())
+        return (probs / noise).argmax()  # stays on the device: no sync per row
 
-    @staticmethod
-    def _with_logprobs(token_ids: list[int], raw: torch.Tensor | None, rows: list[SamplingRow]) -> list[TokenLogprob]:
-        out = []
-        for i, (tok, row) in enumerate(zip(token_ids, rows)):
-            p = row.seq.params
-            if raw is None or not p.logprobs:
-                out.append(TokenLogprob(tok, float("nan")))
-                continue
-            top: tuple[tuple[int, float], ...] = ()
-            if p.top_logprobs:
-                vals, ids = raw[i].topk(p.top_logprobs)
-                top = tuple(zip(ids.tolist(), vals.tolist()))
-            out.append(TokenLogprob(tok, float(raw[i, tok]), top))
-        return out
+
+def _on_device(values: list, device: torch.device) -> torch.Tensor:
+    """int64 indices on `device`, copied without waiting for the step launched ahead of this one
+    (torch.tensor(values, device=...) would: engine/transfer.py)."""
+    return to_device(torch.tensor(values, dtype=torch.long), device)
+
+
+def _copy_to_host(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """Queue copies of device tensors into pinned host memory and an event that marks them done."""
+    if tensors[0].device.type != "cuda":
+        return tensors, None
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in tensors]
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
 
 
 def _has_penalties(seq: Sequence) -> bool:

@@ -76,6 +76,11 @@ class SamplingParams:
                "top_logprobs", f"must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
 
 
+def needs_token_history(params: SamplingParams) -> bool:
+    """Whether sampling reads the sequence's previous tokens on the host (its penalties do)."""
+    return params.repetition_penalty != 1.0 or bool(params.presence_penalty) or bool(params.frequency_penalty)
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -96,6 +96,8 @@ class Scheduler:
         queue = list(self.running)  # admission order: the newest is preempted first
         while queue:
             seq = queue.pop(0)
+            if seq.reached_max_length:  # its last token is in flight (async scheduling); it ends once known
+                continue
             # Keep one token per later running sequence so a long prompt chunk never starves decodes.
             n = min(seq.num_uncomputed_tokens, budget - len(queue))
             if n <= 0:

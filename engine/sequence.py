@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from engine.sampling_params import SamplingParams
 
 
+# An output token that is sampled but not yet on the host: the step after the one that samples it is
+# launched first (async scheduling), reading the token from the device (see Sequence.pending_row).
+PENDING = -1
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -28,6 +33,8 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_preemptions: int = 0
     finish_reason: str | None = None
+    # While the last output token is PENDING: its row in the sampled tokens of the step in flight.
+    pending_row: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -45,6 +52,11 @@ class Sequence:
     def max_lifetime_tokens(self) -> int:
         """Tokens the sequence may reach if it never stops early (what guaranteed_no_evict reserves)."""
         return min(len(self.prompt_token_ids) + self.params.max_tokens, self.max_total_tokens)
+
+    @property
+    def reached_max_length(self) -> bool:
+        """Its last token ends it by length whatever that token is: nothing further to compute."""
+        return len(self.output_token_ids) >= self.params.max_tokens or self.num_tokens >= self.max_total_tokens
 
     def token_at(self, position: int) -> int:
         n_prompt = len(self.prompt_token_ids)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from engine.scheduler import ScheduledSequence
+from engine.transfer import to_device
 
 
 @dataclass
@@ -20,6 +22,10 @@ class StepInputs:
     tables: list[list[int]]  # each sequence's blocks, as far as this step's context reaches
     max_query_len: int
     max_context_len: int
+    # Tokens still on the device (PENDING in input_ids): input_ids[carried_rows[i]] is row
+    # carried_from[i] of the previous step's sampled tokens (async scheduling).
+    carried_rows: np.ndarray  # [carried] int64
+    carried_from: np.ndarray  # [carried] int64
 
     @property
     def num_seqs(self) -> int:
@@ -34,10 +40,15 @@ class StepInputs:
         query_lens: list[int] = []
         logits_index: list[int] = []
         tables: list[list[int]] = []
+        carried_rows: list[int] = []
+        carried_from: list[int] = []
         for item in batch:
             seq, start, n = item.seq, item.seq.num_computed_tokens, item.num_tokens
             end = start + n
             table = seq.block_table[:-(-end // block_size)]
+            if seq.pending_row is not None and start <= seq.num_tokens - 1 < end:
+                carried_rows.append(len(ids) + seq.num_tokens - 1 - start)
+                carried_from.append(seq.pending_row)
             if n == 1:  # decode: most of a large batch, so the cheap path
                 ids.append(seq.token_at(start))
                 positions.append(start)
@@ -56,7 +67,23 @@ class StepInputs:
                    slot_mapping=np.array(slots, dtype=np.int64), context_lens=np.array(context_lens, dtype=np.int32),
                    query_start=np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32),
                    logits_index=np.array(logits_index, dtype=np.int64), tables=tables,
-                   max_query_len=max(query_lens), max_context_len=max(context_lens))
+                   max_query_len=max(query_lens), max_context_len=max(context_lens),
+                   carried_rows=np.array(carried_rows, dtype=np.int64),
+                   carried_from=np.array(carried_from, dtype=np.int64))
+
+    def fill_carried(self, input_ids: torch.Tensor, previous_tokens: torch.Tensor | None) -> None:
+        """Write the carried tokens into input_ids (on the device, after the host ids are copied in)."""
+        k = len(self.carried_rows)
+        if k == 0:
+            return
+        if previous_tokens is None:
+            raise RuntimeError("this step reads tokens of a previous step, but none was passed")
+        if np.array_equal(self.carried_rows, self.carried_from) and self.carried_rows[-1] == k - 1:
+            # The steady decode state (the same sequences in the same order): one device copy.
+            input_ids[:k].copy_(previous_tokens[:k])
+            return
+        index = to_device(np.stack([self.carried_rows, self.carried_from]), input_ids.device)
+        input_ids[index[0]] = previous_tokens[index[1]]
 
     def block_tables(self) -> np.ndarray:
         """[seqs, longest table] int32, rows padded with block 0 (never read: context_lens bound every read)."""

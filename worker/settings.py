@@ -35,6 +35,8 @@ class WorkerSettings(BaseSettings):
     max_seq_len: int | None = Field(None, ge=2, description="override the manifest's max_seq_len")
     kv_cache_dtype: str = Field("auto", description="KV cache dtype: auto (the model's dtype) or fp8 (e4m3, half "
                                                     "the bytes per token: twice the KV blocks; CUDA sm_89+)")
+    async_scheduling: bool | None = Field(None, description="launch each engine step before the previous one's "
+                                                             "tokens are read back; default on for CUDA, off for CPU")
     worker_id: str = Field(default_factory=default_worker_id)
     metrics_port: int = Field(9402, ge=0, le=65535, description="Prometheus /metrics on 0.0.0.0:metrics_port; 0 = off")
     health_port: int = Field(50054, ge=0, le=65535, description="grpc.health.v1 (liveness, readiness; worker/health.py) "

@@ -25,7 +25,8 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
         overrides = {k: v for k, v in (("max_batch_size", settings.max_batch_size), ("max_seq_len", settings.max_seq_len))
                      if v is not None}
         return EngineConfig(model=str(settings.model_path), device=device, dtype=settings.dtype,
-                            kv_cache_dtype=settings.kv_cache_dtype, **overrides)
+                            kv_cache_dtype=settings.kv_cache_dtype, async_scheduling=settings.async_scheduling,
+                            **overrides)
     if not settings.store_dir.is_dir():
         raise EngineUnavailableError(f"engine store {str(settings.store_dir)!r} does not exist")
     store = EngineStore(settings.store_dir)
@@ -38,7 +39,7 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
     return EngineConfig(model=str(folder), device=device, dtype=settings.dtype or manifest.dtype,
                         max_batch_size=settings.max_batch_size or manifest.max_batch_size,
                         max_seq_len=settings.max_seq_len or manifest.max_seq_len,
-                        kv_cache_dtype=settings.kv_cache_dtype)
+                        kv_cache_dtype=settings.kv_cache_dtype, async_scheduling=settings.async_scheduling)
 
 
 def load_engine(settings: WorkerSettings) -> Engine | SyntheticEngine:

@@ -64,10 +64,11 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
         # The scales describe an fp8 cache; a cache in the model's dtype holds K and V as they are.
         k_scale, v_scale = (self.k_scale, self.v_scale) if kv_cache.dtype == KV_FP8 else (1.0, 1.0)
-        out = self.attn(q, k, v, kv_cache, meta, k_scale, v_scale)  # [tokens, heads, head_dim]
+        # RoPE is applied by the attention backend: the Triton one rotates q and k as it stores K/V.
+        out = self.attn(q, k, v, kv_cache, meta, k_scale, v_scale, rotary=self.rotary,
+                        positions=positions)  # [tokens, heads, head_dim]
         return self.o_proj(out.reshape(-1, self.q_size))
 
 

@@ -85,6 +85,10 @@ def bench(
         help="mixed: batching modes to run, each on a freshly loaded engine.", show_default="static,inflight")] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(
         help="mixed: the engines' max_batch_size (sequences per step).", show_default="64")] = None,
+    async_scheduling: Annotated[Optional[bool], typer.Option(
+        "--async-scheduling/--no-async-scheduling",
+        help="Launch each engine step before the previous one's tokens are read back.",
+        show_default="on for CUDA, off for CPU")] = None,
 ) -> None:
     """Benchmark generation latency, throughput and peak memory; one [BENCHMARK] line per case on stdout."""
     mixed_options = {"--requests": requests, "--input-len": input_len, "--output-len-range": output_len_range,
@@ -123,18 +127,19 @@ def bench(
         with user_errors({"max_seq_len": "--input-len/--output-len-range", "max_batch_size": "--max-batch-size"}):
             _import_loading_code()
             payload = run_mixed(models[0], _model_label(models[0]), dev, dtype, spec, warmup, runs, seed,
-                                kv_cache_dtype)
+                                kv_cache_dtype, async_scheduling)
     else:
         payload = _bench_grid(model, models, hf_model, compare_hf, dev, dtype, cases, warmup, runs, seed,
-                              scheduler_policy, kv_cache_dtype)
+                              scheduler_policy, kv_cache_dtype, async_scheduling)
     _save(payload, json_file, plot_dir)
 
 
 def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_hf: bool, dev: str,
                 dtype: Optional[str], cases: list[Case], warmup: int, runs: int, seed: int,
-                scheduler_policy: str, kv_cache_dtype: str) -> dict[str, Any]:
+                scheduler_policy: str, kv_cache_dtype: str, async_scheduling: bool | None) -> dict[str, Any]:
     with user_errors({"max_seq_len": "--input-output-len", "max_batch_size": "--batch-size"}):
         prompts: dict[Case, list[list[int]]] = {}
+        resolved: dict[str, Any] = {}  # engine settings as the engine resolved them, for the JSON
 
         def load_ours(name: str) -> EngineSide:
             max_batch = max(c.batch_size for c in cases)
@@ -142,7 +147,8 @@ def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_
             # activation memory reserved next to the KV pool is what the cases need.
             step_tokens = min(8192, max(max_batch, *(c.batch_size * c.input_len for c in cases)))
             side = EngineSide(name, dev, dtype, max_batch, max(c.input_len + c.output_len for c in cases),
-                              step_tokens, scheduler_policy, kv_cache_dtype)
+                              step_tokens, scheduler_policy, kv_cache_dtype, async_scheduling)
+            resolved["async_scheduling"] = side.engine.async_scheduling
             # Every side gets these same prompts; the checkpoint's vocabulary comes with our (first) engine.
             for case in cases:
                 prompts.setdefault(case, random_prompts(case, side.engine.model_config.vocab_size,
@@ -163,8 +169,8 @@ def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_
     if comparisons:
         typer.echo("\n" + comparison_table(comparisons))
         typer.echo("lat. red. = 1 - ours/hf latency; speedup = hf/ours latency; mem red. = 1 - ours/hf peak memory")
-    return {"workload": "grid", "model": model, "device": dev, "kv_cache_dtype": kv_cache_dtype, "warmup": warmup,
-            "runs": runs, "seed": seed,
+    return {"workload": "grid", "model": model, "device": dev, "kv_cache_dtype": kv_cache_dtype, **resolved,
+            "warmup": warmup, "runs": runs, "seed": seed,
             "results": [r.to_json() for rs in ours.values() for r in rs] + [r.to_json() for r in hf],
             "comparison": [c.to_json() for c in comparisons]}
 

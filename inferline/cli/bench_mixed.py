@@ -114,9 +114,8 @@ def run_workload(engine: Engine, device: str, prompts: list[list[int]], output_l
         engine.add_request(rid, prompt, SamplingParams(max_tokens=n, min_tokens=n, detokenize=False))
     pending, steps = set(ids), 0
     while pending:
-        outputs = engine.step()
+        outputs = engine.step()  # returns once its outputs are on the host: no device sync (see engine_bench)
         steps += 1
-        synchronize(device)
         now = time.perf_counter() - t0
         if not outputs and not engine.has_unfinished():
             raise RuntimeError(f"engine went idle with {len(pending)} benchmark requests unfinished")
@@ -134,7 +133,7 @@ def run_workload(engine: Engine, device: str, prompts: list[list[int]], output_l
 
 
 def run_mixed(model: str, model_label: str, device: str, dtype: str | None, spec: MixedSpec, warmup: int, runs: int,
-              seed: int, kv_cache_dtype: str = "auto") -> dict[str, Any]:
+              seed: int, kv_cache_dtype: str = "auto", async_scheduling: bool | None = None) -> dict[str, Any]:
     """Every batching mode on a fresh engine: load, warm up, `runs` timed passes of the same workload.
     Prints a [BENCHMARK] line per mode and the comparison; returns the JSON record."""
     output_lens = draw_output_lens(spec.requests, spec.output_lo, spec.output_hi, seed)
@@ -145,8 +144,9 @@ def run_mixed(model: str, model_label: str, device: str, dtype: str | None, spec
         with PeakMemoryTracker(torch_device) as memory:
             engine = Engine(EngineConfig(model=model, device=device, dtype=dtype, max_batch_size=spec.max_batch_size,
                                          max_seq_len=spec.max_seq_len, batching=batching,
-                                         kv_cache_dtype=kv_cache_dtype))
+                                         kv_cache_dtype=kv_cache_dtype, async_scheduling=async_scheduling))
             vocab_size, tokenizer = engine.model_config.vocab_size, engine.tokenizer
+            resolved_async = engine.async_scheduling
             if not prompts:  # the same prompts for every mode, from the first engine's vocabulary
                 prompts = random_prompts(Case(spec.requests, spec.input_len, 0), vocab_size, tokenizer, seed)
             warm_prompts, warm_lens = warmup_requests(spec, vocab_size, tokenizer, seed)
@@ -170,7 +170,7 @@ def run_mixed(model: str, model_label: str, device: str, dtype: str | None, spec
         typer.echo(f"in-flight / static: throughput {comparison['throughput_ratio']:.2f}x, "
                    f"p99 latency {comparison['p99_latency_ratio']:.2f}x (medians of {runs} runs)")
     return {"workload": "mixed", "model": model, "device": device, "kv_cache_dtype": kv_cache_dtype,
-            "warmup": warmup, "runs": runs, "seed": seed,
+            "async_scheduling": resolved_async, "warmup": warmup, "runs": runs, "seed": seed,
             "requests": spec.requests, "input_len": spec.input_len, "output_len_range": [spec.output_lo, spec.output_hi],
             "max_batch_size": spec.max_batch_size, "batching": list(spec.batchings), "output_lens": output_lens,
             "modes": [r.to_json() for r in results], "comparison": comparison}

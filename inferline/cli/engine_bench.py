@@ -19,12 +19,14 @@ class EngineSide:
     name = "inferline"
 
     def __init__(self, model: str, device: str, dtype: str | None, max_batch_size: int, max_seq_len: int,
-                 max_num_tokens: int, scheduler_policy: str = "max_utilization", kv_cache_dtype: str = "auto"):
+                 max_num_tokens: int, scheduler_policy: str = "max_utilization", kv_cache_dtype: str = "auto",
+                 async_scheduling: bool | None = None):
         # Sized to the largest case: the KV pool holds max_batch_size sequences of max_seq_len tokens, and
         # a step (hence the activation memory reserved for it) holds max_num_tokens.
         self.engine = Engine(EngineConfig(model=model, device=device, dtype=dtype, max_batch_size=max_batch_size,
                                           max_seq_len=max_seq_len, max_num_tokens=max_num_tokens,
-                                          scheduler_policy=scheduler_policy, kv_cache_dtype=kv_cache_dtype))
+                                          scheduler_policy=scheduler_policy, kv_cache_dtype=kv_cache_dtype,
+                                          async_scheduling=async_scheduling))
         self.device = device
 
     @property
@@ -58,8 +60,9 @@ class EngineSide:
             engine.add_request(rid, prompt, params)
         pending = set(ids)
         while pending:
+            # No device sync here: step() returns once its outputs are on the host, and a sync would stall
+            # the step it launched ahead (async scheduling).
             outputs = engine.step()
-            synchronize(self.device)
             now = time.perf_counter()
             if not outputs and not engine.has_unfinished():
                 raise RuntimeError(f"engine went idle with {len(pending)} benchmark requests unfinished")

@@ -1,5 +1,6 @@
 """Attention backends behind one interface: each takes this step's queries, keys and values for all
-scheduled tokens, writes the new K/V into the paged cache and attends over each sequence's blocks.
+scheduled tokens (before RoPE when given the rotary embedding and positions: it applies it), writes the
+new K/V into the paged cache and attends over each sequence's blocks.
 
 A backend is picked by name from ATTENTION_BACKENDS; "auto" is the Triton kernels on CUDA and the
 portable PyTorch reference elsewhere. Every backend takes a cache in the model's dtype or in fp8 with

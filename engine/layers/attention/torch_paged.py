@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from engine.layers.attention.kv_quant import KV_FP8, check_kv_scales, quantize_kv
 from engine.layers.attention.metadata import AttentionMetadata
+from engine.layers.rotary import RotaryEmbedding
 
 
 class TorchPagedAttention:
@@ -24,10 +25,13 @@ class TorchPagedAttention:
         self.scale = scale
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                 meta: AttentionMetadata, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
-        # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]
+                 meta: AttentionMetadata, k_scale: float = 1.0, v_scale: float = 1.0,
+                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]; positions: [tokens]
         # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim], q's dtype or KV_FP8 (scaled by k/v_scale)
         check_kv_scales(kv_cache.dtype, k_scale, v_scale)
+        if rotary is not None:
+            q, k = rotary(positions, q, k)
         k_cache, v_cache = kv_cache[0], kv_cache[1]
         if kv_cache.dtype == KV_FP8:
             k, v = quantize_kv(k, k_scale), quantize_kv(v, v_scale)

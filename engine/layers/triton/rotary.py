@@ -52,6 +52,19 @@ def apply_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: 
     """Rotates q: [tokens, heads, head_dim] and k: [tokens, kv_heads, head_dim] in place (any token and
     head strides, last dim contiguous). positions: [tokens] int64; cos, sin: [max_positions, head_dim]
     float32. Positions must be < max_positions (not checked: that would sync with the device)."""
+    check_rope_operands(q, k, positions, cos, sin)
+    tokens, heads, head_dim = q.shape
+    if tokens == 0:
+        return
+    half = head_dim // 2
+    _rope_kernel[(tokens,)](q, k, positions, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                            cos.stride(0), sin.stride(0), Q_HEADS=heads, K_HEADS=k.shape[1], HALF=half,
+                            BLOCK_QH=next_power_of_2(heads), BLOCK_KH=next_power_of_2(k.shape[1]),
+                            BLOCK_HALF=next_power_of_2(half), num_warps=4)
+
+
+def check_rope_operands(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+                        sin: torch.Tensor) -> None:
     check_tensor("q", q, FLOAT_DTYPES, 3)
     check_tensor("k", k, (q.dtype,), 3, like=q)
     check_tensor("positions", positions, (torch.int64,), 1, like=q)
@@ -70,10 +83,3 @@ def apply_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: 
             raise ValueError(f"{name}: must be [max_positions, {head_dim}], got {tuple(table.shape)}")
     for name, t in (("q", q), ("k", k), ("positions", positions), ("cos", cos), ("sin", sin)):
         check_last_dim_contiguous(name, t)
-    if tokens == 0:
-        return
-    half = head_dim // 2
-    _rope_kernel[(tokens,)](q, k, positions, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                            cos.stride(0), sin.stride(0), Q_HEADS=heads, K_HEADS=k.shape[1], HALF=half,
-                            BLOCK_QH=next_power_of_2(heads), BLOCK_KH=next_power_of_2(k.shape[1]),
-                            BLOCK_HALF=next_power_of_2(half), num_warps=4)

@@ -56,11 +56,26 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     holding k / k_scale and v / v_scale (Python floats; 1.0 for any other cache); slot_mapping: [tokens]
     int64. Writes k[t], v[t] at slot slot_mapping[t] (skipped when negative). Slots must be below
     num_blocks * block_size: not checked, as that would sync with the device."""
+    check_store_operands(k, v, k_cache, v_cache, slot_mapping)
+    check_kv_scales(k_cache.dtype, k_scale, v_scale)
+    tokens, kv_heads, head_dim = k.shape
+    if tokens == 0 or kv_heads == 0 or head_dim == 0:
+        return
+    _store_kv_kernel[(tokens,)](
+        k, v, k_cache, v_cache, slot_mapping, 1.0 / k_scale, 1.0 / v_scale,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), KV_HEADS=kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
+        BLOCK_H=next_power_of_2(kv_heads), BLOCK_D=next_power_of_2(head_dim),
+        FP8=k_cache.dtype == KV_FP8, FP8_MAX=KV_FP8_MAX, num_warps=4)
+
+
+def check_store_operands(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         slot_mapping: torch.Tensor) -> None:
     check_tensor("k", k, FLOAT_DTYPES, 3)
     check_tensor("v", v, (k.dtype,), 3, like=k)
     check_tensor("k_cache", k_cache, (k.dtype, KV_FP8), 4, like=k)
     check_tensor("v_cache", v_cache, (k_cache.dtype,), 4, like=k)
-    check_kv_scales(k_cache.dtype, k_scale, v_scale)
     check_tensor("slot_mapping", slot_mapping, (torch.int64,), 1, like=k)
     tokens, kv_heads, head_dim = k.shape
     check_shape("v", v, tuple(k.shape), "k's shape")
@@ -71,12 +86,3 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     check_shape("slot_mapping", slot_mapping, (tokens,), "one slot per token of k")
     for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache), ("slot_mapping", slot_mapping)):
         check_last_dim_contiguous(name, t)
-    if tokens == 0 or kv_heads == 0 or head_dim == 0:
-        return
-    _store_kv_kernel[(tokens,)](
-        k, v, k_cache, v_cache, slot_mapping, 1.0 / k_scale, 1.0 / v_scale,
-        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2), KV_HEADS=kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
-        BLOCK_H=next_power_of_2(kv_heads), BLOCK_D=next_power_of_2(head_dim),
-        FP8=k_cache.dtype == KV_FP8, FP8_MAX=KV_FP8_MAX, num_warps=4)
