@@ -10,6 +10,7 @@
 #   bench/gpu_7b.sh quant       int8_wo, int4_wo (the AWQ/GPTQ format) and fp8 engines: batch-1 latency and
 #                               memory vs HF bf16; fp8 throughput
 #   bench/gpu_7b.sh fp8_throughput  the fp8 engine with an fp8 KV cache: 128/128, 128/2048, 2048/128
+#   bench/gpu_7b.sh fp8_long    the same, the long cases (128/2048, 2048/128) alone
 #   bench/gpu_7b.sh long_fp8kv  bf16 weights with an fp8 KV cache: 128/2048 and 2048/128
 #   bench/gpu_7b.sh gqa         the Llama-3-8B shape (GQA 32/8): batch-1 latency vs HF, 128/128 throughput
 #   bench/gpu_7b.sh all         every stage above, in that order
@@ -95,6 +96,11 @@ stage_fp8_throughput() {  # fp8 weights and activations with an fp8 KV cache, as
   quant_engine fp8
   bench throughput_fp8 --model "$STORE/b7-fp8" --kv-cache-dtype fp8 --batch-size 256,512 \
     --input-output-len "128,128" --runs 3
+  stage_fp8_long
+}
+
+stage_fp8_long() {
+  quant_engine fp8
   # As many long requests as the fp8 pool holds whole for 128/2048 on an H200 (~205; an H100 80GB: ~100).
   bench throughput_fp8_long --model "$STORE/b7-fp8" --kv-cache-dtype fp8 --batch-size "${FP8KV_LONG_REQUESTS:-192}" \
     --input-output-len "128,2048;2048,128" --scheduler-policy guaranteed_no_evict --warmup 0 --runs 2
@@ -115,6 +121,6 @@ stage_gqa() {
 machine | tee "$OUT/machine.txt"
 case "${1:?stage: tests, latency, throughput, long, mixed, quant, gqa or all}" in
   all) for s in tests latency throughput long long_fp8kv mixed quant gqa; do "stage_$s"; done ;;
-  tests|latency|throughput|long|long_fp8kv|mixed|quant|fp8_throughput|gqa) "stage_$1" ;;
+  tests|latency|throughput|long|long_fp8kv|mixed|quant|fp8_throughput|fp8_long|gqa) "stage_$1" ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@ random generator, so a seeded request samples the same tokens whatever else is i
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -72,8 +73,8 @@ class Sampler:
                 # A device scalar: a Python float would be copied from the host, blocking (sync debug mode).
                 logits.index_put_((rows_idx, token_idx), logits.new_full((), float("-inf")))
         greedy = [i for i, r in enumerate(rows) if r.seq.params.greedy]
-        if len(greedy) == len(rows):  # the common serving case: one kernel
-            token_ids = logits.argmax(dim=-1)
+        if len(greedy) == len(rows):  # the common serving case
+            token_ids = argmax(logits)
         else:
             token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
             if greedy:
@@ -130,6 +131,26 @@ class Sampler:
         # Exponential race (Gumbel-max in another form): argmax(p / E), E ~ Exp(1), is a draw from p.
         noise = torch.empty_like(probs).exponential_(generator=row.generator)
         return (probs / noise).argmax()  # stays on the device: no sync per row
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits.argmax(dim=-1) (the first index of the largest value, NaN counting as largest), in two
+    passes when there are few rows: torch reduces a single 128k-entry row in one thread block
+    (26 us on an H200, 0.5% of a 7B batch-1 step), while per-chunk maxima spread over many blocks."""
+    rows, vocab = logits.shape
+    chunk = _argmax_chunk(vocab)
+    if rows > 8 or chunk is None or not logits.is_contiguous():
+        return logits.argmax(dim=-1)
+    parts = logits.view(rows, vocab // chunk, chunk)
+    within = parts.argmax(dim=-1)  # [rows, chunks]: the first maximum of each chunk
+    best = parts.gather(-1, within[..., None])[..., 0].argmax(dim=-1, keepdim=True)  # the first chunk holding it
+    return (best * chunk + within.gather(-1, best))[:, 0]
+
+
+@functools.cache
+def _argmax_chunk(vocab: int) -> int | None:
+    """A divisor of vocab in [256, 2048] (the largest), or None: chunks must tile the row exactly."""
+    return next((c for c in range(2048, 255, -1) if vocab % c == 0), None)
 
 
 def _on_device(values: list, device: torch.device) -> torch.Tensor:

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from engine.sampler import Sampler, SamplingRow
+from engine.sampler import Sampler, SamplingRow, argmax
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
@@ -72,3 +73,15 @@ def test_logprobs_are_the_raw_model_log_probabilities():
     expected = torch.log_softmax(logits, -1)[0]
     assert tok.token_id == 2 and abs(tok.logprob - float(expected[2])) < 1e-6
     assert [t for t, _ in tok.top] == [2, 1]
+
+
+@pytest.mark.parametrize("rows,vocab", [(1, 125696), (3, 49152), (2, 50257), (16, 4096), (1, 1000)])
+def test_two_pass_argmax_is_torch_argmax_ties_and_nan_included(rows, vocab):
+    g = torch.Generator().manual_seed(rows)
+    logits = torch.randn(rows, vocab, generator=g)
+    top = logits.max()
+    logits[0, [vocab // 3, vocab // 2, vocab - 1]] = top + 1  # ties across chunks: the first one wins
+    assert torch.equal(argmax(logits), logits.argmax(dim=-1))
+    logits[-1, [vocab - 7, 5]] = float("nan")  # NaN counts as the largest, the first NaN wins
+    assert torch.equal(argmax(logits), logits.argmax(dim=-1))
+    assert argmax(logits)[-1] == 5
