@@ -10,6 +10,7 @@ costs one stat, not a read and a hash.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ class EngineTokenizers:
         self._cache: dict[str, EngineTokenizer] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._checksums: dict[str, tuple[tuple[int, int, int], str]] = {}  # name -> (manifest stat, checksum)
+        self._manifests: dict[str, str] = {}  # name -> its manifest path, once found (no Path built per request)
 
     async def get(self, name: str) -> EngineTokenizer:
         """The engine's tokenizer and limits; NOT_FOUND naming the model when the store lacks it."""
@@ -69,17 +71,20 @@ class EngineTokenizers:
         # A name the store could never hold (path tricks included) is as unknown as a missing one.
         try:
             if NAME_PATTERN.match(name):
-                stat = (self.store.path(name) / MANIFEST).stat()
+                manifest = self._manifests.get(name) or str(self.store.path(name) / MANIFEST)
+                stat = os.stat(manifest)
                 key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
                 known = self._checksums.get(name)
                 if known is not None and known[0] == key:
                     return known[1]
                 checksum = self.store.checksum(name)
                 self._checksums[name] = (key, checksum)
+                self._manifests[name] = manifest
                 return checksum
         except FileNotFoundError:  # no such engine, or deleted between the two reads
             pass
         self._checksums.pop(name, None)
+        self._manifests.pop(name, None)
         self._cache.pop(name, None)  # a deleted engine's tokenizer is not kept
         raise NotFound(f"model: {name!r} is not in the engine store; ListModels lists the engines")
 

@@ -152,11 +152,11 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
             inbox = self.results.subscribe(rid)
         except DuplicateRequestError:
             raise AlreadyExists(f"request_id: {rid!r} is already in flight") from None
-        enqueue: asyncio.Task[str] | None = None
+        enqueue: asyncio.Future[str] | None = None
         try:
             workers = await self.admission.require_workers(request.model)  # 0: a scale-from-zero model
             # Shielded: a caller cancelling mid-XADD must still learn the entry id, to cancel that run.
-            enqueue = asyncio.ensure_future(self.admission.enqueue(request))
+            enqueue = self.admission.enqueue(request)
             entry_id = await asyncio.shield(enqueue)
             metrics.ROUTES_QUEUED.labels(request.model, band_of(request.priority)).inc()
             if not workers:
@@ -179,14 +179,14 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                 # be cancelled again.
                 self._spawn(self._give_up(rid, enqueue, record))
 
-    async def _give_up(self, rid: str, enqueue: asyncio.Task[str] | None, record: bool) -> None:
+    async def _give_up(self, rid: str, enqueue: asyncio.Future[str] | None, record: bool) -> None:
         with request_context(rid):
             if enqueue is not None:
                 await self._cancel_run(rid, enqueue)
             if record:
                 await self.idempotency.release(rid, "abandoned")
 
-    async def _cancel_run(self, rid: str, enqueue: asyncio.Task[str]) -> None:
+    async def _cancel_run(self, rid: str, enqueue: asyncio.Future[str]) -> None:
         try:
             entry_id = await enqueue
         except Exception:  # never queued (refused, Redis down): nothing to cancel

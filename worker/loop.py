@@ -101,10 +101,14 @@ class StepLoop:
         # First the probe, where a new entry would fit (it does not take the slot: the engine may hold
         # one request more than max_batch_size for a step); once in, the read below does not block.
         self.probe.tend(time.monotonic(), self.free_slots() > 0, self.draining)
-        if not self.draining:
-            await self._take_new()
-            await self._take_over_dead()
-        await self._abort_cancelled_and_lost()
+        # The cancel keys of the entries already running are read while new ones are taken (those come
+        # with theirs): two round trips at once, not one after the other, before every step.
+        running = [req.entry for req in self.running.values() if not req.lost]
+        if self.draining:
+            cancelled = await self.queue.cancelled(running)
+        else:
+            cancelled, _ = await asyncio.gather(self.queue.cancelled(running), self._take())
+        self._abort_cancelled_and_lost(cancelled)
         if self.engine.has_unfinished():
             started, self._step_started_ms = time.perf_counter(), now_ms()
             outputs = await asyncio.to_thread(self.engine.step)
@@ -114,6 +118,10 @@ class StepLoop:
         self.stats = self.engine.stats()
         self._gauges.update(self.stats)
         self.last_iteration_at = time.monotonic()
+
+    async def _take(self) -> None:
+        await self._take_new()
+        await self._take_over_dead()
 
     async def _take_new(self) -> None:
         free = self.free_slots()
@@ -152,11 +160,10 @@ class StepLoop:
     async def _admit(self, entries: list[QueueEntry], taken_over: bool) -> None:
         if not entries:
             return
-        cancelled = await self.queue.cancelled(entries)
         refused: list[Publication] = []
         for entry in entries:
             with request_context(entry.rid):
-                if entry.entry_id in cancelled:
+                if entry.cancelled:
                     log.info("request_dropped_cancelled", entry=entry.entry_id)
                     metrics.ABORTS.labels(self.model, "cancelled").inc()
                     refused.append(Publication(entry, abort_event(entry.rid, 0, entry.prompt_tokens), final=True))
@@ -190,9 +197,8 @@ class StepLoop:
             return error_event(entry.rid, 0, grpc.StatusCode.INTERNAL, f"worker could not start the request: {e!r}")
         return None
 
-    async def _abort_cancelled_and_lost(self) -> None:
-        live = [req.entry for req in self.running.values() if not req.lost]
-        cancelled = await self.queue.cancelled(live)
+    def _abort_cancelled_and_lost(self, cancelled: set[str]) -> None:
+        """Abort the running entries in `cancelled` (run ids) and those another worker took over."""
         for eid, req in self.running.items():
             if eid in cancelled or req.lost:
                 if self.engine.abort(eid):  # frees its KV blocks now; its final output comes next step

@@ -97,6 +97,7 @@ class QueueEntry:
     band: str
     stream_id: str  # the id within the band's stream
     deliveries: int = 1  # how many workers have taken it: 1, plus one per take-over
+    cancelled: bool = False  # cancel:{rid} named this run when it was taken: drop it, run nothing
 
     @classmethod
     def parse(cls, band: str, stream_id: bytes | str, fields: dict[bytes, bytes]) -> "QueueEntry":
@@ -172,23 +173,32 @@ class RequestQueue:
     async def read_new(self, count: int, block_ms: int | None) -> list[QueueEntry]:
         """Up to `count` never-delivered entries, highest band first (FIFO within a band), now owned by
         this consumer. They leave the queue, so their prompt tokens leave the model's queued-token
-        budget. `block_ms`: when every band is empty, wait that long for an entry in any of them."""
+        budget; each is marked `cancelled` if the router cancelled that run meanwhile. `block_ms`: when
+        every band is empty, wait that long for an entry in any of them."""
         entries = await self._read_without_blocking(count)
         if not entries and block_ms:
             # COUNT applies per stream: should several bands fill at once (one transaction adding to
             # several), the lowest-band extras are handed back below so no more than `count` run here.
             entries = await self._read(list(self.streams.values()), count, block_ms)
             entries.sort(key=lambda e: BANDS.index(e.band))
-        tokens = sum(e.prompt_tokens for e in entries)  # extras too: whoever takes them over won't count them
-        if tokens:
-            await self.client.decrby(queued_tokens_key(self.model), tokens)
         if extra := entries[count:]:
             await self.release([e.entry_id for e in extra], idle_ms=HANDED_BACK_IDLE_MS)
-        return entries[:count]
+        entries = entries[:count]
+        tokens = sum(e.prompt_tokens for e in entries + extra)  # extras too: whoever takes them over won't count them
+        if not tokens and not entries:
+            return []
+        # One round trip for the budget and the cancel keys: a busy worker takes new entries every step.
+        pipe = self.client.pipeline(transaction=False)
+        if tokens:
+            pipe.decrby(queued_tokens_key(self.model), tokens)
+        self._read_cancel_keys(pipe, entries)
+        replies = await pipe.execute()
+        return self._with_cancels(entries, replies[1:] if tokens else replies)
 
     async def claim_dead(self, count: int, min_idle_ms: int) -> list[QueueEntry]:
         """Take over up to `count` entries nobody has re-claimed for `min_idle_ms` (their worker died),
-        highest band first. Their tokens already left the queued-token budget when first taken."""
+        highest band first. Their tokens already left the queued-token budget when first taken; each is
+        marked `cancelled` as read_new's are."""
         entries: list[QueueEntry] = []
         for band, stream in self.streams.items():
             if len(entries) >= count:
@@ -200,15 +210,29 @@ class RequestQueue:
         return entries
 
     async def _with_deliveries(self, stream: str, entries: list[QueueEntry]) -> list[QueueEntry]:
-        """The entries with their delivery counts (XAUTOCLAIM counted this take-over)."""
+        """The entries with their delivery counts (XAUTOCLAIM counted this take-over) and cancel keys."""
         if not entries:
             return entries
         pipe = self.client.pipeline(transaction=False)
         for e in entries:
             pipe.xpending_range(stream, WORKERS_GROUP, e.stream_id, e.stream_id, 1)
-        pending = await pipe.execute()
-        return [replace(e, deliveries=int(p[0]["times_delivered"]) if p else e.deliveries)
-                for e, p in zip(entries, pending)]
+        self._read_cancel_keys(pipe, entries)
+        *pending, cancels = await pipe.execute()
+        entries = [replace(e, deliveries=int(p[0]["times_delivered"]) if p else e.deliveries)
+                   for e, p in zip(entries, pending)]
+        return self._with_cancels(entries, [cancels])
+
+    @staticmethod
+    def _read_cancel_keys(pipe, entries: Sequence[QueueEntry]) -> None:
+        if entries:
+            pipe.mget([cancel_key(e.rid) for e in entries])
+
+    @staticmethod
+    def _with_cancels(entries: list[QueueEntry], cancels: list[list[bytes | None]]) -> list[QueueEntry]:
+        """`entries`, marked cancelled where their cancel key (the MGET reply in `cancels`, if any) names
+        their run."""
+        values = cancels[0] if cancels else [None] * len(entries)
+        return [replace(e, cancelled=True) if text(value) == e.entry_id else e for e, value in zip(entries, values)]
 
     async def cancelled(self, entries: Sequence[QueueEntry]) -> set[str]:
         """Run ids among `entries` whose request the router cancelled (one MGET)."""

@@ -1,7 +1,10 @@
 """`inferline load`: a gRPC load generator for the gateway (grpc.aio), a Python stand-in for ghz.
 
-`--concurrency` callers send requests back to back (Generate or GenerateStream) until `--total`
-requests have been sent or `--duration` seconds have passed (calls in flight then finish and count).
+`--concurrency` callers send requests (Generate or GenerateStream) until `--total` requests have been
+sent or `--duration` seconds have passed (calls in flight then finish and count): back to back (a
+closed loop), or, with `--rps`, no faster than that many requests per second across all callers (ghz's
+`--rps`, a constant load schedule: request k goes no earlier than k / rps seconds after the start, so
+callers that fell behind catch up). Latency is measured per request from its send.
 The JSON report has the shape of ghz's `-O json` (durations in nanoseconds), so bench/ghz/run.sh's
 summary reads both; a short summary (requests/s, p50/p90/p99, errors) goes to stderr.
 """
@@ -46,7 +49,10 @@ def load(
     api_key: Annotated[Optional[str], typer.Option(envvar="INFERLINE_API_KEY", help="Bearer key, if the gateway asks.")] = None,
     timeout: Annotated[float, typer.Option(min=0.001, help="Deadline of each call, seconds.")] = 20.0,
     connections: Annotated[int, typer.Option(min=1, help="gRPC channels the callers share round-robin.")] = 1,
-    warmup: Annotated[int, typer.Option(min=0, help="Requests sent (at --concurrency) before the clock starts; not counted.")] = 0,
+    rps: Annotated[int, typer.Option("--rps", "-r", min=0, help="Requests per second across all callers, at most "
+                                     "(ghz's --rps); 0 = no limit (back to back).")] = 0,
+    warmup: Annotated[int, typer.Option(min=0, help="Requests sent (at --concurrency and --rps) before the clock starts; "
+                                        "not counted.")] = 0,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the JSON report here instead of stdout.")] = None,
 ) -> None:
     """Load-test a gateway; JSON report (ghz -O json shape) on stdout or --output, summary on stderr."""
@@ -59,11 +65,11 @@ def load(
     metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
     options = {"host": address, "call": f"{SERVICE}/{'Generate' if call is Call.unary else 'GenerateStream'}",
                "insecure": True, "total": total or 0, "concurrency": concurrency, "connections": connections,
-               "duration": int((duration or 0) * 1e9), "timeout": int(timeout * 1e9),
+               "duration": int((duration or 0) * 1e9), "timeout": int(timeout * 1e9), "rps": rps,
                "data": json.loads(_to_json(request)), "CPUs": 1}
     try:
         report = asyncio.run(run_load(address, call, request, metadata, concurrency, total, duration, timeout,
-                                      connections, warmup, options))
+                                      connections, warmup, options, rps))
     except TimeoutError:
         raise fail(f"no gRPC server answered on {address} within {timeout:g} s", code=1) from None
     text = json.dumps(report, indent=2)
@@ -81,8 +87,8 @@ def _to_json(message) -> str:
 async def run_load(address: str, call: Call, request: generate_pb2.GenerateRequest,
                    metadata: tuple[tuple[str, str], ...] | None, concurrency: int, total: int | None,
                    duration: float | None, timeout: float, connections: int = 1, warmup: int = 0,
-                   options: dict | None = None) -> dict:
-    """Run the load; the ghz-shaped report."""
+                   options: dict | None = None, rps: int = 0) -> dict:
+    """Run the load (`rps` > 0: paced to that many requests per second); the ghz-shaped report."""
     channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(connections)]
     stubs = [generate_pb2_grpc.InferenceServiceStub(ch) for ch in channels]
@@ -90,10 +96,10 @@ async def run_load(address: str, call: Call, request: generate_pb2.GenerateReque
         for ch in channels:
             await asyncio.wait_for(ch.channel_ready(), timeout)
         if warmup:
-            await _drive(stubs, call, request, metadata, concurrency, warmup, None, timeout, Results())
+            await _drive(stubs, call, request, metadata, concurrency, warmup, None, timeout, Results(), rps)
         results = Results()
         started = time.perf_counter_ns()
-        await _drive(stubs, call, request, metadata, concurrency, total, duration, timeout, results)
+        await _drive(stubs, call, request, metadata, concurrency, total, duration, timeout, results, rps)
         total_ns = time.perf_counter_ns() - started
     finally:
         for ch in channels:
@@ -101,21 +107,39 @@ async def run_load(address: str, call: Call, request: generate_pb2.GenerateReque
     return ghz_report(results, total_ns, options or {})
 
 
+class Pacer:
+    """ghz's constant load schedule: request `ticket` (0, 1, ...) is due `ticket / rps` seconds after
+    `start` (perf_counter seconds); rps 0 = no limit, every request due at once. A caller that takes a
+    ticket whose time has passed sends at once, so a run that fell behind catches up, as ghz's does."""
+
+    def __init__(self, rps: float, start: float):
+        self.rps = rps
+        self.start = start
+
+    def due(self, ticket: int) -> float:
+        return self.start + ticket / self.rps if self.rps > 0 else self.start
+
+
 async def _drive(stubs, call: Call, request, metadata, concurrency: int, total: int | None, duration: float | None,
-                 timeout: float, results: Results) -> None:
+                 timeout: float, results: Results, rps: int = 0) -> None:
     tickets = itertools.count()
-    deadline = time.perf_counter() + duration if duration is not None else None
+    start = time.perf_counter()
+    pacer = Pacer(rps, start)
+    deadline = start + duration if duration is not None else None
     one = _unary if call is Call.unary else _stream
 
     async def caller(i: int) -> None:
         stub = stubs[i % len(stubs)]
         while True:
-            if deadline is not None:
-                if time.perf_counter() >= deadline:
-                    return
-            elif next(tickets) >= total:
+            ticket = next(tickets)
+            if deadline is None and ticket >= total:
                 return
-            await one(stub, request, metadata, timeout, results)
+            due = pacer.due(ticket)
+            if deadline is not None and max(due, time.perf_counter()) >= deadline:
+                return
+            if (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            await one(stub, request, metadata, timeout, results)  # latency from here: the send
 
     await asyncio.gather(*(caller(i) for i in range(concurrency)))
 

@@ -127,8 +127,9 @@ def human_summary(report: dict) -> str:
         return "-" if value is None else f"{value:.1f} ms"
 
     errors = report["count"] - report["statusCodeDistribution"].get("OK", 0)
-    lines = [f"requests: {report['count']} in {report['total'] / 1e9:.2f} s = {report['rps']:.1f} requests/s; "
-             f"{report['inferline']['tokensPerSecond']:.0f} tokens/s",
+    limit = (report.get("options") or {}).get("rps") or 0
+    lines = [f"requests: {report['count']} in {report['total'] / 1e9:.2f} s = {report['rps']:.1f} requests/s"
+             + (f" (--rps {limit})" if limit else "") + f"; {report['inferline']['tokensPerSecond']:.0f} tokens/s",
              f"latency: p50 {ms(50)}, p90 {ms(90)}, p99 {ms(99)}, average {report['average'] / 1e6:.1f} ms, "
              f"slowest {report['slowest'] / 1e6:.1f} ms",
              f"errors: {errors}" + "".join(f"\n  {n} x {msg}" for msg, n in report["errorDistribution"].items())]

@@ -1,4 +1,5 @@
-"""`inferline load`'s report arithmetic and errors, and bench/ghz's configs and scripts. No server."""
+"""`inferline load`'s report arithmetic, errors and pacing (--rps, against an in-process stand-in for the
+gateway), and bench/ghz's configs and scripts."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,10 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+from concurrent import futures
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import pytest
@@ -14,9 +18,10 @@ from google.protobuf import json_format
 from typer.testing import CliRunner
 
 from inferline.cli import app
+from inferline.cli.load import Pacer
 from inferline.cli.load_report import Results, ghz_report, histogram, human_summary, latency_distribution
 from inferline.local_redis import free_port
-from inferline.v1 import generate_pb2
+from inferline.v1 import generate_pb2, generate_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 GHZ_DIR = REPO / "bench" / "ghz"
@@ -63,9 +68,80 @@ def test_no_server_is_one_clear_error():
     assert result.exit_code == 1 and "no gRPC server answered" in result.output
 
 
+class CountingGateway(generate_pb2_grpc.InferenceServiceServicer):
+    """Answers every Generate at once with max_tokens tokens, and counts them."""
+
+    def __init__(self):
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def Generate(self, request, context):
+        with self._lock:
+            self.calls += 1
+        n = request.parameters.max_tokens
+        return generate_pb2.GenerateResponse(token_ids=list(range(n)), finish_reason=1,
+                                             usage={"prompt_tokens": 1, "completion_tokens": n})
+
+
+@pytest.fixture
+def gateway() -> Iterator[tuple[str, CountingGateway]]:
+    servicer = CountingGateway()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    generate_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        server.stop(None)
+
+
+def test_pacer_spaces_requests_one_over_rps_apart():
+    pacer = Pacer(200, start=10.0)
+    assert [pacer.due(k) for k in (0, 1, 2, 200)] == pytest.approx([10.0, 10.005, 10.01, 11.0])
+    assert Pacer(0, start=10.0).due(1000) == 10.0  # no limit: every request due at once
+
+
+def test_a_paced_run_sends_every_request_and_no_faster_than_the_limit(gateway, tmp_path):
+    address, servicer = gateway
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["load", "--address", address, "--rps", "300", "-c", "10", "-n", "30", "--warmup", "5",
+                                 "--max-tokens", "3", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["count"] == 30 and report["statusCodeDistribution"] == {"OK": 30}
+    assert servicer.calls == 35 and report["inferline"]["completionTokens"] == 90  # warm-up sent, not counted
+    assert report["options"]["rps"] == 300 and "(--rps 300)" in result.output
+    # Request k goes no earlier than k / rps s after the start: the 30th at 29/300 s at the soonest.
+    assert report["rps"] <= 300 * 30 / 29
+
+
+def test_a_paced_run_for_a_duration_sends_only_what_is_due_within_it(gateway, tmp_path):
+    address, servicer = gateway
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["load", "--address", address, "-r", "40", "-c", "5", "--duration", "0.5",
+                                 "--max-tokens", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    # Due times 0, 1/40, ... s: 20 of them fall within 0.5 s.
+    assert 0 < report["count"] <= 20 and report["statusCodeDistribution"] == {"OK": report["count"]}
+    assert servicer.calls == report["count"]
+
+
+def test_no_limit_is_the_default(gateway, tmp_path):
+    address, servicer = gateway
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["load", "--address", address, "-c", "4", "-n", "12", "--max-tokens", "1",
+                                 "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["count"] == 12 and report["options"]["rps"] == 0 and "--rps" not in result.output
+
+
 def configs() -> list[Path]:
     found = sorted(GHZ_DIR.glob("*.json"))
-    assert {p.stem for p in found} == {f"{call}_c{c}" for call in ("unary", "stream") for c in (10, 50, 100)}
+    assert {p.stem for p in found} == {f"{call}_c{c}" for call in ("unary", "stream") for c in (10, 50, 100)} | {
+        "unary_c50_rps1000"}
     return found
 
 
@@ -79,7 +155,8 @@ def test_ghz_configs_name_a_real_method_and_a_valid_request(path):
     assert method.server_streaming == path.stem.startswith("stream")
     assert method.input_type.full_name == "inferline.v1.GenerateRequest"
     json_format.ParseDict(cfg["data"], generate_pb2.GenerateRequest())  # every field name real
-    assert cfg["concurrency"] == int(path.stem.rsplit("_c", 1)[1])
+    concurrency, _, rps = path.stem.rsplit("_c", 1)[1].partition("_rps")
+    assert cfg["concurrency"] == int(concurrency) and cfg.get("rps", 0) == int(rps or 0)
 
 
 def test_run_sh_runs_every_config_and_summarises(tmp_path):

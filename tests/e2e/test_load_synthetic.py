@@ -83,6 +83,16 @@ def test_a_bounded_unary_load_run_has_no_errors(stack, tmp_path):
     assert report["rps"] > 0 and "requests/s" in summary and "errors: 0" in summary
 
 
+def test_a_paced_unary_load_run_sends_every_request_without_errors(stack, tmp_path):
+    address, _, _ = stack
+    report, summary = inferline_load(address, tmp_path, "--call", "unary", "--concurrency", "20", "--rps", "200",
+                                     "--total", "100", "--max-tokens", "4")
+    print(f"\nunary, concurrency 20, --rps 200, 100 requests, max_tokens 4:\n{summary}")
+    assert report["count"] == 100 and report["statusCodeDistribution"] == {"OK": 100}
+    assert report["options"]["rps"] == 200 and "(--rps 200)" in summary
+    assert report["rps"] <= 200 * 100 / 99  # the 100th request goes 99/200 s after the start at the soonest
+
+
 def test_a_streaming_load_run_for_a_duration(stack, tmp_path):
     address, _, _ = stack
     report, summary = inferline_load(address, tmp_path, "--call", "stream", "--concurrency", "20", "--duration",

@@ -8,8 +8,8 @@ import pytest
 from grpc_interceptor.exceptions import NotFound, ResourceExhausted
 from structlog.testing import capture_logs
 
-from inferline.redis_protocol import (HIGH, LOW, NORMAL, WORKERS_GROUP, connect, requests_stream, worker_key,
-                                      workers_set)
+from inferline.redis_protocol import (HIGH, LOW, NORMAL, WORKERS_GROUP, connect, ensure_group, requests_stream,
+                                      worker_key, workers_set)
 from inferline.v1 import common_pb2, router_pb2
 from router.admission import Admission
 
@@ -56,6 +56,75 @@ def test_a_deleted_band_stream_is_made_again(redis_url):
         await client.delete(requests_stream(model, LOW))
         assert (await admission.enqueue(request(model, -1))).startswith("low:")
         assert (await admission.queue_state(model)).queued == 2
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_requests_enqueued_together_share_one_round_trip_and_are_admitted_in_order(redis_url):
+    model, other = f"m-{uuid.uuid4().hex[:8]}", f"m-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        client = connect(redis_url)
+        admission = Admission(client, "router-x", max_queue_depth=3, max_queued_tokens=100)
+        calls = []
+        script = admission._admit_and_enqueue
+
+        async def counted(keys, args):
+            calls.append(keys[0])
+            return await script(keys=keys, args=args)
+
+        admission._admit_and_enqueue = counted
+        requests = [request(model, p) for p in (0, 5, 0, -2, 0)] + [request(other, 0)]
+        outcomes = await asyncio.gather(*(admission.enqueue(r) for r in requests), return_exceptions=True)
+        # One script call per model; the first three of the model fit (depth 3), in the order they came.
+        assert sorted(calls) == sorted([requests_stream(model, HIGH), requests_stream(other, HIGH)])
+        assert [isinstance(o, str) for o in outcomes] == [True, True, True, False, False, True]
+        assert all(isinstance(o, ResourceExhausted) and "3 requests queued" in o.details for o in outcomes[3:5])
+        assert outcomes[1].startswith("high:") and ":" not in outcomes[0] + outcomes[2]
+        queued = await client.xrange(requests_stream(model, NORMAL))
+        assert [fields[b"rid"].decode() for _, fields in queued] == [requests[0].request_id, requests[2].request_id]
+        assert [run.split(":")[-1] for run in (outcomes[0], outcomes[2])] == [i.decode() for i, _ in queued]
+        assert (await admission.queue_state(model)).queued_tokens == 6
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_token_limit_counts_the_requests_before_in_the_same_round_trip(redis_url):
+    model = f"m-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        client = connect(redis_url)
+        admission = Admission(client, "router-x", max_queue_depth=10, max_queued_tokens=5)
+        outcomes = await asyncio.gather(*(admission.enqueue(request(model, 0)) for _ in range(3)),
+                                        return_exceptions=True)  # 2 prompt tokens each
+        assert [isinstance(o, str) for o in outcomes] == [True, True, False]
+        assert "4 prompt tokens queued, 2 more would exceed max_queued_tokens=5" in outcomes[2].details
+        assert (await admission.queue_state(model)).queued == 2
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_redis_error_fails_every_request_of_the_round_trip(redis_url):
+    model = f"m-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        client = connect(redis_url)
+        admission = Admission(client, "router-x", max_queue_depth=10, max_queued_tokens=100)
+        script = admission._admit_and_enqueue
+
+        async def broken(keys, args):
+            raise ConnectionError("redis went away")
+
+        admission._admit_and_enqueue = broken
+        await ensure_group(client, model)
+        outcomes = await asyncio.gather(*(admission.enqueue(request(model, 0)) for _ in range(3)),
+                                        return_exceptions=True)
+        assert [repr(o) for o in outcomes] == [repr(ConnectionError("redis went away"))] * 3
+        admission._admit_and_enqueue = script  # Redis is back: the next request goes through
+        assert isinstance(await admission.enqueue(request(model, 0)), str)
         await client.aclose()
 
     asyncio.run(scenario())

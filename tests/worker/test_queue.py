@@ -81,6 +81,23 @@ def test_cancellation_matches_the_entry_not_just_the_request_id(redis_url, model
     asyncio.run(scenario())
 
 
+def test_entries_come_marked_cancelled_when_their_run_was_cancelled_before_they_were_taken(redis_url, model):
+    async def scenario():
+        a, b = await queue_pair(redis_url, model)
+        old, new, other = await enqueue(a, "same-id"), await enqueue(a, "same-id"), await enqueue(a, "r1")
+        await a.client.set(cancel_key("same-id"), old, ex=60)  # the first run only
+        taken = await a.read_new(3, None)
+        assert [(e.entry_id, e.cancelled) for e in taken] == [(old, True), (new, False), (other, False)]
+        assert int(await a.client.get(queued_tokens_key(model))) == 0  # all three left the budget
+        await a.client.set(cancel_key("r1"), other, ex=60)
+        await asyncio.sleep(0.3)
+        taken_over = await b.claim_dead(5, min_idle_ms=250)  # a "died": b takes them over, checked again
+        assert [(e.entry_id, e.cancelled) for e in taken_over] == [(old, True), (new, False), (other, True)]
+        await a.client.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_a_final_publication_acks_and_deletes_its_entry(redis_url, model):
     async def scenario():
         a, _ = await queue_pair(redis_url, model)
