@@ -94,3 +94,38 @@ def test_cuda_graphs_split_mixed_steps_like_eager(smollm2_dir):
                                      max_batch_size=4, max_num_tokens=1024, cuda_graphs=graphs))
         results[graphs] = [o.token_ids for o in engine.generate(prompts, params)]
     assert results[True] == results[False]
+
+
+def test_cuda_async_scheduling_matches_one_step_at_a_time_and_never_blocks_the_host(smollm2_dir):
+    """The default on CUDA: the same tokens as finishing each step before the next (EOS, stop ids,
+    sampling, logprobs), and no step operation makes the host wait for the step launched ahead of it
+    (torch's sync debug mode names any; a blocking copy there would undo the overlap silently)."""
+    import warnings
+
+    engine = Engine(EngineConfig(model=str(smollm2_dir), device="cuda", dtype="float32", max_seq_len=256,
+                                 max_batch_size=8))
+    assert engine.async_scheduling
+    prompts = [engine.apply_chat_template([{"role": "user", "content": p}]) for p in CHAT_PROMPTS[:5]]
+    params = [SamplingParams(max_tokens=48), SamplingParams(max_tokens=20, temperature=0.8, seed=5),
+              SamplingParams(max_tokens=16, logprobs=True, top_logprobs=2),
+              SamplingParams(max_tokens=24, min_tokens=24), SamplingParams(max_tokens=24, top_p=0.9, top_k=40,
+                                                                           temperature=0.7, seed=1)]
+    results = {}
+    for flag in (False, True):
+        engine.async_scheduling = flag
+        results[flag] = [(o.token_ids, o.finish_reason) for o in engine.generate(prompts, params)]
+    assert results[True] == results[False]
+
+    for i, (prompt, p) in enumerate(zip(prompts, params)):
+        engine.add_request(f"watched-{i}", prompt, p)
+    engine.step()  # the prompts' steps, outside the watch: their first graph replays may set things up
+    engine.step()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            while engine.has_unfinished():
+                engine.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [f"{w.filename}:{w.lineno}" for w in caught if "synchronizing" in str(w.message)] == []
