@@ -19,6 +19,20 @@ from engine.layers.triton import FLOAT_DTYPES, check_last_dim_contiguous, check_
 
 
 @triton.jit
+def _cos_sin(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, halves, HALF: tl.constexpr):
+    # The tables hold cat(freqs, freqs): their first half is all the rotation needs.
+    c = tl.load(cos_ptr + pos * stride_cos + halves, mask=halves < HALF, other=0.0)
+    s = tl.load(sin_ptr + pos * stride_sin + halves, mask=halves < HALF, other=0.0)
+    return c, s
+
+
+@triton.jit
+def _rotated(x1, x2, c, s):
+    # x1, x2: [heads, HALF] float32, the two halves of each head; c, s: [HALF] float32
+    return x1 * c[None, :] - x2 * s[None, :], x2 * c[None, :] + x1 * s[None, :]
+
+
+@triton.jit
 def _rotate(x_ptr, stride_t, stride_h, t, c, s, halves, HEADS: tl.constexpr, HALF: tl.constexpr,
             BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
     # x: [tokens, HEADS, 2 * HALF] through strides; c, s: [BLOCK_HALF] float32 for token t.
@@ -27,8 +41,7 @@ def _rotate(x_ptr, stride_t, stride_h, t, c, s, halves, HEADS: tl.constexpr, HAL
     ptrs = x_ptr + t * stride_t + heads[:, None] * stride_h + halves[None, :]  # [BLOCK_H, BLOCK_HALF]
     x1 = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
-    o1 = x1 * c[None, :] - x2 * s[None, :]
-    o2 = x2 * c[None, :] + x1 * s[None, :]
+    o1, o2 = _rotated(x1, x2, c, s)
     tl.store(ptrs, o1.to(x_ptr.dtype.element_ty), mask=mask)
     tl.store(ptrs + HALF, o2.to(x_ptr.dtype.element_ty), mask=mask)
 
@@ -40,9 +53,7 @@ def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_ptr, sin_ptr, stride_qt, stride_qh, 
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t)
     halves = tl.arange(0, BLOCK_HALF)
-    # The tables hold cat(freqs, freqs): their first half is all the rotation needs.
-    c = tl.load(cos_ptr + pos * stride_cos + halves, mask=halves < HALF, other=0.0)
-    s = tl.load(sin_ptr + pos * stride_sin + halves, mask=halves < HALF, other=0.0)
+    c, s = _cos_sin(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, halves, HALF)
     _rotate(q_ptr, stride_qt, stride_qh, t, c, s, halves, Q_HEADS, HALF, BLOCK_QH, BLOCK_HALF)
     _rotate(k_ptr, stride_kt, stride_kh, t, c, s, halves, K_HEADS, HALF, BLOCK_KH, BLOCK_HALF)
 

@@ -17,7 +17,7 @@ import triton.language as tl
 from engine.layers.attention.kv_quant import KV_FP8, KV_FP8_MAX, check_kv_scales
 from engine.layers.attention.triton.kv_store import _to_fp8, check_store_operands
 from engine.layers.triton import next_power_of_2
-from engine.layers.triton.rotary import _rotate, check_rope_operands
+from engine.layers.triton.rotary import _cos_sin, _rotate, _rotated, check_rope_operands
 
 
 @triton.jit
@@ -32,9 +32,7 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t)
     halves = tl.arange(0, BLOCK_HALF)
-    # The tables hold cat(freqs, freqs): their first half is all the rotation needs.
-    c = tl.load(cos_ptr + pos * stride_cos + halves, mask=halves < HALF, other=0.0)
-    s = tl.load(sin_ptr + pos * stride_sin + halves, mask=halves < HALF, other=0.0)
+    c, s = _cos_sin(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, halves, HALF)
     _rotate(q_ptr, stride_qt, stride_qh, t, c, s, halves, Q_HEADS, HALF, BLOCK_QH, BLOCK_HALF)
 
     slot = tl.load(slot_ptr + t)
@@ -47,9 +45,9 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
     k_ptrs = k_ptr + t * stride_kt + heads * stride_kh + halves[None, :]
     k1 = tl.load(k_ptrs, mask=mask, other=0.0).to(tl.float32)
     k2 = tl.load(k_ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
+    r1, r2 = _rotated(k1, k2, c, s)
     # Rounded to the activation dtype first, as the separate RoPE kernel's store does.
-    r1 = (k1 * c[None, :] - k2 * s[None, :]).to(k_ptr.dtype.element_ty)
-    r2 = (k2 * c[None, :] + k1 * s[None, :]).to(k_ptr.dtype.element_ty)
+    r1, r2 = r1.to(k_ptr.dtype.element_ty), r2.to(k_ptr.dtype.element_ty)
     v_ptrs = v_ptr + t * stride_vt + heads * stride_vh + halves[None, :]
     v1 = tl.load(v_ptrs, mask=mask)
     v2 = tl.load(v_ptrs + HALF, mask=mask)
