@@ -4,6 +4,11 @@ paged_attention.py's LAUNCH table holds the chosen ones.
 
     python bench/attention_sweep.py            # CUDA only
     python bench/attention_sweep.py --fp8      # decode over an fp8 (e4m3) cache instead
+    python bench/attention_sweep.py --split    # small decode batches: split-KV against none
+
+--split times whole decode launches (split and merge kernels together) in a CUDA graph, as the engine
+replays them, since at batch 1 launch gaps are a fair part of the few microseconds at stake; it prints
+the latency of no split (1), of paged_attention's own choice (auto) and of a few forced split counts.
 
 Bytes counted per decode launch: every sequence's K and V once (the floor: decode attention only streams
 the cache). Median of triton.testing.do_bench's timed repetitions.
@@ -57,10 +62,31 @@ def sweep(kind: str, label: str, args: tuple, kv_bytes: int, grid: dict[str, lis
         print(f"  {1e3 * ms:8.1f} us  {kv_bytes / ms / 1e9:5.2f} TB/s  {config}")
 
 
+def split_sweep() -> None:
+    print(torch.cuda.get_device_name())
+    for heads, kv_heads in [(32, 32), (32, 8)]:
+        for seqs in (1, 2, 4):
+            for ctx in (128, 512, 2048):
+                args, _ = make_batch(seqs, ctx, 1, heads, kv_heads)
+                out = torch.empty_like(args[0])
+                auto = pa.decode_splits(seqs, kv_heads, pa.multiprocessors(out.device))
+                for label, splits in [("1", 1), (f"auto={auto}", None), ("2", 2), ("4", 4), ("8", 8), ("16", 16)]:
+                    ms = triton.testing.do_bench_cudagraph(
+                        lambda splits=splits: pa.paged_attention(*args, out=out, num_splits=splits), rep=100,
+                        return_mode="median")
+                    print(f"decode {seqs} seqs, {heads}/{kv_heads} heads  ctx {ctx:5d}  splits {label:>7}  "
+                          f"{1e3 * ms:7.1f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fp8", action="store_true", help="decode batches over an fp8 cache (and their bf16 twins)")
-    fp8 = parser.parse_args().fp8
+    parser.add_argument("--split", action="store_true", help="small decode batches, split-KV against none")
+    options = parser.parse_args()
+    if options.split:
+        split_sweep()
+        return
+    fp8 = options.fp8
     decode_grid = {"block_m": [16], "block_n": [32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [2, 3, 4]}
     prefill_grid = {"block_m": [64, 128], "block_n": [32, 64, 128], "num_warps": [4, 8], "num_stages": [2, 3]}
     if fp8:  # 128/2048 at one wave: as many sequences as each pool holds, ~1100 tokens of context on average

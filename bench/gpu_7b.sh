@@ -13,6 +13,8 @@
 #   bench/gpu_7b.sh fp8_long    the same, the long cases (128/2048, 2048/128) alone
 #   bench/gpu_7b.sh long_fp8kv  bf16 weights with an fp8 KV cache: 128/2048 and 2048/128
 #   bench/gpu_7b.sh gqa         the Llama-3-8B shape (GQA 32/8): batch-1 latency vs HF, 128/128 throughput
+#   bench/gpu_7b.sh kernels     decode kernel sweeps: the int4/int8 GEMVs and split-KV attention at batch 1..4
+#   bench/gpu_7b.sh profile     where the batch-1 decode step's GPU time goes, per kernel: bf16, int8_wo, int4_wo
 #   bench/gpu_7b.sh all         every stage above, in that order
 # Writes [BENCHMARK] lines, tables, JSON and PNG plots under $OUT (default bench-results/). Each stage
 # builds the random checkpoint it needs first (~1 min), unless it is already there.
@@ -118,9 +120,24 @@ stage_gqa() {
   bench throughput_gqa --model "$GQA" --batch-size 256 --input-output-len "128,128" --runs 3
 }
 
+stage_kernels() {
+  python3 bench/quant_gemm_sweep.py --gemv --m 1 ${GEMV_SWEEP_ARGS:-} > "$OUT/gemv_sweep_m1.txt" 2>&1
+  python3 bench/attention_sweep.py --split > "$OUT/attention_split_sweep.txt" 2>&1
+}
+
+stage_profile() {
+  local scheme
+  checkpoint baichuan2-7b "$MHA"
+  python3 bench/profile_step.py --model "$MHA" --dtype bfloat16 --batch-size 1 --input-len 128 > "$OUT/profile_bf16.txt"
+  for scheme in int8_wo int4_wo; do
+    quant_engine "$scheme"
+    python3 bench/profile_step.py --model "$STORE/b7-$scheme" --batch-size 1 --input-len 128 > "$OUT/profile_$scheme.txt"
+  done
+}
+
 machine | tee "$OUT/machine.txt"
 case "${1:?stage: tests, latency, throughput, long, mixed, quant, gqa or all}" in
   all) for s in tests latency throughput long long_fp8kv mixed quant gqa; do "stage_$s"; done ;;
-  tests|latency|throughput|long|long_fp8kv|mixed|quant|fp8_throughput|fp8_long|gqa) "stage_$1" ;;
+  tests|latency|throughput|long|long_fp8kv|mixed|quant|fp8_throughput|fp8_long|gqa|kernels|profile) "stage_$1" ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

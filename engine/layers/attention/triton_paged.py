@@ -1,6 +1,7 @@
 """Paged attention for CUDA: the new K/V are stored by one Triton kernel (which also applies RoPE to q and
 k when given the rotary tables), then one Triton kernel attends every query of the step (prefill chunks
-and decodes alike) over its sequence's cache blocks.
+and decodes alike) over its sequence's cache blocks; a decode-only batch too small to fill the GPU splits
+each sequence's keys over several programs instead, plus a kernel merging their partial results.
 
 Its launches depend only on the batch's shape, never on cache contents, and it makes no host syncs,
 so decode steps built on it are captured in CUDA graphs. An fp8 cache is quantized by the store kernel and

@@ -15,7 +15,9 @@ import triton  # noqa: E402
 
 from engine.layers.attention.kv_quant import quantize_kv  # noqa: E402
 from engine.layers.attention.triton import paged_attention as paged_attention_module  # noqa: E402
-from engine.layers.attention.triton.paged_attention import paged_attention  # noqa: E402
+from engine.layers.attention.triton import paged_attention_split  # noqa: E402
+from engine.layers.attention.triton.paged_attention import (decode_splits, multiprocessors,  # noqa: E402
+                                                             paged_attention)
 
 # Largest error allowed, relative to the largest |output|.
 REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -66,10 +68,10 @@ class Case:
             q = wide[..., :head_dim]
         self.q = q
 
-    def run(self, out: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, out: torch.Tensor | None = None, num_splits: int | None = None) -> torch.Tensor:
         args = [t.to(DEVICE) for t in (self.q, self.k_cache, self.v_cache, self.block_tables,
                                        self.context_lens, self.query_start)]
-        return paged_attention(*args, self.max_query_len, self.scale, out=out)
+        return paged_attention(*args, self.max_query_len, self.scale, out=out, num_splits=num_splits)
 
     def reference(self) -> torch.Tensor:
         out = torch.zeros(self.q.shape, dtype=torch.float64)  # [tokens, heads, head_dim]
@@ -134,12 +136,14 @@ def test_nan_in_unused_slots_never_leaks():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA every test runs the for loop")
-def test_interpreter_runs_the_compiled_for_loop(monkeypatch):
+@pytest.mark.parametrize("seqs,num_splits", [pytest.param(MIXED, None, id="mixed"),
+                                             pytest.param([(1, 1), (1, 0), (1, 150)], 3, id="split-decode")])
+def test_interpreter_runs_the_compiled_for_loop(monkeypatch, seqs, num_splits):
     """The interpreter normally walks keys in a while loop (Triton 3.6's cannot do the for loop)."""
     monkeypatch.setattr(paged_attention_module, "INTERPRET_WITH_WHILE_LOOP", False)
-    case = Case(MIXED, 4, 2, seed=11)
+    case = Case(seqs, 4, 2, seed=11)
     try:
-        out = case.run()
+        out = case.run(num_splits=num_splits)
     except triton.runtime.errors.InterpreterError as e:
         if "0-dimensional" not in str(e):
             raise
@@ -230,6 +234,87 @@ def test_rejects_bad_inputs(monkeypatch):
         paged_attention(q.cpu(), kc.cpu(), vc.cpu(), bt.cpu(), cl.cpu(), qs.cpu(), 2, 0.125)
 
 
+# -- split-KV decode (paged_attention_split.py) ------------------------------------------------------------
+
+# Contexts against the interpreter's 32-key tiles (each split takes whole tiles, at least 2): 1, 40 and
+# 64 tokens fit one split (it writes the output itself, no merge); 96 splits 64 + 32; 200 fills 3 splits
+# of 3 tiles, the last partial (and 4 of 16); 500 gives 8 splits keys and leaves the rest of 16 empty.
+# (1, 0) is a padding sequence (its row must be zeros), (0, 0) one without a query (no row).
+SPLIT_DECODE = [(1, 40), (1, 0), (1, 1), (0, 0), (1, 64), (1, 96), (1, 200), (1, 500)]
+PADDING_ROW = 1
+
+
+def assert_split_matches(case: Case, num_splits: int, run=None) -> None:
+    """The split path matches the reference and the unsplit kernel, and writes the padding row as zeros."""
+    run = run or (lambda n: case.run(num_splits=n))
+    out = run(num_splits)
+    assert_matches(out, case)
+    tol = REL_TOL[case.dtype] * case.reference().abs().max().item()
+    assert (out.double() - run(1).double()).abs().max().item() <= tol
+    assert (out[PADDING_ROW] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 16])
+@pytest.mark.parametrize("heads,kv_heads", HEADS)
+def test_split_decode_matches_reference_and_unsplit(heads, kv_heads, num_splits, dtype):
+    case = Case(SPLIT_DECODE, heads, kv_heads, dtype=dtype, garbage=float("nan"), seed=num_splits)
+    assert_split_matches(case, num_splits)
+
+
+def test_split_decode_writes_only_its_rows():
+    """Like the unsplit kernel: every query row written (padding as zeros), other views of out untouched."""
+    case = Case(SPLIT_DECODE, 4, 2, garbage=float("nan"), seed=4)
+    wide = torch.full((case.q.shape[0], 4, 80), float("nan"), device=DEVICE)
+    out = wide[..., :64]
+    assert case.run(out=out, num_splits=3) is out
+    assert_matches(out, case)
+    assert torch.isnan(wide[..., 64:]).all()
+
+
+def test_decode_splits():
+    assert decode_splits(1, 32, 132) == 8  # a 7B model at batch 1 on an H100: 264 programs / 32
+    assert decode_splits(2, 32, 132) == 4
+    assert decode_splits(4, 32, 132) == 2
+    assert decode_splits(8, 32, 132) == 1  # 264 // 256: busy enough
+    assert decode_splits(64, 32, 132) == 1
+    assert decode_splits(1, 8, 132) == 16  # GQA at batch 1: capped at MAX_SPLITS
+    assert decode_splits(1, 1, 132) == 16
+
+
+def test_decode_batches_split_automatically(monkeypatch):
+    """Without num_splits a decode-only batch splits as decode_splits says; a mixed batch never does."""
+    seen = []
+    original = paged_attention_split.split_paged_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["splits"])
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(paged_attention_split, "split_paged_attention", spy)
+    case = Case([(1, 77), (1, 1)], 4, 2, seed=2)
+    assert_matches(case.run(), case)
+    expected = decode_splits(2, 2, multiprocessors(torch.device(DEVICE)))
+    assert expected > 1 and seen == [expected]
+    case = Case(MIXED, 4, 2, seed=2)
+    assert_matches(case.run(), case)
+    assert seen == [expected]
+
+
+@pytest.mark.parametrize("num_splits", [0, -1, 17, True, 2.0, "2"])
+def test_rejects_bad_num_splits(num_splits):
+    case = Case([(1, 5)], 4, 2)
+    with pytest.raises(ValueError, match=r"^num_splits: must be None or a Python int from 1 to 16"):
+        case.run(num_splits=num_splits)
+
+
+def test_rejects_splitting_a_prefill():
+    case = Case(MIXED, 4, 2)
+    with pytest.raises(ValueError, match=r"^num_splits: .*decode-only.*max_query_len 12"):
+        case.run(num_splits=2)
+    assert_matches(case.run(num_splits=1), case)  # 1 (no split) is every batch's
+
+
 # -- fp8 (e4m3) caches: the interpreter loads and widens e4m3 exactly, so these run on CPU too ------------
 
 def fp8_case(case: Case, k_scale: float, v_scale: float) -> Case:
@@ -241,10 +326,11 @@ def fp8_case(case: Case, k_scale: float, v_scale: float) -> Case:
     return case
 
 
-def run_fp8(case: Case, k_scale: float, v_scale: float) -> torch.Tensor:
+def run_fp8(case: Case, k_scale: float, v_scale: float, num_splits: int | None = None) -> torch.Tensor:
     args = [t.to(DEVICE) for t in (case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens,
                                    case.query_start)]
-    return paged_attention(*args, case.max_query_len, case.scale, k_scale=k_scale, v_scale=v_scale)
+    return paged_attention(*args, case.max_query_len, case.scale, k_scale=k_scale, v_scale=v_scale,
+                           num_splits=num_splits)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -255,6 +341,14 @@ def test_fp8_cache_matches_reference_over_the_dequantized_cache(heads, kv_heads,
                     k_scale, v_scale)
     assert case.k_cache.dtype == torch.float8_e4m3fn and torch.isnan(case.k_cache.float()).any()
     assert_matches(run_fp8(case, k_scale, v_scale), case)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_splits", [3, 16])
+def test_fp8_split_decode(num_splits, dtype):
+    """k_scale folded into the scores of every split, v_scale applied once, at the merge."""
+    case = fp8_case(Case(SPLIT_DECODE, 8, 2, dtype=dtype, garbage=float("nan"), seed=num_splits), 0.3, 2.5)
+    assert_split_matches(case, num_splits, lambda n: run_fp8(case, 0.3, 2.5, num_splits=n))
 
 
 @pytest.mark.gpu

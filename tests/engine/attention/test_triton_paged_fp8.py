@@ -1,6 +1,7 @@
 """The two attention backends on an fp8 (e4m3) KV pool: the Triton backend stores exactly the bytes the
-torch backend stores and attends to the torch backend's output, over a prefill step then a step mixing
-decodes with a prompt chunk.
+torch backend stores and attends to the torch backend's output, over a prefill step, a step mixing
+decodes with a prompt chunk, then a decode-only step (which the Triton backend runs with each sequence's
+keys split over several programs, paged_attention_split.py).
 
 On CPU (Triton's interpreter) K and V are e4m3 values times power-of-two scales, plus values far past the
 range, since the interpreter's float32 -> e4m3 cast does not round to nearest even (fp8.py); on CUDA they
@@ -14,11 +15,13 @@ from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's
 
 from engine.layers.attention import AttentionMetadata, TorchPagedAttention, TritonPagedAttention  # noqa: E402
 from engine.layers.attention.kv_quant import KV_FP8, KV_FP8_MAX  # noqa: E402
+from engine.layers.attention.triton.paged_attention import decode_splits, multiprocessors  # noqa: E402
 from tests.engine.attention.fp8 import e4m3_values  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 8, 2, 64, 4
-# (query lens, context lens) per step: three prompts, then two decodes and a 6-token chunk of the third.
-STEPS = [((5, 11, 10), (5, 11, 10)), ((1, 1, 6), (6, 12, 16))]
+# (query lens, context lens) per step: three prompts, then two decodes and a 6-token chunk of the third,
+# then three decodes.
+STEPS = [((5, 11, 10), (5, 11, 10)), ((1, 1, 6), (6, 12, 16)), ((1, 1, 1), (7, 13, 17))]
 # Largest difference allowed, relative to the largest |output|: twice the kernel's own tolerance against
 # a float64 reference (test_triton_paged_attention.py), as both sides now carry rounding of their dtype.
 REL_TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
@@ -63,6 +66,12 @@ def compare(dtype: torch.dtype, k_scale: float, v_scale: float, exact: bool, see
         assert out.dtype == dtype and torch.isfinite(out).all()
         err = (out.double() - ref.double()).abs().max().item()
         assert err <= REL_TOL[dtype] * ref.double().abs().max().item(), f"max difference {err}"
+
+
+def test_the_decode_step_splits():
+    """The last step is what the comparisons below rely on to cover the split kernels over an fp8 pool."""
+    lens, _ = STEPS[-1]
+    assert max(lens) == 1 and decode_splits(len(lens), KV_HEADS, multiprocessors(torch.device(DEVICE))) > 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -20,10 +20,18 @@ bf16 or fp16 model (the dots then run in fp16, a bf16 query converted once per p
 a float32 one; its scales are never applied per element: k_scale is folded into the score scale, and v_scale
 onto the output (the softmax weights of a row sum to 1, so sum p * (v * v_scale) = v_scale * sum p * v).
 
-Block sizes are fixed per batch kind, never autotuned: the kernel is captured in CUDA graphs.
+A decode-only batch with few (sequence, KV head) pairs leaves most SMs idle while each program walks its
+whole context alone (batch 1 of a 32-KV-head model: 32 programs on 132 SMs), so its latency grows with the
+context. Such batches split each pair's keys over several programs and merge their partial softmax
+results (paged_attention_split.py); decode_splits picks how many from the batch's shape and the GPU
+alone, never from context lengths, so a captured decode graph stays valid as contexts grow.
+
+Block sizes and split counts are fixed per batch shape, never autotuned: the kernels are captured in CUDA
+graphs.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -63,6 +71,11 @@ INTERPRET_BLOCK_N: Final[int] = 32
 # compiled path's for loop where the interpreter can.
 INTERPRET_WITH_WHILE_LOOP = True
 LOG2E: Final[float] = 1.4426950408889634
+# Split-KV for decode: up to two programs per SM (one wave of small programs hides another's load
+# latency), never more than 16 splits (each split re-reads q and writes a partial; the merge reads them all).
+MAX_SPLITS: Final[int] = 16
+# The interpreter has no SMs to count: a small GPU's worth makes test-sized decode batches split.
+INTERPRET_MULTIPROCESSORS: Final[int] = 8
 
 
 @triton.jit
@@ -165,6 +178,24 @@ def _paged_attention_kernel(
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
+def decode_splits(seqs: int, kv_heads: int, multiprocessors: int) -> int:
+    """How many programs share the keys of each (sequence, KV head) of a decode-only batch: enough to give
+    the GPU about two programs per SM, capped at MAX_SPLITS; 1 (no split) when it is already that busy."""
+    splits = min(MAX_SPLITS, (2 * multiprocessors) // max(seqs * kv_heads, 1))
+    return splits if splits >= 2 else 1
+
+
+def multiprocessors(device: torch.device) -> int:
+    if interpreting():
+        return INTERPRET_MULTIPROCESSORS
+    return _cuda_multiprocessors(device)
+
+
+@functools.cache
+def _cuda_multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count  # a driver query: once per device
+
+
 def launch_for(max_query_len: int, fp8_cache: bool = False) -> LaunchConfig:
     """Tiles for a batch whose longest query is max_query_len (1: decode only)."""
     if max_query_len > 1:
@@ -174,7 +205,7 @@ def launch_for(max_query_len: int, fp8_cache: bool = False) -> LaunchConfig:
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
            context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
-           out: torch.Tensor | None, k_scale: float, v_scale: float) -> None:
+           out: torch.Tensor | None, k_scale: float, v_scale: float, num_splits: int | None) -> None:
     check_tensor("q", q, FLOAT_DTYPES, 3)
     check_tensor("k_cache", k_cache, (q.dtype, KV_FP8), 4, like=q)
     check_tensor("v_cache", v_cache, (k_cache.dtype,), 4, like=q)
@@ -203,11 +234,18 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_
         check_tensor("out", out, (q.dtype,), 3, like=q)
         check_shape("out", out, tuple(q.shape), "q's shape")
         check_last_dim_contiguous("out", out)
+    if num_splits is not None:
+        if isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
+            raise ValueError(f"num_splits: must be None or a Python int from 1 to {MAX_SPLITS}, got {num_splits!r}")
+        if num_splits > 1 and max_query_len > 1:
+            raise ValueError(f"num_splits: keys are split only in decode-only batches (max_query_len 1), "
+                             f"got {num_splits} splits with max_query_len {max_query_len}")
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
-                    out: torch.Tensor | None = None, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
+                    out: torch.Tensor | None = None, k_scale: float = 1.0, v_scale: float = 1.0,
+                    num_splits: int | None = None) -> torch.Tensor:
     """Causal attention of each sequence's queries over its cached keys and values.
 
     q: [tokens, heads, head_dim]; k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim] holding
@@ -215,10 +253,14 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     (Python floats; 1.0 for any other cache); block_tables: [seqs, max_blocks] int32; context_lens:
     [seqs] int32, the cached tokens including this step's; query_start: [seqs + 1] int32, sequence s's
     queries being q[query_start[s]:query_start[s + 1]]; max_query_len: >= the longest of those (a Python
-    int, so no device sync). Returns out ([tokens, heads, head_dim], new unless given): rows of sequences with
-    context_len 0 are zeros; rows at or past query_start[-1] are left unwritten.
+    int, so no device sync). num_splits: how many programs share each (sequence, KV head)'s keys in a
+    decode-only batch (max_query_len 1); None picks it from the batch's shape and the GPU (decode_splits),
+    an int from 1 (no split) to MAX_SPLITS forces it (tests, benchmarks). Returns out ([tokens, heads,
+    head_dim], new unless given): rows of sequences with context_len 0 are zeros; rows at or past
+    query_start[-1] are left unwritten.
     """
-    _check(q, k_cache, v_cache, block_tables, context_lens, query_start, max_query_len, scale, out, k_scale, v_scale)
+    _check(q, k_cache, v_cache, block_tables, context_lens, query_start, max_query_len, scale, out, k_scale, v_scale,
+           num_splits)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     tokens, heads, head_dim = q.shape
@@ -231,18 +273,27 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     block_n = INTERPRET_BLOCK_N if interpreting() else launch.block_n
     # float32 tiles are twice the bytes: 3 stages of 64x128 K and V would not fit an H100's shared memory.
     stages = min(launch.num_stages, 2) if q.dtype == torch.float32 else launch.num_stages
-    grid = (seqs, kv_heads, triton.cdiv(max_query_len * group, launch.block_m))
-    fp16_dots = k_cache.dtype == KV_FP8 and q.dtype in (torch.bfloat16, torch.float16)
-    _paged_attention_kernel[grid](
-        q, k_cache, v_cache, out, block_tables, context_lens, query_start, float(scale) * k_scale * LOG2E,
-        float(v_scale),
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+    qk_scale = float(scale) * k_scale * LOG2E
+    kernel_args = dict(
         G=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=max(16, next_power_of_2(head_dim)),
         # fp32 without TF32 (torch's default), so a float32 model matches its float32 reference.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         WHILE_LOOP=interpreting() and INTERPRET_WITH_WHILE_LOOP,
-        FP16_DOTS=fp16_dots,
-        BLOCK_M=launch.block_m, BLOCK_N=block_n, num_warps=launch.num_warps, num_stages=stages)
+        FP16_DOTS=k_cache.dtype == KV_FP8 and q.dtype in (torch.bfloat16, torch.float16),
+        BLOCK_N=block_n, num_warps=launch.num_warps, num_stages=stages)
+    if num_splits is None:
+        num_splits = decode_splits(seqs, kv_heads, multiprocessors(q.device)) if max_query_len == 1 else 1
+    if num_splits > 1:
+        # Imported here: that module imports _attend_key_tile from this one.
+        from engine.layers.attention.triton.paged_attention_split import split_paged_attention
+        split_paged_attention(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale,
+                              float(v_scale), splits=num_splits, block_m=launch.block_m, **kernel_args)
+        return out
+    grid = (seqs, kv_heads, triton.cdiv(max_query_len * group, launch.block_m))
+    _paged_attention_kernel[grid](
+        q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale, float(v_scale),
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        BLOCK_M=launch.block_m, **kernel_args)
     return out

@@ -4,10 +4,18 @@ tensor cores.
 
 Each program owns BLOCK_N whole weight rows and reads them once, BLOCK_W int32 words (8 columns each)
 per row per step. At batch 1 an int4 GEMV is bound by the integer work of unpacking, not by memory
-(bench/quant_gemm_sweep.py --gemv: a byte-wise kernel with a subtraction per nibble streamed 0.9-1.4
-TB/s on an H200), so each nibble costs two integer ops and one FMA: it is shifted into the mantissa of
-128.0, giving the float 128 + q with no conversion, and the 128 and the zero point come off once per
-group: sum((q - z) * x) * s = (sum((128 + q) * x) - (128 + z) * sum(x)) * s.
+(bench/quant_gemm_sweep.py --gemv: 1.3-2.4 TB/s on an H100 or H200, where int8 streams ~3), so each
+nibble costs two integer ops and one FMA: it is shifted into the mantissa of 128.0, giving the float
+128 + q with no conversion, and the 128 and the zero point come off once per group:
+sum((q - z) * x) * s = (sum((128 + q) * x) - (128 + z) * sum(x)) * s. Tall tiles (64 rows) spread the
+activation loads and per-group sums over many rows (tiles of 8-16 rows with per-word accumulators ran
+15-75% slower on the wide 7B shapes, H200), and a GPU the row tiles do not fill splits K (below).
+
+An N of too few row tiles (a 7B o_proj or down_proj: 4096 rows, 64 tiles on 132 SMs) splits K over
+SPLIT_K programs per row tile, rather than leaving most SMs idle (0.7 TB/s unsplit) or taking the tensor-core
+GEMM's split-K, whose partial sums cost two more launches. Here the last program of a row tile to
+finish sums the partials (a counter per tile, which that program resets), in split order: one launch,
+and the same result every run.
 """
 from __future__ import annotations
 
@@ -20,14 +28,22 @@ import triton.language as tl
 from engine.layers.quantization.triton import check_int4_operands, interpreting, multiprocessors
 
 GEMV_MAX_M = 4
-# (BLOCK_N, BLOCK_W, num_warps, num_stages), BLOCK_W in int32 words (8 columns each): candidates for
-# the autotuner, from bench/quant_gemm_sweep.py --gemv on an H200 over the 7B shapes (group size 128).
-CONFIGS = [
-    (64, 64, 4, 1),
-    (64, 32, 4, 1),
-    (32, 64, 4, 1),
-]
+# Launches by N, from bench/quant_gemm_sweep.py --gemv on an H100 (7B shapes, group 128; BLOCK_W in
+# int32 words of 8 columns). Tall tiles amortize the activation loads and per-group sums over many rows;
+# a GPU that the row tiles alone do not fill gets K split instead (split_for). 64x64 where 64-row tiles
+# fill it (lm_head: 119 us), 128x32 split for qkv / gate_up (15.3 / 28.0 us, against 18.7 / 28.0 for
+# 64x64), 64x32 split for a 4096-row o_proj / down (7.7 / 16.2 us).
+WIDE_LAUNCH = {"BLOCK_N": 64, "BLOCK_W": 64, "num_warps": 4}
+MID_LAUNCH = {"BLOCK_N": 128, "BLOCK_W": 32, "num_warps": 4}
+SHORT_LAUNCH = {"BLOCK_N": 64, "BLOCK_W": 32, "num_warps": 4}
+SHORT_N = 8192
 INTERPRET_BLOCKS = {"BLOCK_N": 16, "BLOCK_W": 4}  # small tiles exercise the edge masks
+# A short N splits K until about this many programs per multiprocessor run; each split keeps at least
+# MIN_TILES_PER_SPLIT tiles, so its partial store and the final sum stay small next to its weight reads.
+PROGRAMS_PER_SM = 4
+MAX_SPLIT_K = 16
+MIN_TILES_PER_SPLIT = 2
+MAX_ROW_TILES_SPLIT = 4096  # row tiles the split counters cover (a split N has < PROGRAMS_PER_SM * SMs)
 
 
 def gemv_supports(k: int) -> bool:
@@ -36,18 +52,51 @@ def gemv_supports(k: int) -> bool:
 
 
 def prefers_gemv(m: int, n: int, k: int, device: torch.device) -> bool:
-    """Whether decode should take the GEMV over the split-K GEMM (w4a16.py). The GEMV is fastest with
-    tall tiles (64 rows) and has no split-K, so it wins only where N alone gives every multiprocessor a
-    tile: on an H200 (bench/quant_gemm_sweep.py --gemv, M=1) 17.0 vs 23.6 us for a 7B qkv (N=12288),
-    26.4 vs 40.3 gate_up, 112 vs 163 lm_head, but 12.0 vs 14.2 o_proj and 34.4 vs 27.1 down (N=4096)."""
-    return 1 <= m <= GEMV_MAX_M and gemv_supports(k) and triton.cdiv(n, 64) >= multiprocessors(device)
+    """Whether decode takes the GEMV over the tensor-core GEMM (w4a16.py): every decode size it takes."""
+    return 1 <= m <= GEMV_MAX_M and gemv_supports(k)
+
+
+def split_for(n_tiles: int, k_tiles: int, device: torch.device) -> int:
+    """K splits so that about PROGRAMS_PER_SM programs per multiprocessor run."""
+    target = PROGRAMS_PER_SM * multiprocessors(device)
+    split = 1
+    while (n_tiles * split < target and split < MAX_SPLIT_K and k_tiles >= 2 * split * MIN_TILES_PER_SPLIT
+           and n_tiles <= MAX_ROW_TILES_SPLIT):
+        split *= 2
+    return split
+
+
+def tile_fits(block_w: int, group_size: int) -> bool:
+    """A tile of block_w words must hold whole groups or lie inside one."""
+    return (8 * block_w) % group_size == 0 or (group_size // 8) % block_w == 0
+
+
+def launch_for(n: int, group_size: int, device: torch.device) -> dict[str, int]:
+    if interpreting():
+        launch = dict(INTERPRET_BLOCKS)
+    elif triton.cdiv(n, WIDE_LAUNCH["BLOCK_N"]) >= PROGRAMS_PER_SM * multiprocessors(device):
+        launch = dict(WIDE_LAUNCH)
+    else:
+        launch = dict(MID_LAUNCH if n > SHORT_N else SHORT_LAUNCH)
+    if not tile_fits(launch["BLOCK_W"], group_size):
+        # An unusual group size (96: 12 words): the largest power of two that divides its words.
+        words = group_size // 8
+        launch["BLOCK_W"] = words & -words
+    return launch
+
+
+@functools.cache
+def _split_counters(device: torch.device) -> torch.Tensor:
+    """One arrival counter per row tile, zero between launches (the last program of a tile resets its
+    own). Made on the first call, which runs before any CUDA-graph capture (warm-up)."""
+    return torch.zeros(MAX_ROW_TILES_SPLIT, dtype=torch.int32, device=device)
 
 
 @triton.jit
 def _biased_nibble(words, i: tl.constexpr):
     """Nibble i of each int32 word as the float32 128 + nibble: the nibble lands in mantissa bits 16-19
     of 128.0 (0x43000000), two integer ops (a shift, then an and-or) and no conversion or subtraction;
-    the 128 comes off once per group, with the zero point."""
+    the 128 comes off once per word, with the zero point."""
     if i < 4:
         shifted = words << (16 - 4 * i)
     elif i == 4:
@@ -58,10 +107,10 @@ def _biased_nibble(words, i: tl.constexpr):
 
 
 @triton.jit
-def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N,
+def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M, N,
                        stride_xm, stride_qn, stride_sn, stride_sg, stride_zn, stride_zg, stride_ym,
                        K: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr):
     # q is read as int32 words, 8 columns each: nibble i of word j is column 8j + i (bytes are
     # little-endian, the even column in a byte's low nibble). A tile of BLOCK_W words holds whole
     # groups (GROUPS of them) or lies inside one (GROUPS = 1): the wrapper picks BLOCK_W so. K and
@@ -70,16 +119,21 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N,
     GROUPS: tl.constexpr = (8 * BLOCK_W + GROUP_SIZE - 1) // GROUP_SIZE  # 1 inside a group
     NUM_GROUPS: tl.constexpr = (K + GROUP_SIZE - 1) // GROUP_SIZE
     WORDS_PER_GROUP: tl.constexpr = BLOCK_W // GROUPS
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    TILES_PER_SPLIT: tl.constexpr = ((KW + BLOCK_W - 1) // BLOCK_W + SPLIT_K - 1) // SPLIT_K
+    tile_n = tl.program_id(0)
+    split = tl.program_id(1)
+    w_begin = split * (TILES_PER_SPLIT * BLOCK_W)
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_W)
     offs_g = tl.arange(0, GROUPS)
     offs_m = tl.arange(0, BLOCK_M)
     n_ok = offs_n < N
-    q_ptrs = q_ptr + offs_n[:, None] * stride_qn + offs_w[None, :]  # [BLOCK_N, BLOCK_W]
+    q_rows = q_ptr + offs_n[:, None].to(tl.int64) * stride_qn  # [BLOCK_N, 1]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for w0 in range(0, KW, BLOCK_W):
+    for t in range(TILES_PER_SPLIT):  # a compile-time trip count: a split's tiles past K are masked
+        w0 = w_begin + t * BLOCK_W
         w_ok = w0 + offs_w < KW
-        words = tl.load(q_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
+        words = tl.load(q_rows + (w0 + offs_w)[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
         g = 8 * w0 // GROUP_SIZE + offs_g  # [GROUPS]
         gn_ok = n_ok[:, None] & (g < NUM_GROUPS)[None, :]
         s = tl.load(s_ptr + offs_n[:, None] * stride_sn + g[None, :] * stride_sg, mask=gn_ok, other=0.0).to(tl.float32)
@@ -105,38 +159,31 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N,
                 acc += part[None, :]
             else:
                 acc = tl.where(offs_m[:, None] == m, acc + part[None, :], acc)
-        q_ptrs += BLOCK_W
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=(offs_m < M)[:, None] & n_ok[None, :])
-
-
-def tile_fits(block_w: int, group_size: int) -> bool:
-    """A tile of block_w words must hold whole groups or lie inside one."""
-    return (8 * block_w) % group_size == 0 or (group_size // 8) % block_w == 0
-
-
-def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    kept = [c for c in configs if tile_fits(c.kwargs["BLOCK_W"], named_args["GROUP_SIZE"])]
-    if kept:
-        return kept
-    # An unusual group size (96: 12 words): the largest power of two that divides its words.
-    words = named_args["GROUP_SIZE"] // 8
-    return [triton.Config({"BLOCK_N": 16, "BLOCK_W": words & -words}, num_warps=4, num_stages=1)]
-
-
-@functools.cache
-def _autotuned() -> triton.runtime.Autotuner:
-    configs = [triton.Config({"BLOCK_N": bn, "BLOCK_W": bw}, num_warps=w, num_stages=s) for bn, bw, w, s in CONFIGS]
-    return triton.autotune(configs=configs, key=["BLOCK_M", "N", "K", "GROUP_SIZE"],
-                           prune_configs_by={"early_config_prune": _prune})(_w4a16_gemv_kernel)
+    out_mask = (offs_m < M)[:, None] & n_ok[None, :]
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # part: [SPLIT_K, M, N] float32. Every thread's partial is stored before one thread counts the
+        # arrival (barrier, then a release); the last to arrive acquires, so it sees all of them.
+        part_tile = part_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(part_tile + split * M * N, acc, mask=out_mask)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(count_ptr + tile_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for j in tl.static_range(SPLIT_K):  # split order: the same sum every run
+                total += tl.load(part_tile + j * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(count_ptr + tile_n, 0, sem="relaxed")
 
 
 def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
                blocks: dict | None = None) -> torch.Tensor:
     """x: [M, K] float16/bfloat16/float32 with M <= GEMV_MAX_M and K % 8 == 0, qweight: uint8 [N, K/2]
     contiguous, scales: [N, G] float, zeros: uint8 [N, G], G = ceil(K / group_size) -> x @ w.T: [M, N] in
-    x.dtype. blocks: a fixed launch ({"BLOCK_N", "BLOCK_W", "num_warps", "num_stages"}) instead of the
-    autotuned ones."""
+    x.dtype. blocks: a launch ({"BLOCK_N", "BLOCK_W", "num_warps"}, optionally "SPLIT_K", else
+    split_for's) instead of launch_for's."""
     check_int4_operands(x, qweight, scales, zeros, group_size)
     m, k = x.shape
     n = qweight.shape[0]
@@ -144,21 +191,26 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
         raise ValueError(f"x: the GEMV takes 1..{GEMV_MAX_M} rows, got M={m}")
     if not gemv_supports(k):
         raise ValueError(f"x: the GEMV reads whole int32 words of weights, so K must be a multiple of 8, got K={k}")
-    if blocks is not None and not tile_fits(blocks["BLOCK_W"], group_size):
-        raise ValueError(f"blocks: BLOCK_W={blocks['BLOCK_W']} words neither holds whole groups of "
-                         f"{group_size} nor lies inside one")
     if x.stride(1) != 1:
         x = x.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if n == 0:
         return y
+    launch = dict(blocks) if blocks is not None else launch_for(n, group_size, x.device)
+    if not tile_fits(launch["BLOCK_W"], group_size):
+        raise ValueError(f"blocks: BLOCK_W={launch['BLOCK_W']} words neither holds whole groups of "
+                         f"{group_size} nor lies inside one")
+    n_tiles = triton.cdiv(n, launch["BLOCK_N"])
+    split = launch.pop("SPLIT_K", None) or split_for(n_tiles, triton.cdiv(k // 8, launch["BLOCK_W"]), x.device)
+    if (isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= MAX_SPLIT_K
+            or (split > 1 and n_tiles > MAX_ROW_TILES_SPLIT)):
+        raise ValueError(f"blocks: SPLIT_K must be 1..{MAX_SPLIT_K} (1 above {MAX_ROW_TILES_SPLIT} row tiles), "
+                         f"got {split!r}")
+    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+    counters = _split_counters(x.device) if split > 1 else y
     words = qweight.view(torch.int32)  # [N, K/8]: rows of K/2 bytes, a multiple of 4
-    args = (x, words, scales, zeros, y, m, n, x.stride(0), words.stride(0), scales.stride(0), scales.stride(1),
-            zeros.stride(0), zeros.stride(1), y.stride(0), k, group_size, triton.next_power_of_2(m))
-    if interpreting() and blocks is None:
-        blocks = INTERPRET_BLOCKS
-    if blocks is not None:
-        _w4a16_gemv_kernel[(triton.cdiv(n, blocks["BLOCK_N"]),)](*args, **blocks)
-    else:
-        _autotuned()[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args)
+    _w4a16_gemv_kernel[(n_tiles, split)](
+        x, words, scales, zeros, y, part, counters, m, n, x.stride(0), words.stride(0), scales.stride(0),
+        scales.stride(1), zeros.stride(0), zeros.stride(1), y.stride(0), k, group_size, triton.next_power_of_2(m),
+        SPLIT_K=split, **launch)
     return y

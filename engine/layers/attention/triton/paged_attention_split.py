@@ -1,0 +1,166 @@
+"""Split-KV ("flash-decoding") kernels for decode-only batches of paged attention, launched by
+paged_attention.paged_attention when decode_splits there says to.
+
+A decode step has one program per (sequence, KV head): at batch 1 that is a few dozen programs on a GPU
+of a hundred-odd SMs, each walking the whole context alone, so the step's latency is one program's serial
+walk. Here each (sequence, KV head) instead spreads its keys over several programs (grid axis 2), each
+running the same online softmax (_attend_key_tile, the same rows: the heads of one KV group) over its
+own key range and writing its partial result, merged by the last split to finish (below). The partial
+results are the normalized output o = acc / l with the running max m (base 2, as qk_scale includes
+log2(e)) and sum l; merged, split s weighs l_s * exp2(m_s - M), M the largest m_s.
+
+Each split's key range comes from the sequence's context length inside the kernel, in whole key tiles,
+so the number of splits is fixed by the batch's shape alone (the grid a CUDA graph captures) while the
+context grows from step to step; a short context leaves trailing splits empty, and they exit at once.
+
+The merge runs in the same launch: each working split stores its partial, then counts its arrival on its
+(sequence, KV head)'s counter; the last to arrive merges them in split order (the same sum every run)
+and resets the counter for the next launch. A context that one split covers (up to four key tiles)
+skips all of that: its one working split writes the output directly, so short contexts cost what the
+unsplit kernel costs (a separate merge launch made 128 tokens 20% slower, H200), while 2048 tokens at
+batch 1 take 13.3 us instead of 48.2 on an H100 (bench/attention_sweep.py --split). v_scale (fp8 caches) is applied
+once, to the output.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.layers.attention.triton.paged_attention import _attend_key_tile
+from engine.layers.triton import next_power_of_2
+
+# A split walks at least four key tiles: up to 256 tokens one program beats two plus the merge (in a 7B
+# decode step on an H100, 8.4 us against 7.5 at ~130 tokens); at 512 two splits win (9.7 us against 13.4).
+MIN_TILES_PER_SPLIT = 4
+MAX_COUNTERS = 4096  # (sequence, KV head) pairs a split launch may have: a split batch has < 2 per SM
+
+
+@functools.cache
+def _arrival_counters(device: torch.device) -> torch.Tensor:
+    """One counter per (sequence, KV head), zero between launches (the merging program resets its own).
+    Made by the first split launch, which runs before any CUDA-graph capture (warm-up)."""
+    return torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+
+
+@triton.jit
+def _split_attention_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, count_ptr, block_tables_ptr,
+        context_lens_ptr, query_start_ptr, qk_scale, v_scale, stride_qt, stride_qh, stride_ot, stride_oh,
+        stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt, stride_ps, stride_ph,
+        G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, FP16_DOTS: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, MIN_TILES_PER_SPLIT: tl.constexpr):
+    # q, out: [tokens, heads, HEAD_DIM], at most one token per sequence; k, v, block_tables, context_lens,
+    # query_start: as _paged_attention_kernel's. m_part, l_part: [seqs, heads, SPLITS] (strides ps, ph, 1);
+    # o_part: [seqs, heads, SPLITS, HEAD_DIM], the same layout with HEAD_DIM appended. count: [seqs * kv_heads].
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    q_start = tl.load(query_start_ptr + seq)
+    if tl.load(query_start_ptr + seq + 1) == q_start:  # no query: no rows
+        return
+    ctx = tl.load(context_lens_ptr + seq)
+    # Whole key tiles per split, so only the context's last tile is partial; with few keys only the
+    # first splits get any (a context of 0, padding, gets none: split 0 writes its zeros).
+    chunk = tl.maximum(tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N), MIN_TILES_PER_SPLIT) * BLOCK_N
+    working = tl.cdiv(ctx, tl.maximum(chunk, 1))
+    if split >= tl.maximum(working, 1):
+        return
+    rows = tl.arange(0, BLOCK_M)  # BLOCK_M >= G: the whole KV group in one tile
+    row_ok = rows < G
+    head = kv_head * G + rows
+    q_pos = ctx - 1 + rows * 0  # the query is the context's last token: it sees every key
+    dims = tl.arange(0, BLOCK_D)
+    d_ok = dims < HEAD_DIM
+    rd_ok = row_ok[:, None] & d_ok[None, :]
+
+    q_ptrs = q_ptr + q_start.to(tl.int64) * stride_qt + head[:, None] * stride_qh + dims[None, :]
+    q = tl.load(q_ptrs, mask=rd_ok, other=0.0)  # [BLOCK_M, BLOCK_D]
+    if FP16_DOTS:  # an fp8 cache under a 16-bit model: see _paged_attention_kernel
+        q = q.to(tl.float16)
+
+    kv_start = split * chunk
+    kv_end = tl.minimum(ctx, kv_start + chunk)
+    m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite: an empty row merges as exp2(-huge) = 0
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    k_head = k_ptr + kv_head * stride_kh
+    v_head = v_ptr + kv_head * stride_vh
+    if WHILE_LOOP:  # the interpreter's loop: see _paged_attention_kernel
+        start = kv_start
+        while start < kv_end:
+            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
+                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+            start += BLOCK_N
+    else:
+        for start in range(kv_start, kv_end, BLOCK_N):
+            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
+                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+
+    o_ptrs = out_ptr + q_start.to(tl.int64) * stride_ot + head[:, None] * stride_oh + dims[None, :]
+    if working <= 1:  # one split holds every key: its result is the output (zeros for no key)
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None] * v_scale
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=rd_ok)
+        return
+    part = seq.to(tl.int64) * stride_ps + head * stride_ph  # [BLOCK_M]: this row's split 0
+    tl.store(m_part_ptr + part + split, m_i, mask=row_ok)
+    tl.store(l_part_ptr + part + split, l_i, mask=row_ok)
+    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(o_part_ptr + (part + split)[:, None] * HEAD_DIM + dims[None, :], o, mask=rd_ok)
+    # Every thread's stores land before one thread counts the arrival (barrier, then a release); the
+    # last to arrive acquires, so it reads every partial.
+    tl.debug_barrier()
+    counter = count_ptr + seq * tl.num_programs(1) + kv_head
+    if tl.atomic_add(counter, 1, sem="acq_rel") == working - 1:
+        big_m = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)
+        for j in tl.static_range(SPLITS):
+            m_j = tl.load(m_part_ptr + part + j, mask=row_ok & (rows * 0 + j < working), other=-1.0e30,
+                          cache_modifier=".cg")
+            big_m = tl.maximum(big_m, m_j)
+        total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        merged = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        for j in tl.static_range(SPLITS):  # split order: the same sum every run
+            ok = row_ok & (rows * 0 + j < working)  # vectors: the interpreter takes no scalar mask
+            m_j = tl.load(m_part_ptr + part + j, mask=ok, other=-1.0e30, cache_modifier=".cg")
+            l_j = tl.load(l_part_ptr + part + j, mask=ok, other=0.0, cache_modifier=".cg")
+            o_j = tl.load(o_part_ptr + (part + j)[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None] & d_ok[None, :],
+                          other=0.0, cache_modifier=".cg")
+            w_j = l_j * tl.exp2(m_j - big_m)  # [BLOCK_M]
+            total += w_j
+            merged += w_j[:, None] * o_j
+        out = merged / tl.where(total > 0, total, 1.0)[:, None] * v_scale
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=rd_ok)
+        tl.atomic_xchg(counter, 0, sem="relaxed")
+
+
+def split_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+                          block_tables: torch.Tensor, context_lens: torch.Tensor, query_start: torch.Tensor,
+                          qk_scale: float, v_scale: float, splits: int, block_m: int, **kernel_args) -> None:
+    """Writes out's rows for a decode-only batch (checked by the caller), the keys of each (sequence, KV
+    head) split over `splits` programs. kernel_args: the tiles, dtypes and flags _paged_attention_kernel
+    gets (G, BLOCK_SIZE, HEAD_DIM, BLOCK_D, DOT_PRECISION, WHILE_LOOP, FP16_DOTS, BLOCK_N, num_warps,
+    num_stages)."""
+    seqs, heads, head_dim, kv_heads = block_tables.shape[0], q.shape[1], q.shape[2], k_cache.shape[2]
+    if seqs * kv_heads > MAX_COUNTERS:
+        raise ValueError(f"splits: a split launch takes at most {MAX_COUNTERS} (sequence, KV head) pairs, "
+                         f"got {seqs} x {kv_heads}")
+    # Scratch in float32: the merge reweighs each partial by up to 2^(m_s - M), too lossy in 16 bits.
+    # torch.empty is fine inside CUDA-graph capture (the graph's pool serves it at every replay).
+    o_part = torch.empty((seqs, heads, splits, head_dim), dtype=torch.float32, device=q.device)
+    m_part = torch.empty((seqs, heads, splits), dtype=torch.float32, device=q.device)
+    l_part = torch.empty_like(m_part)
+    _split_attention_kernel[(seqs, kv_heads, splits)](
+        q, k_cache, v_cache, out, o_part, m_part, l_part, _arrival_counters(q.device), block_tables, context_lens,
+        query_start, qk_scale, v_scale, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        m_part.stride(0), m_part.stride(1),
+        # A GQA group wider than one tile (G > 16) still takes one program: the split grid axis is taken.
+        BLOCK_M=max(block_m, next_power_of_2(kernel_args["G"])), SPLITS=splits,
+        MIN_TILES_PER_SPLIT=MIN_TILES_PER_SPLIT, **kernel_args)
