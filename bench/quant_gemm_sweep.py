@@ -123,6 +123,21 @@ def main_gemv(m: int, w4_only: bool = False) -> None:
         sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, w8_space)
 
 
+def main_dense(m: int) -> None:
+    """The dense bf16 GEMV (engine/layers/triton/gemv.py) against cuBLAS on the 7B shapes."""
+    from engine.layers.triton.gemv import gemv
+
+    for shape, (n, k) in SHAPES.items():
+        x = shape_header(shape, n, k, m)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        nbytes = w.numel() * 2
+        time_call("dense GEMV default", lambda: gemv(x, w), nbytes)
+        space = {"BLOCK_N": [4, 8, 16], "BLOCK_K": [256, 512, 1024], "num_warps": [4, 8], "SPLIT_K": [None]}
+        if n <= 8192:
+            space.update(BLOCK_K=[512, 1024], num_warps=[4], SPLIT_K=[None, 1, 2, 4, 8])
+        sweep_gemv("dense GEMV", lambda b: gemv(x, w, blocks=b), nbytes, space)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--m", type=int, default=1)
@@ -130,8 +145,11 @@ def main() -> None:
                         help="only the wrappers as the engine calls them (split-K included), under a CUDA graph")
     parser.add_argument("--gemv", action="store_true", help="sweep the decode GEMVs (M <= 4) instead")
     parser.add_argument("--w4-only", action="store_true", help="with --gemv: the int4 GEMV alone")
+    parser.add_argument("--dense", action="store_true", help="the dense bf16 GEMV against cuBLAS instead")
     opts = parser.parse_args()
     m = opts.m
+    if opts.dense:
+        return main_dense(m)
     if opts.gemv:
         return main_gemv(m, opts.w4_only)
     w4_space = {"bn": [16, 32, 64], "bk": [64, 128], "warps": [4], "stages": [4, 6, 8, 12]}

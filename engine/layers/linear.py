@@ -22,6 +22,12 @@ class UnquantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [tokens, in_features] -> [tokens, out_features]
+        if x.is_cuda:
+            from engine.layers.triton.gemv import gemv, prefers_gemv  # triton: CUDA machines only
+
+            if prefers_gemv(x, self.weight):  # decode's few rows: see gemv.py
+                y = gemv(x, self.weight)
+                return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
 
 

@@ -6,8 +6,8 @@ Stored: `qweight` uint8 [out, ceil(in/2)] (two values per byte, even column in t
 `scales` [out, groups] and `zeros` uint8 [out, groups], groups = ceil(in / group_size) (the last group
 may be short: SmolLM2's 576 = 4.5 x 128). w[o, i] = (q[o, i] - zeros[o, g]) * scales[o, g], g = i // group_size.
 
-CUDA multiplies with the Triton W4A16 kernels: a GEMV for decode's few rows where N is wide enough to
-fill the GPU, else a tensor-core GEMM (split over K for decode). CPU uses torch's tinygemm int4 kernel (weights
+CUDA multiplies with the Triton W4A16 kernels: a GEMV for decode's few rows (1-4; it splits K where N
+alone does not fill the GPU), else a tensor-core GEMM. CPU uses torch's tinygemm int4 kernel (weights
 repacked once after loading) for bfloat16 activations; for float32 that kernel is ~100x slower than
 dequantize-then-matmul, so float32 dequantizes (see int8_wo.py).
 """

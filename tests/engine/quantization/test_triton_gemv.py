@@ -59,7 +59,7 @@ def test_w4a16_gemv_split_k_matches_reference(m, k, n, split):
 
 
 def test_w4a16_gemv_splits_only_short_n(monkeypatch):
-    from engine.layers.quantization.triton import w4a16_gemv as gemv_module
+    from engine.layers.triton import split_k as gemv_module
 
     sms = 132
     monkeypatch.setattr(gemv_module, "multiprocessors", lambda device: sms)

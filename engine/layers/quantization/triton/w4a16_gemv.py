@@ -19,13 +19,12 @@ and the same result every run.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from engine.layers.quantization.triton import check_int4_operands, interpreting, multiprocessors
+from engine.layers.triton.split_k import check_split, split_buffers, split_for, store_or_reduce
 
 GEMV_MAX_M = 4
 # Launches by N, from bench/quant_gemm_sweep.py --gemv on an H100 (7B shapes, group 128; BLOCK_W in
@@ -38,12 +37,6 @@ MID_LAUNCH = {"BLOCK_N": 128, "BLOCK_W": 32, "num_warps": 4}
 SHORT_LAUNCH = {"BLOCK_N": 64, "BLOCK_W": 32, "num_warps": 4}
 SHORT_N = 8192
 INTERPRET_BLOCKS = {"BLOCK_N": 16, "BLOCK_W": 4}  # small tiles exercise the edge masks
-# A short N splits K until about this many programs per multiprocessor run; each split keeps at least
-# MIN_TILES_PER_SPLIT tiles, so its partial store and the final sum stay small next to its weight reads.
-PROGRAMS_PER_SM = 4
-MAX_SPLIT_K = 16
-MIN_TILES_PER_SPLIT = 2
-MAX_ROW_TILES_SPLIT = 4096  # row tiles the split counters cover (a split N has < PROGRAMS_PER_SM * SMs)
 
 
 def gemv_supports(k: int) -> bool:
@@ -54,16 +47,6 @@ def gemv_supports(k: int) -> bool:
 def prefers_gemv(m: int, n: int, k: int, device: torch.device) -> bool:
     """Whether decode takes the GEMV over the tensor-core GEMM (w4a16.py): every decode size it takes."""
     return 1 <= m <= GEMV_MAX_M and gemv_supports(k)
-
-
-def split_for(n_tiles: int, k_tiles: int, device: torch.device) -> int:
-    """K splits so that about PROGRAMS_PER_SM programs per multiprocessor run."""
-    target = PROGRAMS_PER_SM * multiprocessors(device)
-    split = 1
-    while (n_tiles * split < target and split < MAX_SPLIT_K and k_tiles >= 2 * split * MIN_TILES_PER_SPLIT
-           and n_tiles <= MAX_ROW_TILES_SPLIT):
-        split *= 2
-    return split
 
 
 def tile_fits(block_w: int, group_size: int) -> bool:
@@ -83,13 +66,6 @@ def launch_for(n: int, group_size: int, device: torch.device) -> dict[str, int]:
         words = group_size // 8
         launch["BLOCK_W"] = words & -words
     return launch
-
-
-@functools.cache
-def _split_counters(device: torch.device) -> torch.Tensor:
-    """One arrival counter per row tile, zero between launches (the last program of a tile resets its
-    own). Made on the first call, which runs before any CUDA-graph capture (warm-up)."""
-    return torch.zeros(MAX_ROW_TILES_SPLIT, dtype=torch.int32, device=device)
 
 
 @triton.jit
@@ -120,10 +96,8 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
     NUM_GROUPS: tl.constexpr = (K + GROUP_SIZE - 1) // GROUP_SIZE
     WORDS_PER_GROUP: tl.constexpr = BLOCK_W // GROUPS
     TILES_PER_SPLIT: tl.constexpr = ((KW + BLOCK_W - 1) // BLOCK_W + SPLIT_K - 1) // SPLIT_K
-    tile_n = tl.program_id(0)
-    split = tl.program_id(1)
-    w_begin = split * (TILES_PER_SPLIT * BLOCK_W)
-    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_begin = tl.program_id(1) * (TILES_PER_SPLIT * BLOCK_W)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_W)
     offs_g = tl.arange(0, GROUPS)
     offs_m = tl.arange(0, BLOCK_M)
@@ -159,24 +133,8 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
                 acc += part[None, :]
             else:
                 acc = tl.where(offs_m[:, None] == m, acc + part[None, :], acc)
-    out_mask = (offs_m < M)[:, None] & n_ok[None, :]
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
-    else:
-        # part: [SPLIT_K, M, N] float32. Every thread's partial is stored before one thread counts the
-        # arrival (barrier, then a release); the last to arrive acquires, so it sees all of them.
-        part_tile = part_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tl.store(part_tile + split * M * N, acc, mask=out_mask)
-        tl.debug_barrier()
-        arrived = tl.atomic_add(count_ptr + tile_n, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for j in tl.static_range(SPLIT_K):  # split order: the same sum every run
-                total += tl.load(part_tile + j * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
-            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=out_mask)
-            tl.atomic_xchg(count_ptr + tile_n, 0, sem="relaxed")
-
+    store_or_reduce(acc, y_ptr, part_ptr, count_ptr, M, N, stride_ym, offs_m, offs_n,
+                    (offs_m < M)[:, None] & n_ok[None, :], SPLIT_K)
 
 def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
                blocks: dict | None = None) -> torch.Tensor:
@@ -201,13 +159,9 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
         raise ValueError(f"blocks: BLOCK_W={launch['BLOCK_W']} words neither holds whole groups of "
                          f"{group_size} nor lies inside one")
     n_tiles = triton.cdiv(n, launch["BLOCK_N"])
-    split = launch.pop("SPLIT_K", None) or split_for(n_tiles, triton.cdiv(k // 8, launch["BLOCK_W"]), x.device)
-    if (isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= MAX_SPLIT_K
-            or (split > 1 and n_tiles > MAX_ROW_TILES_SPLIT)):
-        raise ValueError(f"blocks: SPLIT_K must be 1..{MAX_SPLIT_K} (1 above {MAX_ROW_TILES_SPLIT} row tiles), "
-                         f"got {split!r}")
-    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
-    counters = _split_counters(x.device) if split > 1 else y
+    split = check_split(launch.pop("SPLIT_K", None) or split_for(n_tiles, triton.cdiv(k // 8, launch["BLOCK_W"]),
+                                                                  x.device), n_tiles)
+    part, counters = split_buffers(split, m, n, y)
     words = qweight.view(torch.int32)  # [N, K/8]: rows of K/2 bytes, a multiple of 4
     _w4a16_gemv_kernel[(n_tiles, split)](
         x, words, scales, zeros, y, part, counters, m, n, x.stride(0), words.stride(0), scales.stride(0),

@@ -1,0 +1,89 @@
+"""Dense GEMV for decode (M <= GEMV_MAX_M rows): y = x @ w.T with w in x's dtype (bf16 / fp16), the CUDA
+path of UnquantizedLinear where bench/quant_gemm_sweep.py --dense measured it ahead of cuBLAS.
+
+At batch 1 a linear layer only streams its weights. cuBLAS runs a 4096-row o_proj / down_proj as a
+split-K GEMM plus a separate reduction kernel (two launches a layer, 1.75 us each on an H100, and the
+gaps between launches under a CUDA graph); here a GPU the row tiles do not fill splits K in the same
+launch (split_k.py). Each program owns BLOCK_N whole weight rows and reads them once, BLOCK_K columns per
+row per step (16-byte loads), accumulating per (row, column) in float32 and reducing across the tile once
+at the end (batch 1), or per step for each of the 2-4 rows of x (the weight tile is read once for all).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.layers.triton import check_last_dim_contiguous, check_tensor, interpreting
+from engine.layers.triton.split_k import check_split, split_buffers, split_for, store_or_reduce
+
+GEMV_MAX_M = 4
+GEMV_DTYPES = (torch.float16, torch.bfloat16)
+# Where cuBLAS splits K and reduces in a second kernel: N of a few thousand rows (o_proj, down_proj).
+GEMV_MAX_N = 8192
+LAUNCH = {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4}
+INTERPRET_BLOCKS = {"BLOCK_N": 8, "BLOCK_K": 32}  # small tiles exercise the edge masks
+
+
+def prefers_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a linear layer on CUDA takes this GEMV over cuBLAS for these operands."""
+    return (x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= GEMV_MAX_M and x.dtype in GEMV_DTYPES
+            and weight.dtype == x.dtype and weight.shape[0] <= GEMV_MAX_N)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, stride_xm, stride_wn, stride_ym,
+                 K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 SPLIT_K: tl.constexpr):
+    # x: [M, K]; w: [N, K] (rows stride_wn apart, columns contiguous); y: [M, N]
+    TILES_PER_SPLIT: tl.constexpr = ((K + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K
+    k_begin = tl.program_id(1) * (TILES_PER_SPLIT * BLOCK_K)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_m = tl.arange(0, BLOCK_M)
+    n_ok = offs_n < N
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn  # [BLOCK_N, 1]
+    acc_cols = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # batch 1: per (row, column)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(TILES_PER_SPLIT):  # a compile-time trip count: a split's tiles past K are masked
+        k = k_begin + t * BLOCK_K + offs_k
+        k_ok = k < K
+        w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        if BLOCK_M == 1:
+            acc_cols += w * tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+        else:
+            for m in tl.static_range(BLOCK_M):
+                x = tl.load(x_ptr + m * stride_xm + k, mask=k_ok & (offs_k * 0 + m < M), other=0.0).to(tl.float32)
+                acc = tl.where(offs_m[:, None] == m, acc + tl.sum(w * x[None, :], axis=1)[None, :], acc)
+    if BLOCK_M == 1:
+        acc = tl.sum(acc_cols, axis=1)[None, :]
+    store_or_reduce(acc, y_ptr, part_ptr, count_ptr, M, N, stride_ym, offs_m, offs_n,
+                    (offs_m < M)[:, None] & n_ok[None, :], SPLIT_K)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, blocks: dict | None = None) -> torch.Tensor:
+    """x: [M, K] float16/bfloat16 with 1 <= M <= GEMV_MAX_M, weight: [N, K] in x's dtype, last dim
+    contiguous -> x @ weight.T: [M, N]. blocks: a launch ({"BLOCK_N", "BLOCK_K", "num_warps"}, optionally
+    "SPLIT_K", else split_for's) instead of LAUNCH."""
+    check_tensor("x", x, GEMV_DTYPES, 2)
+    check_tensor("weight", weight, (x.dtype,), 2, like=x)
+    m, k = x.shape
+    n = weight.shape[0]
+    if not 1 <= m <= GEMV_MAX_M:
+        raise ValueError(f"x: the GEMV takes 1..{GEMV_MAX_M} rows, got M={m}")
+    if weight.shape[1] != k:
+        raise ValueError(f"weight: has K={weight.shape[1]} input columns, but x has K={k}")
+    check_last_dim_contiguous("weight", weight)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if n == 0:
+        return y
+    launch = dict(blocks if blocks is not None else INTERPRET_BLOCKS if interpreting() else LAUNCH)
+    n_tiles = triton.cdiv(n, launch["BLOCK_N"])
+    split = check_split(launch.pop("SPLIT_K", None) or split_for(n_tiles, triton.cdiv(k, launch["BLOCK_K"]), x.device),
+                        n_tiles)
+    part, counters = split_buffers(split, m, n, y)
+    _gemv_kernel[(n_tiles, split)](x, weight, y, part, counters, m, n, x.stride(0), weight.stride(0), y.stride(0),
+                                   k, triton.next_power_of_2(m), SPLIT_K=split, **launch)
+    return y
