@@ -67,6 +67,7 @@ def test_linear_takes_the_gemv_only_for_decode_rows_on_cuda():
     if torch.cuda.is_available():
         w = w.cuda()
         assert prefers_gemv(torch.zeros(1, 64, dtype=torch.bfloat16, device="cuda"), w)
+        assert prefers_gemv(torch.zeros(4, 64, dtype=torch.bfloat16, device="cuda"), w)
         assert not prefers_gemv(torch.zeros(5, 64, dtype=torch.bfloat16, device="cuda"), w)  # a prefill
         assert not prefers_gemv(torch.zeros(1, 64, device="cuda"), w.float())  # float32: cuBLAS, exact order
 

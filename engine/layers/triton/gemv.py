@@ -1,12 +1,15 @@
 """Dense GEMV for decode (M <= GEMV_MAX_M rows): y = x @ w.T with w in x's dtype (bf16 / fp16), the CUDA
-path of UnquantizedLinear where bench/quant_gemm_sweep.py --dense measured it ahead of cuBLAS.
+path of UnquantizedLinear at decode sizes.
 
-At batch 1 a linear layer only streams its weights. cuBLAS runs a 4096-row o_proj / down_proj as a
-split-K GEMM plus a separate reduction kernel (two launches a layer, 1.75 us each on an H100, and the
-gaps between launches under a CUDA graph); here a GPU the row tiles do not fill splits K in the same
-launch (split_k.py). Each program owns BLOCK_N whole weight rows and reads them once, BLOCK_K columns per
-row per step (16-byte loads), accumulating per (row, column) in float32 and reducing across the tile once
-at the end (batch 1), or per step for each of the 2-4 rows of x (the weight tile is read once for all).
+At batch 1 a linear layer only streams its weights, and cuBLAS does not stream them at full speed on a
+7B model's shapes: on an H100 (bench/quant_gemm_sweep.py --dense, under CUDA graphs) qkv 36.6 us against
+34.6 here, gate_up 70.4 against 59.5, down 36.0 against 33.1, lm_head 356 against 325, and it runs the
+4096-row o_proj and down as a split-K GEMM plus a separate reduction kernel (1.75 us a launch, twice a
+layer). Each program owns BLOCK_N whole weight rows and reads them once, BLOCK_K columns per row per step
+(16-byte loads), accumulating per (row, column) in float32 and reducing across the tile once at the end
+(batch 1), or per step for each of the 2-4 rows of x (the weight tile is read once for all of them).
+Few rows per program give even a 4096-row layer over a thousand programs; a smaller N splits K in the
+same launch (split_k.py).
 """
 from __future__ import annotations
 
@@ -19,16 +22,17 @@ from engine.layers.triton.split_k import check_split, split_buffers, split_for, 
 
 GEMV_MAX_M = 4
 GEMV_DTYPES = (torch.float16, torch.bfloat16)
-# Where cuBLAS splits K and reduces in a second kernel: N of a few thousand rows (o_proj, down_proj).
-GEMV_MAX_N = 8192
-LAUNCH = {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4}
+# Launches by N, the fastest in the sweep above: longer column steps and 8 warps for wide layers.
+WIDE_LAUNCH = {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 8}
+SHORT_LAUNCH = {"BLOCK_N": 4, "BLOCK_K": 512, "num_warps": 4}
+SHORT_N = 8192
 INTERPRET_BLOCKS = {"BLOCK_N": 8, "BLOCK_K": 32}  # small tiles exercise the edge masks
 
 
 def prefers_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a linear layer on CUDA takes this GEMV over cuBLAS for these operands."""
     return (x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= GEMV_MAX_M and x.dtype in GEMV_DTYPES
-            and weight.dtype == x.dtype and weight.shape[0] <= GEMV_MAX_N)
+            and weight.dtype == x.dtype)
 
 
 @triton.jit
@@ -64,7 +68,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, stride_xm, stri
 def gemv(x: torch.Tensor, weight: torch.Tensor, blocks: dict | None = None) -> torch.Tensor:
     """x: [M, K] float16/bfloat16 with 1 <= M <= GEMV_MAX_M, weight: [N, K] in x's dtype, last dim
     contiguous -> x @ weight.T: [M, N]. blocks: a launch ({"BLOCK_N", "BLOCK_K", "num_warps"}, optionally
-    "SPLIT_K", else split_for's) instead of LAUNCH."""
+    "SPLIT_K", else split_for's) instead of the one for N."""
     check_tensor("x", x, GEMV_DTYPES, 2)
     check_tensor("weight", weight, (x.dtype,), 2, like=x)
     m, k = x.shape
@@ -79,7 +83,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, blocks: dict | None = None) -> t
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if n == 0:
         return y
-    launch = dict(blocks if blocks is not None else INTERPRET_BLOCKS if interpreting() else LAUNCH)
+    if blocks is None:
+        blocks = INTERPRET_BLOCKS if interpreting() else WIDE_LAUNCH if n > SHORT_N else SHORT_LAUNCH
+    launch = dict(blocks)
     n_tiles = triton.cdiv(n, launch["BLOCK_N"])
     split = check_split(launch.pop("SPLIT_K", None) or split_for(n_tiles, triton.cdiv(k, launch["BLOCK_K"]), x.device),
                         n_tiles)

@@ -1,5 +1,5 @@
-"""Split-K for the decode GEMVs in one launch: a GPU whose row tiles alone leave SMs idle (a 7B o_proj or
-down_proj at batch 1: 4096 rows) gets K split over several programs per row tile. Each stores its float32
+"""Split-K for the decode GEMVs in one launch: a GPU whose row tiles alone leave SMs idle (an int4 7B
+o_proj or down_proj in 64-row tiles: 64 tiles on 132 SMs) gets K split over several programs per row tile. Each stores its float32
 partial and counts its arrival on the tile's counter; the last to arrive sums the partials in split order
 (the same result every run, unlike atomics on the output) and resets the counter for the next launch.
 A separate reduction would cost one or two more launches per layer (cuBLAS's split-K reduce kernel:

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.quantization.triton import check_int4_operands, interpreting, multiprocessors
-from engine.layers.triton.split_k import check_split, split_buffers, split_for, store_or_reduce
+from engine.layers.triton.split_k import PROGRAMS_PER_SM, check_split, split_buffers, split_for, store_or_reduce
 
 GEMV_MAX_M = 4
 # Launches by N, from bench/quant_gemm_sweep.py --gemv on an H100 (7B shapes, group 128; BLOCK_W in
