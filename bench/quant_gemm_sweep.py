@@ -101,26 +101,26 @@ def sweep_gemv(name: str, call, nbytes: int, space: dict) -> None:
         print(f"  {name}: {1e3 * ms:7.1f} us  {nbytes / ms / 1e9:5.2f} TB/s  {blocks}")
 
 
-def main_gemv(m: int, w4_only: bool = False) -> None:
-    w8_space = {"BLOCK_N": [4, 8, 16], "BLOCK_K": [512, 1024, 2048], "num_warps": [4, 8], "num_stages": [1]}
+def main_gemv(m: int, schemes: tuple[str, ...] = ("w4", "w8")) -> None:
     for shape, (n, k) in SHAPES.items():
         x = shape_header(shape, n, k, m)
-        args, nbytes = w4_args(m, n, k)
-        q, s, z = args[1], args[2], args[3]
-        # SPLIT_K None: the split w4a16_gemv gives those tiles; a short N also tries others.
-        w4_space = {"BLOCK_N": [32, 64, 128], "BLOCK_W": [32, 64], "num_warps": [4, 8], "SPLIT_K": [None]}
-        if n <= 8192:
-            w4_space.update(BLOCK_N=[16, 32, 64], num_warps=[4], SPLIT_K=[None, 1, 2, 4, 8, 16])
-        time_call("w4a16 GEMM", lambda: w4a16_matmul(x, q, s, z, GROUP, split_k=None), nbytes)
-        time_call("w4a16 GEMV default", lambda: w4a16_gemv(x, q, s, z, GROUP), nbytes)
-        sweep_gemv("w4a16 GEMV", lambda b: w4a16_gemv(x, q, s, z, GROUP, blocks=b), nbytes, w4_space)
-        if w4_only:
-            continue
-        args, nbytes = w8_args(m, n, k)
-        q, s = args[1], args[2]
-        time_call("w8a16 GEMM", lambda: w8a16_matmul(x, q, s), nbytes)
-        time_call("w8a16 GEMV autotuned", lambda: w8a16_gemv(x, q, s), nbytes)
-        sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, w8_space)
+        if "w4" in schemes:
+            args, nbytes = w4_args(m, n, k)
+            q, s, z = args[1], args[2], args[3]
+            # SPLIT_K None: the split w4a16_gemv gives those tiles; a short N also tries others.
+            space = {"BLOCK_N": [32, 64, 128], "BLOCK_W": [32, 64], "num_warps": [4, 8], "SPLIT_K": [None]}
+            if n <= 8192:
+                space.update(BLOCK_N=[16, 32, 64], num_warps=[4], SPLIT_K=[None, 1, 2, 4, 8, 16])
+            time_call("w4a16 GEMM", lambda: w4a16_matmul(x, q, s, z, GROUP, split_k=None), nbytes)
+            time_call("w4a16 GEMV default", lambda: w4a16_gemv(x, q, s, z, GROUP), nbytes)
+            sweep_gemv("w4a16 GEMV", lambda b: w4a16_gemv(x, q, s, z, GROUP, blocks=b), nbytes, space)
+        if "w8" in schemes:
+            args, nbytes = w8_args(m, n, k)
+            q, s = args[1], args[2]
+            space = {"BLOCK_N": [4, 8, 16], "BLOCK_K": [1024, 2048], "num_warps": [4, 8], "num_stages": [1]}
+            time_call("w8a16 GEMM", lambda: w8a16_matmul(x, q, s), nbytes)
+            time_call("w8a16 GEMV autotuned", lambda: w8a16_gemv(x, q, s), nbytes)
+            sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, space)
 
 
 def main_dense(m: int) -> None:
@@ -144,14 +144,14 @@ def main() -> None:
     parser.add_argument("--wrappers-only", action="store_true",
                         help="only the wrappers as the engine calls them (split-K included), under a CUDA graph")
     parser.add_argument("--gemv", action="store_true", help="sweep the decode GEMVs (M <= 4) instead")
-    parser.add_argument("--w4-only", action="store_true", help="with --gemv: the int4 GEMV alone")
+    parser.add_argument("--schemes", default="w4,w8", help="with --gemv: which GEMVs (w4, w8)")
     parser.add_argument("--dense", action="store_true", help="the dense bf16 GEMV against cuBLAS instead")
     opts = parser.parse_args()
     m = opts.m
     if opts.dense:
         return main_dense(m)
     if opts.gemv:
-        return main_gemv(m, opts.w4_only)
+        return main_gemv(m, tuple(opts.schemes.split(",")))
     w4_space = {"bn": [16, 32, 64], "bk": [64, 128], "warps": [4], "stages": [4, 6, 8, 12]}
     w8_space = {"bn": [16, 32, 64], "bk": [256, 512], "warps": [4], "stages": [3, 5, 8]}
     for shape, (n, k) in SHAPES.items():

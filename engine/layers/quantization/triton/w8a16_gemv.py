@@ -19,8 +19,11 @@ from engine.layers.quantization.triton import check_int8_operands, interpreting
 
 GEMV_MAX_M = 4
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): candidates for the autotuner, from
-# bench/quant_gemm_sweep.py --gemv on an H200 over the 7B shapes.
+# bench/quant_gemm_sweep.py --gemv on an H200 over the 7B shapes; the 2048-byte steps match the dense
+# GEMV's fastest launches on an H100 (engine/layers/triton/gemv.py: 8 rows x 1024 bf16, 8 warps).
 CONFIGS = [
+    (8, 2048, 8, 1),
+    (4, 2048, 4, 1),
     (8, 512, 8, 3),
     (8, 1024, 4, 3),
     (16, 512, 8, 1),
