@@ -44,13 +44,14 @@ def split_buffers(split: int, m: int, n: int, y: torch.Tensor) -> tuple[torch.Te
     """(partials [split, m, n] float32, counters) for a split launch; y twice (never read) for none."""
     if split == 1:
         return y, y
-    return torch.empty((split, m, n), dtype=torch.float32, device=y.device), _counters(y.device)
+    return torch.empty((split, m, n), dtype=torch.float32, device=y.device), arrival_counters(y.device)
 
 
 @functools.cache
-def _counters(device: torch.device) -> torch.Tensor:
-    """One arrival counter per row tile, zero between launches. Made by the first split launch, which
-    runs before any CUDA-graph capture (warm-up)."""
+def arrival_counters(device: torch.device) -> torch.Tensor:
+    """MAX_ROW_TILES_SPLIT arrival counters, zero between launches: each launch's last program of a tile
+    resets its own, so every split kernel (these GEMVs, split-KV attention) shares them. Made by the first
+    split launch, which runs before any CUDA-graph capture (warm-up)."""
     return torch.zeros(MAX_ROW_TILES_SPLIT, dtype=torch.int32, device=device)
 
 

@@ -23,26 +23,18 @@ once, to the output.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from engine.layers.attention.triton.paged_attention import _attend_key_tile
 from engine.layers.triton import next_power_of_2
+from engine.layers.triton.split_k import MAX_ROW_TILES_SPLIT, arrival_counters
 
 # A split walks at least four key tiles: up to 256 tokens one program beats two plus the merge (in a 7B
 # decode step on an H100, 8.4 us against 7.5 at ~130 tokens); at 512 two splits win (9.7 us against 13.4).
 MIN_TILES_PER_SPLIT = 4
-MAX_COUNTERS = 4096  # (sequence, KV head) pairs a split launch may have: a split batch has < 2 per SM
-
-
-@functools.cache
-def _arrival_counters(device: torch.device) -> torch.Tensor:
-    """One counter per (sequence, KV head), zero between launches (the merging program resets its own).
-    Made by the first split launch, which runs before any CUDA-graph capture (warm-up)."""
-    return torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+MAX_COUNTERS = MAX_ROW_TILES_SPLIT  # (sequence, KV head) pairs of a split launch: < 2 per SM in practice
 
 
 @triton.jit
@@ -156,7 +148,7 @@ def split_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     m_part = torch.empty((seqs, heads, splits), dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)
     _split_attention_kernel[(seqs, kv_heads, splits)](
-        q, k_cache, v_cache, out, o_part, m_part, l_part, _arrival_counters(q.device), block_tables, context_lens,
+        q, k_cache, v_cache, out, o_part, m_part, l_part, arrival_counters(q.device), block_tables, context_lens,
         query_start, qk_scale, v_scale, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
