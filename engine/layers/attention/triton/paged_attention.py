@@ -31,7 +31,6 @@ graphs.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,6 +39,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.attention.kv_quant import KV_FP8, check_kv_scales
+from engine.layers.quantization.triton import multiprocessors as cuda_multiprocessors
 from engine.layers.triton import (FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, interpreting,
                                   next_power_of_2)
 
@@ -186,14 +186,7 @@ def decode_splits(seqs: int, kv_heads: int, multiprocessors: int) -> int:
 
 
 def multiprocessors(device: torch.device) -> int:
-    if interpreting():
-        return INTERPRET_MULTIPROCESSORS
-    return _cuda_multiprocessors(device)
-
-
-@functools.cache
-def _cuda_multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count  # a driver query: once per device
+    return INTERPRET_MULTIPROCESSORS if interpreting() else cuda_multiprocessors(device)
 
 
 def launch_for(max_query_len: int, fp8_cache: bool = False) -> LaunchConfig:

@@ -72,7 +72,7 @@ def launch_for(n: int, group_size: int, device: torch.device) -> dict[str, int]:
 def _biased_nibble(words, i: tl.constexpr):
     """Nibble i of each int32 word as the float32 128 + nibble: the nibble lands in mantissa bits 16-19
     of 128.0 (0x43000000), two integer ops (a shift, then an and-or) and no conversion or subtraction;
-    the 128 comes off once per word, with the zero point."""
+    the 128 comes off once per group, with the zero point."""
     if i < 4:
         shifted = words << (16 - 4 * i)
     elif i == 4:
