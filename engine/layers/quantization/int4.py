@@ -120,7 +120,7 @@ class Int4WeightOnlyLinear(nn.Module):
             from engine.layers.quantization.triton.w4a16 import w4a16_matmul
             from engine.layers.quantization.triton.w4a16_gemv import prefers_gemv, w4a16_gemv
 
-            gemv = prefers_gemv(x.shape[0], self.out_features, self.in_features, x.device)
+            gemv = prefers_gemv(x.shape[0], self.in_features)
             y = (w4a16_gemv if gemv else w4a16_matmul)(x, self.qweight, self.scales, self.zeros, self.group_size)
         elif x.dtype != torch.bfloat16 or self._cpu_packed is None:
             return self.reference(x)

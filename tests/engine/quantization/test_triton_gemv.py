@@ -118,7 +118,6 @@ def test_gemvs_on_7b_shapes_bfloat16(m, k, n):
 def test_w4a16_decode_takes_the_gemv_for_every_decode_size():
     from engine.layers.quantization.triton.w4a16_gemv import prefers_gemv
 
-    cuda = torch.device("cuda")
-    assert prefers_gemv(1, 125696, 4096, cuda) and prefers_gemv(4, 22016, 4096, cuda)
-    assert prefers_gemv(1, 4096, 11008, cuda)  # a short N splits K instead of leaving SMs idle
-    assert not prefers_gemv(5, 125696, 4096, cuda) and not prefers_gemv(1, 125696, 4100, cuda)
+    assert prefers_gemv(1, 4096) and prefers_gemv(4, 4096)
+    assert prefers_gemv(1, 11008)  # whatever N: a short N splits K instead of leaving SMs idle
+    assert not prefers_gemv(5, 4096) and not prefers_gemv(1, 4100)

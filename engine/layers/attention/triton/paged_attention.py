@@ -109,6 +109,33 @@ def _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_h
 
 
 @triton.jit
+def _attend_keys(q, q_pos, kv_start, kv_end, bt_row, k_head, v_head, qk_scale,
+                 stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                 BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The online softmax of q's rows over key positions kv_start .. kv_end - 1: (m, l, acc), unnormalized."""
+    m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives exp2(0), not NaN
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    if WHILE_LOOP:
+        # Triton 3.6's interpreter cannot run a for loop to a run-time bound (it converts the bound with
+        # int(), which numpy >= 2.4 refuses for its 1-element arrays); a while loop works there and later.
+        start = kv_start
+        while start < kv_end:
+            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
+                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+            start += BLOCK_N
+    else:
+        # Compiled, a for loop is what Triton software-pipelines (loads of the next tile in flight).
+        for start in range(kv_start, kv_end, BLOCK_N):
+            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
+                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _paged_attention_kernel(
         q_ptr, k_ptr, v_ptr, out_ptr, block_tables_ptr, context_lens_ptr, query_start_ptr, qk_scale, v_scale,
         stride_qt, stride_qh, stride_ot, stride_oh,
@@ -146,31 +173,13 @@ def _paged_attention_kernel(
         # a float32 model keeps float32 dots, exact to its reference.
         q = q.to(tl.float16)
 
-    m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives exp2(0), not NaN
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-
     # Causal: no row of this tile sees past its last row's position (nor past the context).
     last_tok = (tl.minimum(row0 + BLOCK_M, n_rows) - 1) // G
     kv_end = tl.minimum(ctx, ctx - q_len + last_tok + 1)
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    k_head = k_ptr + kv_head * stride_kh
-    v_head = v_ptr + kv_head * stride_vh
-    if WHILE_LOOP:
-        # Triton 3.6's interpreter cannot run a for loop to a run-time bound (it converts the bound with
-        # int(), which numpy >= 2.4 refuses for its 1-element arrays); a while loop works there and later.
-        start = 0
-        while start < kv_end:
-            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
-                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
-            start += BLOCK_N
-    else:
-        # Compiled, a for loop is what Triton software-pipelines (loads of the next tile in flight).
-        for start in range(0, kv_end, BLOCK_N):
-            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
-                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+    m_i, l_i, acc = _attend_keys(q, q_pos, 0, kv_end, bt_row, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh,
+                                 qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                 BLOCK_SIZE, DOT_PRECISION, WHILE_LOOP, BLOCK_M, BLOCK_D, BLOCK_N)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # no visible key (padding): 0, not 0 / 0
     out = out * v_scale  # exact for 1.0: a cache in q's dtype gets the same output as without scales
@@ -277,7 +286,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     if num_splits is None:
         num_splits = decode_splits(seqs, kv_heads, multiprocessors(q.device)) if max_query_len == 1 else 1
     if num_splits > 1:
-        # Imported here: that module imports _attend_key_tile from this one.
+        # Imported here: that module imports _attend_keys from this one.
         from engine.layers.attention.triton.paged_attention_split import split_paged_attention
         split_paged_attention(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale,
                               float(v_scale), splits=num_splits, block_m=launch.block_m, **kernel_args)

@@ -4,7 +4,7 @@ paged_attention.paged_attention when decode_splits there says to.
 A decode step has one program per (sequence, KV head): at batch 1 that is a few dozen programs on a GPU
 of a hundred-odd SMs, each walking the whole context alone, so the step's latency is one program's serial
 walk. Here each (sequence, KV head) instead spreads its keys over several programs (grid axis 2), each
-running the same online softmax (_attend_key_tile, the same rows: the heads of one KV group) over its
+running the same online softmax (_attend_keys, the same rows: the heads of one KV group) over its
 own key range and writing its partial result, merged by the last split to finish (below). The partial
 results are the normalized output o = acc / l with the running max m (base 2, as qk_scale includes
 log2(e)) and sum l; merged, split s weighs l_s * exp2(m_s - M), M the largest m_s.
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.layers.attention.triton.paged_attention import _attend_key_tile
+from engine.layers.attention.triton.paged_attention import _attend_keys
 from engine.layers.triton import next_power_of_2
 from engine.layers.triton.split_k import MAX_ROW_TILES_SPLIT, arrival_counters
 
@@ -76,24 +76,10 @@ def _split_attention_kernel(
 
     kv_start = split * chunk
     kv_end = tl.minimum(ctx, kv_start + chunk)
-    m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite: an empty row merges as exp2(-huge) = 0
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    k_head = k_ptr + kv_head * stride_kh
-    v_head = v_ptr + kv_head * stride_vh
-    if WHILE_LOOP:  # the interpreter's loop: see _paged_attention_kernel
-        start = kv_start
-        while start < kv_end:
-            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
-                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
-            start += BLOCK_N
-    else:
-        for start in range(kv_start, kv_end, BLOCK_N):
-            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
-                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+    m_i, l_i, acc = _attend_keys(q, q_pos, kv_start, kv_end, bt_row, k_ptr + kv_head * stride_kh,
+                                 v_ptr + kv_head * stride_vh, qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
+                                 dims, d_ok, BLOCK_SIZE, DOT_PRECISION, WHILE_LOOP, BLOCK_M, BLOCK_D, BLOCK_N)
 
     o_ptrs = out_ptr + q_start.to(tl.int64) * stride_ot + head[:, None] * stride_oh + dims[None, :]
     if working <= 1:  # one split holds every key: its result is the output (zeros for no key)

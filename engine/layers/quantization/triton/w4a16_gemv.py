@@ -44,7 +44,7 @@ def gemv_supports(k: int) -> bool:
     return k % 8 == 0
 
 
-def prefers_gemv(m: int, n: int, k: int, device: torch.device) -> bool:
+def prefers_gemv(m: int, k: int) -> bool:
     """Whether decode takes the GEMV over the tensor-core GEMM (w4a16.py): every decode size it takes."""
     return 1 <= m <= GEMV_MAX_M and gemv_supports(k)
 
