@@ -14,7 +14,8 @@
 #   bench/gpu_7b.sh long_fp8kv  bf16 weights with an fp8 KV cache: 128/2048 and 2048/128
 #   bench/gpu_7b.sh gqa         the Llama-3-8B shape (GQA 32/8): batch-1 latency vs HF, 128/128 throughput
 #   bench/gpu_7b.sh kernels     decode kernel sweeps: the int4/int8 and dense bf16 GEMVs, split-KV attention
-#   bench/gpu_7b.sh profile     where the batch-1 decode step's GPU time goes, per kernel: bf16, int8_wo, int4_wo
+#   bench/gpu_7b.sh profile     where the batch-1 decode step's GPU time goes, per kernel: bf16, int8_wo, int4_wo,
+#                               with programmatic dependent launch on and off
 #   bench/gpu_7b.sh all         every stage above, in that order
 # Writes [BENCHMARK] lines, tables, JSON and PNG plots under $OUT (default bench-results/). Each stage
 # builds the random checkpoint it needs first (~1 min), unless it is already there.
@@ -126,13 +127,17 @@ stage_kernels() {
   python3 bench/quant_gemm_sweep.py --dense --m 1 > "$OUT/dense_gemv_sweep_m1.txt" 2>&1
 }
 
-stage_profile() {
-  local scheme
+stage_profile() {  # PROFILE_SCHEMES (default "bf16 int8_wo int4_wo"), PROFILE_PDL (default "on off")
+  local scheme pdl model
   checkpoint baichuan2-7b "$MHA"
-  python3 bench/profile_step.py --model "$MHA" --dtype bfloat16 --batch-size 1 --input-len 128 > "$OUT/profile_bf16.txt"
-  for scheme in int8_wo int4_wo; do
-    quant_engine "$scheme"
-    python3 bench/profile_step.py --model "$STORE/b7-$scheme" --batch-size 1 --input-len 128 > "$OUT/profile_$scheme.txt"
+  for scheme in ${PROFILE_SCHEMES:-bf16 int8_wo int4_wo}; do
+    model=$MHA
+    [ "$scheme" = bf16 ] || { quant_engine "$scheme"; model=$STORE/b7-$scheme; }
+    for pdl in ${PROFILE_PDL:-on off}; do
+      python3 bench/profile_step.py --model "$model" --dtype bfloat16 --batch-size 1 --input-len 128 --pdl "$pdl" \
+        > "$OUT/profile_${scheme}_pdl_$pdl.txt"
+      grep "decode" "$OUT/profile_${scheme}_pdl_$pdl.txt" | head -2
+    done
   done
 }
 

@@ -1,6 +1,6 @@
 """Where one engine step's time goes: host (Python) vs GPU, per phase, for a prefill and for decodes.
 
-    python bench/profile_step.py --model /tmp/b7 --batch-size 1 --input-len 128 [--device cuda]
+    python bench/profile_step.py --model /tmp/b7 --batch-size 1 --input-len 128 [--device cuda] [--pdl off]
 
 Prints the wall time of engine.step() for the prefill and the median decode step, the GPU time of a
 bare decode-graph replay (CUDA), and the profiler's top operators of one prefill and one decode step.
@@ -15,6 +15,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from engine import Engine, EngineConfig, SamplingParams
+from engine.layers.triton.pdl import set_programmatic_launch
+
 
 
 def main() -> None:
@@ -27,7 +29,10 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--decode-steps", type=int, default=32)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--pdl", choices=("on", "off"), default="on",
+                        help="programmatic dependent launch between the step's Triton kernels (Hopper+)")
     args = parser.parse_args()
+    set_programmatic_launch(args.pdl == "on")
     cuda = args.device.startswith("cuda")
     engine = Engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.batch_size,
                                  max_seq_len=args.input_len + args.decode_steps + 8,
@@ -67,7 +72,7 @@ def main() -> None:
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
-        print(f"decode graph replay alone (GPU, batch bucket {bs}): {statistics.median(times):.3f} ms")
+        print(f"decode graph replay alone (GPU, batch bucket {bs}, PDL {args.pdl}): {statistics.median(times):.3f} ms")
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     add_batch("prof")

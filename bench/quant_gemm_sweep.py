@@ -21,6 +21,7 @@ from engine.layers.quantization.triton.w4a16 import _w4a16_kernel, w4a16_matmul
 from engine.layers.quantization.triton.w4a16_gemv import w4a16_gemv
 from engine.layers.quantization.triton.w8a16 import _w8a16_kernel, w8a16_matmul
 from engine.layers.quantization.triton.w8a16_gemv import w8a16_gemv
+from engine.layers.triton.pdl import set_programmatic_launch
 
 SHAPES = {"qkv": (12288, 4096), "o_proj": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
           "lm_head": (125696, 4096)}
@@ -146,7 +147,11 @@ def main() -> None:
     parser.add_argument("--gemv", action="store_true", help="sweep the decode GEMVs (M <= 4) instead")
     parser.add_argument("--schemes", default="w4,w8", help="with --gemv: which GEMVs (w4, w8)")
     parser.add_argument("--dense", action="store_true", help="the dense bf16 GEMV against cuBLAS instead")
+    parser.add_argument("--pdl", action="store_true",
+                        help="launch with PDL, as decode does: back-to-back calls then overlap, so the times are no "
+                             "longer one kernel's (default: off)")
     opts = parser.parse_args()
+    set_programmatic_launch(opts.pdl)
     m = opts.m
     if opts.dense:
         return main_dense(m)

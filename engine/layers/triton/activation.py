@@ -12,17 +12,19 @@ import triton
 import triton.language as tl
 
 from engine.layers.triton import FLOAT_DTYPES, check_last_dim_contiguous, check_tensor, interpreting
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
 BLOCK = 1024
 INTERPRET_BLOCK = 64  # small strips exercise the edge mask on test-sized rows
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, I, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, I, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     # x: [tokens, 2 * I] (gate, then up); out: [tokens, I]
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < I
+    wait_for_previous(USE_PDL)
     gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + I + cols, mask=ok, other=0.0).to(tl.float32)
     silu = (gate / (1.0 + tl.exp(-gate))).to(out_ptr.dtype.element_ty)
@@ -44,5 +46,6 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         return out
     block = INTERPRET_BLOCK if interpreting() else BLOCK
     _silu_and_mul_kernel[(tokens, triton.cdiv(inter, block))](gate_up, out, gate_up.stride(0), out.stride(0),
-                                                              inter, BLOCK=block, num_warps=4)
+                                                              inter, BLOCK=block, num_warps=4,
+                                                              **pdl_launch(gate_up.device))
     return out

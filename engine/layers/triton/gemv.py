@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.triton import check_last_dim_contiguous, check_tensor, interpreting
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 from engine.layers.triton.split_k import check_split, split_buffers, split_for, store_or_reduce
 
 GEMV_MAX_M = 4
@@ -38,7 +39,7 @@ def prefers_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, stride_xm, stride_wn, stride_ym,
                  K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr):
+                 SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr):
     # x: [M, K]; w: [N, K] (rows stride_wn apart, columns contiguous); y: [M, N]
     TILES_PER_SPLIT: tl.constexpr = ((K + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K
     k_begin = tl.program_id(1) * (TILES_PER_SPLIT * BLOCK_K)
@@ -47,6 +48,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, stride_xm, stri
     offs_m = tl.arange(0, BLOCK_M)
     n_ok = offs_n < N
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn  # [BLOCK_N, 1]
+    wait_for_previous(USE_PDL)
     acc_cols = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # batch 1: per (row, column)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for t in range(TILES_PER_SPLIT):  # a compile-time trip count: a split's tiles past K are masked
@@ -91,5 +93,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, blocks: dict | None = None) -> t
                         n_tiles)
     part, counters = split_buffers(split, m, n, y)
     _gemv_kernel[(n_tiles, split)](x, weight, y, part, counters, m, n, x.stride(0), weight.stride(0), y.stride(0),
-                                   k, triton.next_power_of_2(m), SPLIT_K=split, **launch)
+                                   k, triton.next_power_of_2(m), SPLIT_K=split, **launch,
+                                   **pdl_launch(x.device))
     return y

@@ -17,18 +17,20 @@ import triton
 import triton.language as tl
 
 from engine.layers.triton import FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, next_power_of_2
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
 MAX_HIDDEN = 8192  # one row per program: wider rows would spill registers
 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, stride_out, N, eps,
-                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     # x, res, out: [rows, N] with row strides; w: [N]. With HAS_RESIDUAL, res is read and overwritten
     # with x + res (the next layer's residual).
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
+    wait_for_previous(USE_PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
     if HAS_RESIDUAL:
         res_ptrs = res_ptr + row * stride_res + cols
@@ -67,7 +69,8 @@ def _launch(x: torch.Tensor, res: torch.Tensor | None, weight: torch.Tensor, out
     num_warps = min(max(block // 256, 1), 8)
     _rms_norm_kernel[(rows,)](x, res if res is not None else x, weight, out, x.stride(0),
                               res.stride(0) if res is not None else 0, out.stride(0), hidden, float(eps),
-                              HAS_RESIDUAL=res is not None, BLOCK=block, num_warps=num_warps)
+                              HAS_RESIDUAL=res is not None, BLOCK=block, num_warps=num_warps,
+                              **pdl_launch(x.device))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -40,6 +40,7 @@ import triton.language as tl
 
 from engine.layers.attention.kv_quant import KV_FP8, check_kv_scales
 from engine.layers.quantization.triton import multiprocessors as cuda_multiprocessors
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 from engine.layers.triton import (FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, interpreting,
                                   next_power_of_2)
 
@@ -142,11 +143,12 @@ def _paged_attention_kernel(
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
         G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
         DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, FP16_DOTS: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr):
+        BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
     # q, out: [tokens, heads, HEAD_DIM]; k, v: [num_blocks, BLOCK_SIZE, kv_heads, HEAD_DIM];
     # block_tables: [seqs, max_blocks]; context_lens: [seqs]; query_start: [seqs + 1]
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
+    wait_for_previous(USE_PDL)
     q_start = tl.load(query_start_ptr + seq)
     q_len = tl.load(query_start_ptr + seq + 1) - q_start
     ctx = tl.load(context_lens_ptr + seq)
@@ -282,7 +284,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         WHILE_LOOP=interpreting() and INTERPRET_WITH_WHILE_LOOP,
         FP16_DOTS=k_cache.dtype == KV_FP8 and q.dtype in (torch.bfloat16, torch.float16),
-        BLOCK_N=block_n, num_warps=launch.num_warps, num_stages=stages)
+        BLOCK_N=block_n, num_warps=launch.num_warps, num_stages=stages, **pdl_launch(q.device))
     if num_splits is None:
         num_splits = decode_splits(seqs, kv_heads, multiprocessors(q.device)) if max_query_len == 1 else 1
     if num_splits > 1:

@@ -29,6 +29,7 @@ import triton.language as tl
 
 from engine.layers.attention.triton.paged_attention import _attend_keys
 from engine.layers.triton import next_power_of_2
+from engine.layers.triton.pdl import wait_for_previous
 from engine.layers.triton.split_k import MAX_ROW_TILES_SPLIT, arrival_counters
 
 # A split walks at least four key tiles: up to 256 tokens one program beats two plus the merge (in a 7B
@@ -44,13 +45,14 @@ def _split_attention_kernel(
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt, stride_ps, stride_ph,
         G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
         DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, FP16_DOTS: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, MIN_TILES_PER_SPLIT: tl.constexpr):
+        BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, MIN_TILES_PER_SPLIT: tl.constexpr, USE_PDL: tl.constexpr):
     # q, out: [tokens, heads, HEAD_DIM], at most one token per sequence; k, v, block_tables, context_lens,
     # query_start: as _paged_attention_kernel's. m_part, l_part: [seqs, heads, SPLITS] (strides ps, ph, 1);
     # o_part: [seqs, heads, SPLITS, HEAD_DIM], the same layout with HEAD_DIM appended. count: [seqs * kv_heads].
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    wait_for_previous(USE_PDL)
     q_start = tl.load(query_start_ptr + seq)
     if tl.load(query_start_ptr + seq + 1) == q_start:  # no query: no rows
         return
@@ -123,7 +125,7 @@ def split_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     """Writes out's rows for a decode-only batch (checked by the caller), the keys of each (sequence, KV
     head) split over `splits` programs. kernel_args: the tiles, dtypes and flags _paged_attention_kernel
     gets (G, BLOCK_SIZE, HEAD_DIM, BLOCK_D, DOT_PRECISION, WHILE_LOOP, FP16_DOTS, BLOCK_N, num_warps,
-    num_stages)."""
+    num_stages, and USE_PDL with its launch flag)."""
     seqs, heads, head_dim, kv_heads = block_tables.shape[0], q.shape[1], q.shape[2], k_cache.shape[2]
     if seqs * kv_heads > MAX_COUNTERS:
         raise ValueError(f"splits: a split launch takes at most {MAX_COUNTERS} (sequence, KV head) pairs, "

@@ -17,6 +17,7 @@ import triton.language as tl
 from engine.layers.attention.kv_quant import KV_FP8, KV_FP8_MAX, check_kv_scales
 from engine.layers.attention.triton.kv_store import _to_fp8, check_store_operands
 from engine.layers.triton import next_power_of_2
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 from engine.layers.triton.rotary import _cos_sin, _rotate, _rotated, check_rope_operands
 
 
@@ -26,10 +27,11 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
                           stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, stride_cos, stride_sin,
                           Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr,
                           BLOCK_SIZE: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr,
-                          BLOCK_HALF: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr):
+                          BLOCK_HALF: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr, USE_PDL: tl.constexpr):
     # q: [tokens, Q_HEADS, 2 * HALF]; k, v: [tokens, KV_HEADS, 2 * HALF];
     # k_cache, v_cache: [num_blocks, BLOCK_SIZE, KV_HEADS, 2 * HALF]
     t = tl.program_id(0).to(tl.int64)
+    wait_for_previous(USE_PDL)
     pos = tl.load(pos_ptr + t)
     halves = tl.arange(0, BLOCK_HALF)
     c, s = _cos_sin(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, halves, HALF)
@@ -83,4 +85,4 @@ def rope_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: to
         v_cache.stride(2), cos.stride(0), sin.stride(0),
         Q_HEADS=heads, KV_HEADS=kv_heads, HALF=half, BLOCK_SIZE=k_cache.shape[1],
         BLOCK_QH=next_power_of_2(heads), BLOCK_KH=next_power_of_2(kv_heads), BLOCK_HALF=next_power_of_2(half),
-        FP8=k_cache.dtype == KV_FP8, FP8_MAX=KV_FP8_MAX, num_warps=4)
+        FP8=k_cache.dtype == KV_FP8, FP8_MAX=KV_FP8_MAX, num_warps=4, **pdl_launch(q.device))

@@ -12,13 +12,16 @@ import triton
 import triton.language as tl
 
 from engine.layers.quantization.triton import check_activations
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
 BLOCK_K = 1024
 
 
 @triton.jit
-def _fp8_quant_kernel(x_ptr, q_ptr, s_ptr, stride_xm, stride_qm, K: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fp8_quant_kernel(x_ptr, q_ptr, s_ptr, stride_xm, stride_qm, K: tl.constexpr, BLOCK_K: tl.constexpr,
+                      USE_PDL: tl.constexpr):
     row = tl.program_id(0)
+    wait_for_previous(USE_PDL)
     offs = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row * stride_xm
     amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
@@ -45,5 +48,5 @@ def fp8_quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m:
         block = max(16, min(BLOCK_K, triton.next_power_of_2(k)))
-        _fp8_quant_kernel[(m,)](x, xq, scales, x.stride(0), xq.stride(0), k, block, num_warps=4)
+        _fp8_quant_kernel[(m,)](x, xq, scales, x.stride(0), xq.stride(0), k, block, num_warps=4, **pdl_launch(x.device))
     return xq, scales

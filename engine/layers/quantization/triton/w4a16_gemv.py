@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.quantization.triton import check_int4_operands, interpreting, multiprocessors
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 from engine.layers.triton.split_k import PROGRAMS_PER_SM, check_split, split_buffers, split_for, store_or_reduce
 
 GEMV_MAX_M = 4
@@ -86,7 +87,7 @@ def _biased_nibble(words, i: tl.constexpr):
 def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M, N,
                        stride_xm, stride_qn, stride_sn, stride_sg, stride_zn, stride_zg, stride_ym,
                        K: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr):
     # q is read as int32 words, 8 columns each: nibble i of word j is column 8j + i (bytes are
     # little-endian, the even column in a byte's low nibble). A tile of BLOCK_W words holds whole
     # groups (GROUPS of them) or lies inside one (GROUPS = 1): the wrapper picks BLOCK_W so. K and
@@ -103,6 +104,7 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
     offs_m = tl.arange(0, BLOCK_M)
     n_ok = offs_n < N
     q_rows = q_ptr + offs_n[:, None].to(tl.int64) * stride_qn  # [BLOCK_N, 1]
+    wait_for_previous(USE_PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for t in range(TILES_PER_SPLIT):  # a compile-time trip count: a split's tiles past K are masked
         w0 = w_begin + t * BLOCK_W
@@ -166,5 +168,5 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     _w4a16_gemv_kernel[(n_tiles, split)](
         x, words, scales, zeros, y, part, counters, m, n, x.stride(0), words.stride(0), scales.stride(0),
         scales.stride(1), zeros.stride(0), zeros.stride(1), y.stride(0), k, group_size, triton.next_power_of_2(m),
-        SPLIT_K=split, **launch)
+        SPLIT_K=split, **launch, **pdl_launch(x.device))
     return y

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.quantization.triton import check_int8_operands, interpreting
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
 GEMV_MAX_M = 4
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): candidates for the autotuner, from
@@ -42,13 +43,15 @@ def _int8_to_float(q):
 
 @triton.jit
 def _w8a16_gemv_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, stride_xm, stride_qn, stride_s, stride_ym,
-                       K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       USE_PDL: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     offs_m = tl.arange(0, BLOCK_M)
     n_ok = offs_n < N
     m_ok = offs_m < M
     q_ptrs = q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :]  # [BLOCK_N, BLOCK_K]
+    wait_for_previous(USE_PDL)
     if BLOCK_M == 1:
         # One row of x: accumulate elementwise and reduce over K once at the end (no shuffles per step).
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
@@ -99,10 +102,11 @@ def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         return y
     block_m = triton.next_power_of_2(m)
     args = (x, qweight, scales, y, m, n, x.stride(0), qweight.stride(0), scales.stride(0), y.stride(0), k, block_m)
+    pdl = pdl_launch(x.device)
     if interpreting() and blocks is None:
         blocks = INTERPRET_BLOCKS
     if blocks is not None:
-        _w8a16_gemv_kernel[(triton.cdiv(n, blocks["BLOCK_N"]),)](*args, **blocks)
+        _w8a16_gemv_kernel[(triton.cdiv(n, blocks["BLOCK_N"]),)](*args, **blocks, **pdl)
     else:
-        _autotuned()[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args)
+        _autotuned()[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **pdl)
     return y

@@ -1,0 +1,58 @@
+"""Programmatic dependent launch (PDL, Hopper and later) for the decode step's Triton kernels.
+
+A batch-1 decode step is ~260 short kernels in a row (per layer: norm, qkv, RoPE + KV store, attention,
+o_proj, norm, gate_up, SiLU-mul, down_proj). Launched plainly, a kernel's programs are scheduled only
+once the previous kernel has drained, so every boundary costs the next launch's latency and its
+programs' start-up. Launched with PDL, a kernel is scheduled as soon as every program of the one before
+has passed `gdc_launch_dependents`, and its programs wait at `gdc_wait` until that kernel has finished
+and its writes are visible: the start-up overlaps the previous kernel's tail. On an H100 this took the
+7B decode step from 5.52 to 5.34 ms (bf16) and 3.41 to 3.23 ms (int8_wo) of GPU time
+(bench/gpu_7b.sh profile, docs/benchmarks.md). Asking L2 for the first weight tiles before the wait
+was tried too and lost (5.39 / 3.46 ms): the requests cost more than the latency they hid.
+
+The contract, which every kernel launched through `pdl_launch` keeps: it calls `wait_for_previous`
+before touching memory that an earlier kernel writes or reads (inputs, outputs, scratch, counters), so
+a chain of such kernels stays ordered exactly as a plain stream is. Kernels launched without PDL (torch's,
+the prefill GEMMs) are ordered as usual.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.layers.quantization.triton import interpreting
+
+_enabled = True
+
+
+def set_programmatic_launch(enabled: bool) -> None:
+    """Turns PDL on (the default where the GPU has it) or off for launches from now on: for A/B
+    benchmarks (bench/profile_step.py --pdl off). CUDA graphs captured earlier keep how they were
+    launched."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+@functools.cache
+def _device_has_pdl(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def pdl_launch(device: torch.device) -> dict[str, bool]:
+    """Keyword arguments for a launch of a kernel that takes USE_PDL: PDL on a Hopper-or-later GPU, else
+    a plain launch (older GPUs, Triton's CPU interpreter)."""
+    if _enabled and not interpreting() and _device_has_pdl(device):
+        return {"USE_PDL": True, "launch_pdl": True}
+    return {"USE_PDL": False}
+
+
+@triton.jit
+def wait_for_previous(USE_PDL: tl.constexpr):
+    """Waits until the previous kernel in the stream has finished and its writes are visible, then lets
+    the next kernel be scheduled (its programs wait in turn). A no-op without PDL."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
