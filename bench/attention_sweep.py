@@ -5,6 +5,7 @@ paged_attention.py's LAUNCH table holds the chosen ones.
     python bench/attention_sweep.py            # CUDA only
     python bench/attention_sweep.py --fp8      # decode over an fp8 (e4m3) cache instead
     python bench/attention_sweep.py --split    # small decode batches: split-KV against none
+    python bench/attention_sweep.py --small    # batch 1: the split path's launch candidates, in a graph
 
 --split times whole decode launches (split and merge kernels together) in a CUDA graph, as the engine
 replays them, since at batch 1 launch gaps are a fair part of the few microseconds at stake; it prints
@@ -78,11 +79,42 @@ def split_sweep() -> None:
                           f"{1e3 * ms:7.1f} us")
 
 
+def small_sweep() -> None:
+    """Batch-1 decode over the contexts of the latency cases: the split path's launch candidates
+    (block_n, num_warps, num_stages, MIN_TILES_PER_SPLIT), the split count paged_attention picks, whole
+    launches in a CUDA graph with PDL on, as decode replays them."""
+    from engine.layers.attention.triton import paged_attention_split as pas
+
+    print(torch.cuda.get_device_name())
+    default, min_tiles = pa.LAUNCH["decode_split"], pas.MIN_TILES_PER_SPLIT
+    candidates = [(default.block_n, default.num_warps, default.num_stages, min_tiles),
+                  (64, 8, 1, 1), (64, 4, 1, 1), (128, 4, 1, 1), (128, 8, 1, 1), (64, 4, 3, 1), (128, 4, 2, 1)]
+    print("candidates (block_n, num_warps, num_stages, min tiles per split):", candidates, "(the first: now)")
+    for heads, kv_heads in [(32, 32), (32, 8)]:
+        for ctx in (64, 96, 128, 160, 192, 256, 384, 512, 1024, 2048):
+            args, _ = make_batch(1, ctx, 1, heads, kv_heads)
+            out = torch.empty_like(args[0])
+            times = []
+            for block_n, warps, stages, tiles in candidates:
+                pa.LAUNCH["decode_split"] = pa.LaunchConfig(block_m=16, block_n=block_n, num_warps=warps,
+                                                            num_stages=stages)
+                pas.MIN_TILES_PER_SPLIT = tiles
+                ms = triton.testing.do_bench_cudagraph(lambda: pa.paged_attention(*args, out=out), rep=50,
+                                                       return_mode="median")
+                times.append(f"{1e3 * ms:5.1f}")
+            print(f"decode 1 seq, {heads}/{kv_heads} heads, ctx {ctx:4d}: " + " ".join(times) + " us")
+    pa.LAUNCH["decode_split"], pas.MIN_TILES_PER_SPLIT = default, min_tiles
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fp8", action="store_true", help="decode batches over an fp8 cache (and their bf16 twins)")
     parser.add_argument("--split", action="store_true", help="small decode batches, split-KV against none")
+    parser.add_argument("--small", action="store_true", help="batch-1 decode: the split path's launch candidates")
     options = parser.parse_args()
+    if options.small:
+        small_sweep()
+        return
     if options.split:
         split_sweep()
         return

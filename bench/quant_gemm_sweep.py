@@ -118,7 +118,7 @@ def main_gemv(m: int, schemes: tuple[str, ...] = ("w4", "w8")) -> None:
         if "w8" in schemes:
             args, nbytes = w8_args(m, n, k)
             q, s = args[1], args[2]
-            space = {"BLOCK_N": [4, 8, 16], "BLOCK_K": [1024, 2048], "num_warps": [4, 8], "num_stages": [1]}
+            space = {"BLOCK_N": [4, 8, 16], "BLOCK_K": [512, 1024, 2048], "num_warps": [4, 8], "num_stages": [1, 2, 3]}
             time_call("w8a16 GEMM", lambda: w8a16_matmul(x, q, s), nbytes)
             time_call("w8a16 GEMV autotuned", lambda: w8a16_gemv(x, q, s), nbytes)
             sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, space)

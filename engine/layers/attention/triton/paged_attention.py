@@ -59,6 +59,12 @@ class LaunchConfig:
 # tile read serves more queries.
 LAUNCH: dict[str, LaunchConfig] = {
     "decode": LaunchConfig(block_m=16, block_n=64, num_warps=4, num_stages=3),
+    # A decode batch too small to fill the GPU (decode_splits > 1: batch 1, say) splits its keys
+    # (paged_attention_split.py) and each split walks a tile or a few, so latency is what counts: long
+    # tiles, issued at once (no pipeline). bench/attention_sweep.py --small on an H100, batch 1, 32 heads,
+    # per layer: 3.8 / 4.2 / 6.0 / 6.1 / 12.5 us at 64 / 128 / 160 / 512 / 2048 tokens, against 4.8 / 5.1 /
+    # 6.4 / 9.7 / 13.6 with the decode tiles (64 keys, 3 stages) and splits of at least 4 tiles.
+    "decode_split": LaunchConfig(block_m=16, block_n=128, num_warps=4, num_stages=1),
     # Over an fp8 cache a key tile is half the bytes: longer tiles keep as many bytes in flight
     # (bench/attention_sweep.py --fp8, 192 sequences x 1100 tokens: 639 us against 747 with the decode
     # tiles on an H200; the best on an H100 too, 705 us).
@@ -200,11 +206,13 @@ def multiprocessors(device: torch.device) -> int:
     return INTERPRET_MULTIPROCESSORS if interpreting() else cuda_multiprocessors(device)
 
 
-def launch_for(max_query_len: int, fp8_cache: bool = False) -> LaunchConfig:
-    """Tiles for a batch whose longest query is max_query_len (1: decode only)."""
+def launch_for(max_query_len: int, fp8_cache: bool = False, splits: int = 1) -> LaunchConfig:
+    """Tiles for a batch whose longest query is max_query_len (1: decode only), its keys split `splits` ways."""
     if max_query_len > 1:
         return LAUNCH["prefill"]
-    return LAUNCH["decode_fp8" if fp8_cache else "decode"]
+    if fp8_cache:
+        return LAUNCH["decode_fp8"]
+    return LAUNCH["decode_split" if splits > 1 else "decode"]
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -273,7 +281,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     seqs = block_tables.shape[0]
     if tokens == 0 or seqs == 0 or max_query_len == 0 or head_dim == 0:
         return out
-    launch = launch_for(max_query_len, k_cache.dtype == KV_FP8)
+    if num_splits is None:
+        num_splits = decode_splits(seqs, kv_heads, multiprocessors(q.device)) if max_query_len == 1 else 1
+    launch = launch_for(max_query_len, k_cache.dtype == KV_FP8, num_splits)
     block_n = INTERPRET_BLOCK_N if interpreting() else launch.block_n
     # float32 tiles are twice the bytes: 3 stages of 64x128 K and V would not fit an H100's shared memory.
     stages = min(launch.num_stages, 2) if q.dtype == torch.float32 else launch.num_stages
@@ -285,8 +295,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         WHILE_LOOP=interpreting() and INTERPRET_WITH_WHILE_LOOP,
         FP16_DOTS=k_cache.dtype == KV_FP8 and q.dtype in (torch.bfloat16, torch.float16),
         BLOCK_N=block_n, num_warps=launch.num_warps, num_stages=stages, **pdl_launch(q.device))
-    if num_splits is None:
-        num_splits = decode_splits(seqs, kv_heads, multiprocessors(q.device)) if max_query_len == 1 else 1
     if num_splits > 1:
         # Imported here: that module imports _attend_keys from this one.
         from engine.layers.attention.triton.paged_attention_split import split_paged_attention

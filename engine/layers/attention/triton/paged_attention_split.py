@@ -32,9 +32,10 @@ from engine.layers.triton import next_power_of_2
 from engine.layers.triton.pdl import wait_for_previous
 from engine.layers.triton.split_k import MAX_ROW_TILES_SPLIT, arrival_counters
 
-# A split walks at least four key tiles: up to 256 tokens one program beats two plus the merge (in a 7B
-# decode step on an H100, 8.4 us against 7.5 at ~130 tokens); at 512 two splits win (9.7 us against 13.4).
-MIN_TILES_PER_SPLIT = 4
+# A split walks at least this many key tiles (of LAUNCH["decode_split"]'s 128 keys). With the earlier
+# 64-key pipelined tiles a merge cost more than it saved below 256 tokens, hence 4 then; with 128-key
+# tiles issued at once, one tile per split won at every context measured (bench/attention_sweep.py --small).
+MIN_TILES_PER_SPLIT = 1
 MAX_COUNTERS = MAX_ROW_TILES_SPLIT  # (sequence, KV head) pairs of a split launch: < 2 per SM in practice
 
 
