@@ -93,8 +93,14 @@ def test_lazy_block_updates_equal_the_column_by_column_algorithm(linear_case, gr
     weight, calib, _ = linear_case
     h = hessian(calib)
     result = gptq(weight, h, group_size, act_order=act_order)
-    torch.testing.assert_close(result.weight, column_by_column(weight, h, group_size, act_order),
-                               rtol=0, atol=1e-5)
+    diff = (result.weight - column_by_column(weight, h, group_size, act_order)).abs()
+    # The two orders of float updates agree to ~1e-6, which can still round a value lying that close to a
+    # rounding boundary to the neighbouring level (1 of 36,864 at group 256 on an AVX-512 CPU, none on
+    # others): allow a rare flip of one quantization step, nothing more.
+    step = result.scales.repeat_interleave(group_size, dim=1)[:, :weight.shape[1]]
+    flipped = diff > 1e-5
+    assert flipped.sum() <= diff.numel() // 1000, f"{int(flipped.sum())} of {diff.numel()} weights differ"
+    assert torch.all(diff[flipped] <= step[flipped] * 1.001), "a weight differs by more than one step"
 
 
 def test_half_precision_layer_multiplies_by_the_scales_the_loop_rounded_with(linear_case):

@@ -40,9 +40,9 @@ import triton.language as tl
 
 from engine.layers.attention.kv_quant import KV_FP8, check_kv_scales
 from engine.layers.quantization.triton import multiprocessors as cuda_multiprocessors
-from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 from engine.layers.triton import (FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, interpreting,
                                   next_power_of_2)
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
 
 
