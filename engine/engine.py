@@ -20,6 +20,7 @@ from engine.layers.attention import ATTENTION_BACKENDS, resolve_backend
 from engine.layers.attention.kv_quant import KV_FP8
 from engine.loader import open_checkpoint
 from engine.model_runner import ModelRunner, load_model
+from engine.models.llama import Attention
 from engine.outputs import CompletionOutput, EngineStats, RequestOutput, TokenLogprob, Usage
 from engine.sampler import SampledTokens, Sampler, SamplingRow
 from engine.sampling_params import SamplingParams, needs_token_history
@@ -271,7 +272,7 @@ class Engine:
     @staticmethod
     def _log_kv_scales(model: torch.nn.Module) -> None:
         # Without a checkpoint's scales K and V are stored as they are: anything past +-448 saturates.
-        layers = [m for m in model.modules() if hasattr(m, "kv_scales_loaded")]
+        layers = [m for m in model.modules() if isinstance(m, Attention)]
         defaults = sum(not m.kv_scales_loaded for m in layers)
         if defaults:
             log.warning("fp8_kv_cache_default_scales", layers=defaults, of_layers=len(layers), k_scale=1.0,
