@@ -22,11 +22,13 @@ MIN_TILES_PER_SPLIT = 2
 MAX_ROW_TILES_SPLIT = 4096  # row tiles the counters cover (a split N has < PROGRAMS_PER_SM * SMs of them)
 
 
-def split_for(n_tiles: int, k_tiles: int, device: torch.device) -> int:
-    """K splits so that about PROGRAMS_PER_SM programs per multiprocessor run (1: no split)."""
+def split_for(n_tiles: int, k_tiles: int, device: torch.device,
+              min_tiles_per_split: int = MIN_TILES_PER_SPLIT) -> int:
+    """K splits so that about PROGRAMS_PER_SM programs per multiprocessor run, each keeping at least
+    min_tiles_per_split tiles of K (1: no split)."""
     target = PROGRAMS_PER_SM * multiprocessors(device)
     split = 1
-    while (n_tiles * split < target and split < MAX_SPLIT_K and k_tiles >= 2 * split * MIN_TILES_PER_SPLIT
+    while (n_tiles * split < target and split < MAX_SPLIT_K and k_tiles >= 2 * split * min_tiles_per_split
            and n_tiles <= MAX_ROW_TILES_SPLIT):
         split *= 2
     return split

@@ -89,7 +89,6 @@ def check_int4_operands(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Te
 # K gains nothing from it and pays the two extra kernels of the sum (measured: int8 and int4 7B decode
 # got slower when every linear split), so only K of at least MIN_SPLIT_K_TILES tiles splits.
 DECODE_MAX_M = 16
-MAX_SPLIT_K = 16
 MIN_TILES_PER_SPLIT = 4
 MIN_SPLIT_K_TILES = 64
 
@@ -101,15 +100,13 @@ def multiprocessors(device: torch.device) -> int:
 
 
 def split_k_for(n_tiles: int, k_tiles: int, device: torch.device) -> int:
-    """Splits of a long K so that about 4 programs per multiprocessor run, each keeping >= 4 K tiles;
-    1 (no split) for K under MIN_SPLIT_K_TILES tiles."""
+    """The GEMVs' split rule (engine/layers/triton/split_k.py: about 4 programs per multiprocessor) with
+    >= MIN_TILES_PER_SPLIT K tiles per split; 1 (no split) for K under MIN_SPLIT_K_TILES tiles."""
     if k_tiles < MIN_SPLIT_K_TILES:
         return 1
-    programs = 4 * multiprocessors(device)
-    split = 1
-    while split < MAX_SPLIT_K and n_tiles * split < programs and k_tiles >= 2 * split * MIN_TILES_PER_SPLIT:
-        split *= 2
-    return split
+    from engine.layers.triton.split_k import split_for  # imported here: split_k imports this package
+
+    return split_for(n_tiles, k_tiles, device, min_tiles_per_split=MIN_TILES_PER_SPLIT)
 
 
 def reduce_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
