@@ -1,6 +1,7 @@
 """Where one engine step's time goes: host (Python) vs GPU, per phase, for a prefill and for decodes.
 
     python bench/profile_step.py --model /tmp/b7 --batch-size 1 --input-len 128 [--device cuda] [--pdl off]
+        [--replay-only]
 
 Prints the wall time of engine.step() for the prefill and the median decode step, the GPU time of a
 bare decode-graph replay (CUDA), and the profiler's top operators of one prefill and one decode step.
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--pdl", choices=("on", "off"), default="on",
                         help="programmatic dependent launch between the step's Triton kernels (Hopper+)")
+    parser.add_argument("--replay-only", action="store_true", help="skip the profiler's tables")
     args = parser.parse_args()
     set_programmatic_launch(args.pdl == "on")
     cuda = args.device.startswith("cuda")
@@ -73,6 +75,8 @@ def main() -> None:
             end.synchronize()
             times.append(start.elapsed_time(end))
         print(f"decode graph replay alone (GPU, batch bucket {bs}, PDL {args.pdl}): {statistics.median(times):.3f} ms")
+    if args.replay_only:
+        return
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     add_batch("prof")

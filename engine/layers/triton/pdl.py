@@ -11,9 +11,13 @@ and its writes are visible: the start-up overlaps the previous kernel's tail. On
 was tried too and lost (5.39 / 3.46 ms): the requests cost more than the latency they hid.
 
 The contract, which every kernel launched through `pdl_launch` keeps: it calls `wait_for_previous`
-before touching memory that an earlier kernel writes or reads (inputs, outputs, scratch, counters), so
-a chain of such kernels stays ordered exactly as a plain stream is. Kernels launched without PDL (torch's,
-the prefill GEMMs) are ordered as usual.
+(or `wait_only`) before touching memory that an earlier kernel of the step writes, and before finishing,
+so a chain of such kernels stays ordered exactly as a plain stream is (each waits for the one before,
+which finished only after waiting in turn). Before the wait a kernel may read only what no kernel of
+the step writes: weights, the batch's metadata that the host copied in before the step (positions,
+slots, context lengths, block tables, query starts), and the cached K/V of earlier steps' positions.
+Those loads then overlap the previous kernel instead of following it. Kernels launched without PDL
+(torch's, the prefill GEMMs) are ordered as usual.
 """
 from __future__ import annotations
 
@@ -56,3 +60,29 @@ def wait_for_previous(USE_PDL: tl.constexpr):
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def start_next(USE_PDL: tl.constexpr):
+    """Lets the next kernel be scheduled before this one waits (then `wait_only`), so the next kernel's
+    loads before its own wait overlap this one's wait as well as its work. Only for a next kernel with
+    such loads (rope_store_kv before split attention): every other kernel lets its successor in after
+    its wait, so at most two kernels' programs sit waiting at a time."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def wait_only(USE_PDL: tl.constexpr):
+    """`wait_for_previous` for a kernel that called `start_next` already."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def prefetch_l2(ptrs, mask):
+    """Asks L2 for the line of each pointer where mask is set, holding no registers for the data (PTX
+    prefetch.global.L2); for loads before the wait whose data would otherwise have to stay live. CUDA
+    only: a caller under Triton's interpreter must not reach it (call it under `if USE_PDL:`)."""
+    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+                              "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)

@@ -30,6 +30,7 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, strid
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
+    w = tl.load(w_ptr + cols, mask=ok, other=0.0)  # a weight: read before the wait (pdl.py)
     wait_for_previous(USE_PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
     if HAS_RESIDUAL:
@@ -42,7 +43,6 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, strid
     var = tl.sum(x32 * x32, axis=0) / N
     rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
     y = (x32 * rstd).to(x_ptr.dtype.element_ty)
-    w = tl.load(w_ptr + cols, mask=ok, other=0.0)
     out = w.to(tl.float32) * y.to(tl.float32)
     tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=ok)
 

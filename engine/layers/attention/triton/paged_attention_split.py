@@ -29,7 +29,7 @@ import triton.language as tl
 
 from engine.layers.attention.triton.paged_attention import _attend_keys
 from engine.layers.triton import next_power_of_2
-from engine.layers.triton.pdl import wait_for_previous
+from engine.layers.triton.pdl import prefetch_l2, wait_for_previous
 from engine.layers.triton.split_k import MAX_ROW_TILES_SPLIT, arrival_counters
 
 # A split walks at least this many key tiles (of LAUNCH["decode_split"]'s 128 keys). With the earlier
@@ -37,6 +37,24 @@ from engine.layers.triton.split_k import MAX_ROW_TILES_SPLIT, arrival_counters
 # tiles issued at once, one tile per split won at every context measured (bench/attention_sweep.py --small).
 MIN_TILES_PER_SPLIT = 1
 MAX_COUNTERS = MAX_ROW_TILES_SPLIT  # (sequence, KV head) pairs of a split launch: < 2 per SM in practice
+
+
+@triton.jit
+def _prefetch_kv_tile(start, end, bt_row, k_head, v_head, stride_kb, stride_ks, stride_vb, stride_vs,
+                      BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, ELEMENT_BYTES: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    """Asks L2 for the K and V rows of key positions start .. start + BLOCK_N - 1 below end: one request
+    per 128-byte line of each row, no registers held."""
+    LINES: tl.constexpr = (HEAD_DIM * ELEMENT_BYTES + 127) // 128
+    STEP: tl.constexpr = 128 // ELEMENT_BYTES  # elements per line
+    pos = start + tl.arange(0, BLOCK_N)
+    ok = pos < end
+    block = tl.load(bt_row + pos // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
+    slot = pos % BLOCK_SIZE
+    line = tl.arange(0, LINES) * STEP
+    mask = ok[:, None] & (line < HEAD_DIM)[None, :]
+    prefetch_l2(k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + line[None, :], mask)
+    prefetch_l2(v_head + block[:, None] * stride_vb + slot[:, None] * stride_vs + line[None, :], mask)
 
 
 @triton.jit
@@ -53,15 +71,28 @@ def _split_attention_kernel(
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    wait_for_previous(USE_PDL)
+    # Before the wait (pdl.py): the batch's metadata, and a request to L2 for this split's first key tile
+    # (its newest key may still be being stored, but L2 is where that store lands: nothing stale is read).
+    # At batch 1 this kernel is a chain of dependent round trips to memory (query start and context,
+    # block table, K/V, merge); these then overlap the kernels before instead of following them.
     q_start = tl.load(query_start_ptr + seq)
-    if tl.load(query_start_ptr + seq + 1) == q_start:  # no query: no rows
-        return
+    q_len = tl.load(query_start_ptr + seq + 1) - q_start
     ctx = tl.load(context_lens_ptr + seq)
     # Whole key tiles per split, so only the context's last tile is partial; with few keys only the
     # first splits get any (a context of 0, padding, gets none: split 0 writes its zeros).
     chunk = tl.maximum(tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N), MIN_TILES_PER_SPLIT) * BLOCK_N
     working = tl.cdiv(ctx, tl.maximum(chunk, 1))
+    kv_start = split * chunk
+    kv_end = tl.minimum(ctx, kv_start + chunk)
+    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    k_head = k_ptr + kv_head * stride_kh
+    v_head = v_ptr + kv_head * stride_vh
+    if USE_PDL:
+        _prefetch_kv_tile(kv_start, kv_end, bt_row, k_head, v_head, stride_kb, stride_ks, stride_vb, stride_vs,
+                          BLOCK_SIZE, HEAD_DIM, k_ptr.dtype.element_ty.primitive_bitwidth // 8, BLOCK_N)
+    wait_for_previous(USE_PDL)
+    if q_len == 0:  # no query: no rows
+        return
     if split >= tl.maximum(working, 1):
         return
     rows = tl.arange(0, BLOCK_M)  # BLOCK_M >= G: the whole KV group in one tile
@@ -77,12 +108,9 @@ def _split_attention_kernel(
     if FP16_DOTS:  # an fp8 cache under a 16-bit model: see _paged_attention_kernel
         q = q.to(tl.float16)
 
-    kv_start = split * chunk
-    kv_end = tl.minimum(ctx, kv_start + chunk)
-    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    m_i, l_i, acc = _attend_keys(q, q_pos, kv_start, kv_end, bt_row, k_ptr + kv_head * stride_kh,
-                                 v_ptr + kv_head * stride_vh, qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
-                                 dims, d_ok, BLOCK_SIZE, DOT_PRECISION, WHILE_LOOP, BLOCK_M, BLOCK_D, BLOCK_N)
+    m_i, l_i, acc = _attend_keys(q, q_pos, kv_start, kv_end, bt_row, k_head, v_head, qk_scale, stride_kb, stride_ks,
+                                 stride_vb, stride_vs, dims, d_ok, BLOCK_SIZE, DOT_PRECISION, WHILE_LOOP, BLOCK_M,
+                                 BLOCK_D, BLOCK_N)
 
     o_ptrs = out_ptr + q_start.to(tl.int64) * stride_ot + head[:, None] * stride_oh + dims[None, :]
     if working <= 1:  # one split holds every key: its result is the output (zeros for no key)

@@ -17,7 +17,7 @@ import triton.language as tl
 from engine.layers.attention.kv_quant import KV_FP8, KV_FP8_MAX, check_kv_scales
 from engine.layers.attention.triton.kv_store import _to_fp8, check_store_operands
 from engine.layers.triton import next_power_of_2
-from engine.layers.triton.pdl import pdl_launch, wait_for_previous
+from engine.layers.triton.pdl import pdl_launch, start_next, wait_only
 from engine.layers.triton.rotary import _cos_sin, _rotate, _rotated, check_rope_operands
 
 
@@ -31,13 +31,17 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
     # q: [tokens, Q_HEADS, 2 * HALF]; k, v: [tokens, KV_HEADS, 2 * HALF];
     # k_cache, v_cache: [num_blocks, BLOCK_SIZE, KV_HEADS, 2 * HALF]
     t = tl.program_id(0).to(tl.int64)
-    wait_for_previous(USE_PDL)
+    # Split attention, next, reads the batch's metadata and the cached K/V of earlier positions before
+    # its wait: let it start now, so those loads overlap this kernel's wait on the qkv projection.
+    start_next(USE_PDL)
+    # Positions, slots and the tables are the step's inputs, copied in before it (pdl.py).
     pos = tl.load(pos_ptr + t)
+    slot = tl.load(slot_ptr + t)
     halves = tl.arange(0, BLOCK_HALF)
     c, s = _cos_sin(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, halves, HALF)
+    wait_only(USE_PDL)
     _rotate(q_ptr, stride_qt, stride_qh, t, c, s, halves, Q_HEADS, HALF, BLOCK_QH, BLOCK_HALF)
 
-    slot = tl.load(slot_ptr + t)
     if slot < 0:
         return
     block = slot // BLOCK_SIZE
