@@ -16,8 +16,9 @@ so a chain of such kernels stays ordered exactly as a plain stream is (each wait
 which finished only after waiting in turn). Before the wait a kernel may read only what no kernel of
 the step writes: weights, the batch's metadata that the host copied in before the step (positions,
 slots, context lengths, block tables, query starts), and the cached K/V of earlier steps' positions.
-Those loads then overlap the previous kernel instead of following it. Kernels launched without PDL
-(torch's, the prefill GEMMs) are ordered as usual.
+Those loads then overlap the previous kernel instead of following it (split attention's metadata and
+first key tile, RoPE's tables, norm weights, int8 scales: int8_wo 7B decode 3.211 -> 3.099 ms, H100).
+Kernels launched without PDL (torch's, the prefill GEMMs) are ordered as usual.
 """
 from __future__ import annotations
 
