@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.layers.linear_base import LinearBase
 from engine.layers.quantization import QuantizationConfig, quantized_linear
 
 
-class UnquantizedLinear(nn.Module):
+class UnquantizedLinear(LinearBase):
     """y = x W^T + b, with W stored [out_features, in_features] as in HF checkpoints."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
@@ -20,7 +21,7 @@ class UnquantizedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         # x: [tokens, in_features] -> [tokens, out_features]
         if x.is_cuda:
             from engine.layers.triton.gemv import gemv, prefers_gemv  # triton: CUDA machines only
@@ -29,6 +30,14 @@ class UnquantizedLinear(nn.Module):
                 y = gemv(x, self.weight)
                 return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
+
+    def gated_gemv(self, x: torch.Tensor) -> torch.Tensor | None:
+        if x.is_cuda and self.bias is None:
+            from engine.layers.triton.gemv import gemv, prefers_gemv
+
+            if prefers_gemv(x, self.weight):
+                return gemv(x, self.weight, gated=True)
+        return None
 
 
 def make_linear(in_features: int, out_features: int, bias: bool = False,

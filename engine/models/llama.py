@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.layers.activation import silu_and_mul
 from engine.layers.embedding import make_embedding
 from engine.layers.attention import ATTENTION_BACKENDS, AttentionMetadata
 from engine.layers.attention.kv_quant import KV_FP8
@@ -82,7 +81,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [tokens, hidden]
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        # silu(gate) * up: at decode sizes the gate_up GEMV's epilogue (engine/layers/triton/activation.py)
+        return self.down_proj(self.gate_up_proj(x, gated=True))
 
 
 class DecoderLayer(nn.Module):

@@ -5,6 +5,7 @@ import torch
 
 from tests.engine.triton_env import DEVICE  # first: it sets up Triton's interpreter without CUDA
 
+from engine.layers.triton.activation import silu_and_mul  # noqa: E402
 from engine.layers.triton.gemv import gemv  # noqa: E402
 
 DENSE_DTYPES = [pytest.param(torch.float16, id="float16"),
@@ -83,3 +84,21 @@ def test_unquantized_linear_decode_matches_cublas():
         x = torch.randn(m, 11008, device="cuda", dtype=torch.bfloat16)
         ref = x.double() @ layer.weight.double().T + layer.bias.double()
         assert_close(layer(x), ref.cpu())
+
+
+# gated: silu(gate) * up as the GEMV's epilogue has the bits of the GEMV, then silu_and_mul; ragged
+# outputs (9 of a tile of 4), every M, K split (the last program of a tile applies it after the sum).
+@pytest.mark.parametrize("dtype", DENSE_DTYPES)
+@pytest.mark.parametrize("m,k,n,split", [(1, 200, 18, 1), (3, 64, 18, 2), (4, 128, 40, 3)])
+def test_gated_gemv_is_gemv_then_silu_and_mul(m, k, n, split, dtype):
+    x, w, _ = operands(m, k, n, dtype)
+    blocks = {"BLOCK_N": 8, "BLOCK_K": 32, "SPLIT_K": split}
+    y = gemv(x, w, blocks=blocks, gated=True)
+    assert y.shape == (m, n // 2)
+    assert torch.equal(y, silu_and_mul(gemv(x, w, blocks=blocks)))
+
+
+def test_gated_gemv_needs_gate_and_up_rows():
+    x, w, _ = operands(1, 32, 9, torch.float16)
+    with pytest.raises(ValueError, match="even"):
+        gemv(x, w, gated=True)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import InvalidParameterError
+from engine.layers.linear_base import LinearBase
 from engine.layers.quantization.config import QuantizationConfig
 
 FP8 = torch.float8_e4m3fn
@@ -51,7 +52,7 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scales).clamp(-FP8_MAX, FP8_MAX).to(FP8), scales
 
 
-class Fp8Linear(nn.Module):
+class Fp8Linear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantizationConfig):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -59,7 +60,7 @@ class Fp8Linear(nn.Module):
         self.scales = nn.Parameter(torch.empty(out_features, dtype=torch.float32), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         # x: [tokens, in] -> [tokens, out]; row-wise scaled matmul (per-token x per-channel scales)
         if not x.is_cuda:  # only the builder's scoring on a CPU gets here: engines refuse fp8 off CUDA
             return self.reference(x)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.layers.linear_base import LinearBase
 from engine.layers.quantization.config import QuantizationConfig
 
 CPU_INNER_K_TILES = 2
@@ -82,7 +83,7 @@ def dequantize(tensors: dict[str, torch.Tensor], config: QuantizationConfig, in_
     return (unpack(packed, n).float() - zeros[:, g].float()) * scales[:, g].float()
 
 
-class Int4WeightOnlyLinear(nn.Module):
+class Int4WeightOnlyLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantizationConfig):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -114,7 +115,7 @@ class Int4WeightOnlyLinear(nn.Module):
         offsets = (8.0 - self.zeros.float()) * scales
         self._cpu_scales_zeros = torch.stack([scales, offsets], dim=-1).transpose(0, 1).contiguous().to(self.scales.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         # x: [tokens, in] -> [tokens, out]
         if x.is_cuda:
             from engine.layers.quantization.triton.w4a16 import w4a16_matmul
@@ -131,6 +132,14 @@ class Int4WeightOnlyLinear(nn.Module):
             y = torch._weight_int4pack_mm_for_cpu(x, self._cpu_packed, self.group_size,
                                                   self._cpu_scales_zeros.to(x.dtype))
         return y if self.bias is None else y + self.bias
+
+    def gated_gemv(self, x: torch.Tensor) -> torch.Tensor | None:
+        if x.is_cuda and self.bias is None:
+            from engine.layers.quantization.triton.w4a16_gemv import prefers_gemv, w4a16_gemv
+
+            if prefers_gemv(x.shape[0], self.in_features):
+                return w4a16_gemv(x, self.qweight, self.scales, self.zeros, self.group_size, gated=True)
+        return None
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         w = dequantize({"qweight": self.qweight, "scales": self.scales, "zeros": self.zeros}, self.config,

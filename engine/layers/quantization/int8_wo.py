@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.layers.linear_base import LinearBase
 from engine.layers.quantization.config import QuantizationConfig
 
 
@@ -28,7 +29,7 @@ def dequantize(tensors: dict[str, torch.Tensor], config: QuantizationConfig | No
     return tensors["qweight"].float() * tensors["scales"].float()[:, None]
 
 
-class Int8WeightOnlyLinear(nn.Module):
+class Int8WeightOnlyLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantizationConfig):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -36,7 +37,7 @@ class Int8WeightOnlyLinear(nn.Module):
         self.scales = nn.Parameter(torch.empty(out_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         # x: [tokens, in] -> [tokens, out]
         if x.is_cuda:
             from engine.layers.quantization.triton.w8a16 import w8a16_matmul
@@ -49,6 +50,14 @@ class Int8WeightOnlyLinear(nn.Module):
         else:
             return self.reference(x)
         return y if self.bias is None else y + self.bias
+
+    def gated_gemv(self, x: torch.Tensor) -> torch.Tensor | None:
+        if x.is_cuda and self.bias is None:
+            from engine.layers.quantization.triton.w8a16_gemv import GEMV_MAX_M, w8a16_gemv
+
+            if 1 <= x.shape[0] <= GEMV_MAX_M:
+                return w8a16_gemv(x, self.qweight, self.scales, gated=True)
+        return None
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """Dequantize, then a plain matmul: what every kernel must agree with."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.layers.linear_base import LinearBase
 from engine.layers.quantization import int8_wo
 
 quantize = int8_wo.quantize
@@ -39,7 +40,9 @@ def int8_matmul(xq: torch.Tensor, wq_t: torch.Tensor) -> torch.Tensor:
 class W8A8Linear(int8_wo.Int8WeightOnlyLinear):
     """Stores exactly what Int8WeightOnlyLinear stores; multiplies differently (int8 activations too)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    gated_gemv = LinearBase.gated_gemv  # its own matmul, then silu_and_mul: not the weight-only GEMV
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         # x: [tokens, in] -> [tokens, out]
         xq, x_scales = quantize_per_token(x)
         acc = int8_matmul(xq, self.qweight.t())  # int32 [tokens, out]

@@ -4,6 +4,10 @@ silu(gate) * up.
 Rounded as the unfused torch code `F.silu(gate) * up` rounds in a half dtype: silu is computed in
 float32 and rounded to the dtype, then the product is computed in float32 and rounded again. Each
 program covers a BLOCK-wide column strip of one row, so the grid is independent of the hidden size.
+
+At decode sizes the gate_up projection's GEMV does this itself, as its epilogue (`gated_rows`,
+`store_rows`): a program computes the gate and the up rows of the same outputs, so one launch and one
+round trip through memory less per layer, with the same bits.
 """
 from __future__ import annotations
 
@@ -18,6 +22,60 @@ BLOCK = 1024
 INTERPRET_BLOCK = 64  # small strips exercise the edge mask on test-sized rows
 
 
+def check_gated(gated: object, n: int) -> None:
+    """A gated GEMV's weight rows are [gate; up]: an even count."""
+    if not isinstance(gated, bool):
+        raise ValueError(f"gated: must be a bool, got {gated!r}")
+    if gated and n % 2:
+        raise ValueError(f"weight: a gated GEMV's rows are [gate; up], so their count must be even, got {n}")
+
+
+def output_tiles(n: int, block_n: int, gated: bool) -> int:
+    """Programs of a decode GEMV over n weight rows in tiles of block_n (gated: block_n / 2 outputs each)."""
+    return triton.cdiv(n // 2, block_n // 2) if gated else triton.cdiv(n, block_n)
+
+
+@triton.jit
+def silu_mul(gate, up, DTYPE: tl.constexpr):
+    """silu(gate) * up in float32 from float32 tensors holding DTYPE values, rounded as the unfused torch
+    code rounds: silu to DTYPE first (the caller rounds the product)."""
+    silu = (gate / (1.0 + tl.exp(-gate))).to(DTYPE)
+    return silu.to(tl.float32) * up
+
+
+@triton.jit
+def gated_rows(N, BLOCK_N: tl.constexpr, GATED: tl.constexpr):
+    """The weight rows of this program's tile of a decode GEMV over N rows, and which are real: BLOCK_N
+    consecutive rows, or (GATED: N rows = [gate; up], N / 2 outputs) the gate rows of BLOCK_N / 2
+    consecutive outputs followed by the same outputs' up rows, so the program holds both halves of each."""
+    j = tl.arange(0, BLOCK_N)
+    if GATED:
+        HALF: tl.constexpr = BLOCK_N // 2
+        out = tl.program_id(0) * HALF + j % HALF
+        return tl.where(j < HALF, out, out + N // 2), out < N // 2
+    rows = tl.program_id(0) * BLOCK_N + j
+    return rows, rows < N
+
+
+@triton.jit
+def store_rows(y, y_ptr, M, N, stride_ym, offs_m, offs_n, mask, GATED: tl.constexpr):
+    """Stores a decode GEMV's y: [BLOCK_M, BLOCK_N] float32 for the weight rows offs_n (from gated_rows):
+    as it is, or (GATED) silu(gate) * up into the N / 2 outputs, each half first rounded to y's dtype as
+    the GEMV's output would be, so the result has the bits of the GEMV then silu_and_mul."""
+    dtype = y_ptr.dtype.element_ty
+    if GATED:
+        BLOCK_M: tl.constexpr = y.shape[0]
+        HALF: tl.constexpr = y.shape[1] // 2
+        y = y.to(dtype).to(tl.float32)
+        gate, up = tl.split(tl.permute(tl.reshape(y, (BLOCK_M, 2, HALF)), (0, 2, 1)))  # [BLOCK_M, HALF] each
+        offs_out = tl.program_id(0) * HALF + tl.arange(0, HALF)
+        out_mask = (offs_m < M)[:, None] & (offs_out < N // 2)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_out[None, :], silu_mul(gate, up, dtype).to(dtype),
+                 mask=out_mask)
+    else:
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(dtype), mask=mask)
+
+
 @triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, I, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     # x: [tokens, 2 * I] (gate, then up); out: [tokens, I]
@@ -27,8 +85,7 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, I, BLOCK: tl.cons
     wait_for_previous(USE_PDL)
     gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + I + cols, mask=ok, other=0.0).to(tl.float32)
-    silu = (gate / (1.0 + tl.exp(-gate))).to(out_ptr.dtype.element_ty)
-    out = silu.to(tl.float32) * up
+    out = silu_mul(gate, up, out_ptr.dtype.element_ty)
     tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=ok)
 
 

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.triton import check_last_dim_contiguous, check_tensor, interpreting
+from engine.layers.triton.activation import check_gated, gated_rows, output_tiles
 from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 from engine.layers.triton.split_k import check_split, split_buffers, split_for, store_or_reduce
 
@@ -39,14 +40,13 @@ def prefers_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, stride_xm, stride_wn, stride_ym,
                  K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr):
-    # x: [M, K]; w: [N, K] (rows stride_wn apart, columns contiguous); y: [M, N]
+                 SPLIT_K: tl.constexpr, GATED: tl.constexpr, USE_PDL: tl.constexpr):
+    # x: [M, K]; w: [N, K] (rows stride_wn apart, columns contiguous); y: [M, N], or [M, N / 2] GATED
     TILES_PER_SPLIT: tl.constexpr = ((K + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K
     k_begin = tl.program_id(1) * (TILES_PER_SPLIT * BLOCK_K)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n, n_ok = gated_rows(N, BLOCK_N, GATED)
     offs_k = tl.arange(0, BLOCK_K)
     offs_m = tl.arange(0, BLOCK_M)
-    n_ok = offs_n < N
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn  # [BLOCK_N, 1]
     wait_for_previous(USE_PDL)
     acc_cols = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # batch 1: per (row, column)
@@ -64,13 +64,14 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, stride_xm, stri
     if BLOCK_M == 1:
         acc = tl.sum(acc_cols, axis=1)[None, :]
     store_or_reduce(acc, y_ptr, part_ptr, count_ptr, M, N, stride_ym, offs_m, offs_n,
-                    (offs_m < M)[:, None] & n_ok[None, :], SPLIT_K)
+                    (offs_m < M)[:, None] & n_ok[None, :], SPLIT_K, GATED)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, blocks: dict | None = None) -> torch.Tensor:
+def gemv(x: torch.Tensor, weight: torch.Tensor, blocks: dict | None = None, gated: bool = False) -> torch.Tensor:
     """x: [M, K] float16/bfloat16 with 1 <= M <= GEMV_MAX_M, weight: [N, K] in x's dtype, last dim
-    contiguous -> x @ weight.T: [M, N]. blocks: a launch ({"BLOCK_N", "BLOCK_K", "num_warps"}, optionally
-    "SPLIT_K", else split_for's) instead of the one for N."""
+    contiguous -> x @ weight.T: [M, N]; gated (weight = [gate; up], N even): silu(gate) * up of it, [M, N / 2],
+    with the bits of silu_and_mul after the plain GEMV. blocks: a launch ({"BLOCK_N", "BLOCK_K", "num_warps"},
+    optionally "SPLIT_K", else split_for's) instead of the one for N."""
     check_tensor("x", x, GEMV_DTYPES, 2)
     check_tensor("weight", weight, (x.dtype,), 2, like=x)
     m, k = x.shape
@@ -80,19 +81,20 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, blocks: dict | None = None) -> t
     if weight.shape[1] != k:
         raise ValueError(f"weight: has K={weight.shape[1]} input columns, but x has K={k}")
     check_last_dim_contiguous("weight", weight)
+    check_gated(gated, n)
     if x.stride(1) != 1:
         x = x.contiguous()
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    y = torch.empty((m, n // 2 if gated else n), dtype=x.dtype, device=x.device)
     if n == 0:
         return y
     if blocks is None:
         blocks = INTERPRET_BLOCKS if interpreting() else WIDE_LAUNCH if n > SHORT_N else SHORT_LAUNCH
     launch = dict(blocks)
-    n_tiles = triton.cdiv(n, launch["BLOCK_N"])
+    n_tiles = output_tiles(n, launch["BLOCK_N"], gated)
     split = check_split(launch.pop("SPLIT_K", None) or split_for(n_tiles, triton.cdiv(k, launch["BLOCK_K"]), x.device),
                         n_tiles)
     part, counters = split_buffers(split, m, n, y)
     _gemv_kernel[(n_tiles, split)](x, weight, y, part, counters, m, n, x.stride(0), weight.stride(0), y.stride(0),
-                                   k, triton.next_power_of_2(m), SPLIT_K=split, **launch,
+                                   k, triton.next_power_of_2(m), SPLIT_K=split, GATED=gated, **launch,
                                    **pdl_launch(x.device))
     return y

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.quantization.triton import multiprocessors
+from engine.layers.triton.activation import store_rows
 
 # K splits until about this many programs per multiprocessor run; each split keeps at least
 # MIN_TILES_PER_SPLIT tiles of K, so its partial store and the final sum stay small next to its reads.
@@ -59,12 +60,12 @@ def arrival_counters(device: torch.device) -> torch.Tensor:
 
 @triton.jit
 def store_or_reduce(acc, y_ptr, part_ptr, count_ptr, M, N, stride_ym, offs_m, offs_n, mask,
-                    SPLIT_K: tl.constexpr):
-    """acc: [BLOCK_M, BLOCK_N] float32, this program's sum over its split of K. Unsplit: stored as y.
-    Split: stored as a partial; the tile's last program to arrive stores y, the partials' sum."""
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+                    SPLIT_K: tl.constexpr, GATED: tl.constexpr):
+    """acc: [BLOCK_M, BLOCK_N] float32, this program's sum over its split of K for the weight rows offs_n.
+    Unsplit: stored as y (store_rows; GATED: silu(gate) * up). Split: stored as a partial; the tile's last
+    program to arrive stores y from the partials' sum."""
     if SPLIT_K == 1:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        store_rows(acc, y_ptr, M, N, stride_ym, offs_m, offs_n, mask, GATED)
     else:
         part_tile = part_ptr + offs_m[:, None] * N + offs_n[None, :]  # part: [SPLIT_K, M, N]
         tl.store(part_tile + tl.program_id(1) * M * N, acc, mask=mask)
@@ -76,5 +77,5 @@ def store_or_reduce(acc, y_ptr, part_ptr, count_ptr, M, N, stride_ym, offs_m, of
             total = tl.zeros(acc.shape, dtype=tl.float32)
             for j in tl.static_range(SPLIT_K):  # split order: the same sum every run
                 total += tl.load(part_tile + j * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask)
+            store_rows(total, y_ptr, M, N, stride_ym, offs_m, offs_n, mask, GATED)
             tl.atomic_xchg(counter, 0, sem="relaxed")

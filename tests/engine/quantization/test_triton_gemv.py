@@ -6,6 +6,7 @@ import torch
 from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
 
 from engine.layers.quantization.triton.w4a16_gemv import w4a16_gemv  # noqa: E402
+from engine.layers.triton.activation import silu_and_mul  # noqa: E402
 from engine.layers.quantization.triton.w8a16_gemv import w8a16_gemv  # noqa: E402
 from tests.engine.quantization.test_triton_kernels import assert_matches, int4_operands, int8_operands  # noqa: E402
 
@@ -56,6 +57,27 @@ def test_w4a16_gemv_split_k_matches_reference(m, k, n, split):
     # the same order (bit-equal).
     again = w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], 64, blocks=blocks)
     assert torch.equal(first, again)
+
+
+# gated (rows = [gate; up]): silu(gate) * up as the GEMV's epilogue has the bits of the GEMV, then
+# silu_and_mul; ragged outputs, batch 1 and 3, and (int4) K split, applied by the tile's last program.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [(1, 64, 34), (3, 100, 96)])
+def test_gated_w8a16_gemv_is_gemv_then_silu_and_mul(m, k, n, dtype):
+    x, qweight, scales, _ = int8_operands(m, k, n, dtype)
+    y = w8a16_gemv(x, qweight, scales, gated=True)
+    assert y.shape == (m, n // 2)
+    assert torch.equal(y, silu_and_mul(w8a16_gemv(x, qweight, scales)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n,split", [(1, 576, 40, 1), (3, 576, 34, 3)])
+def test_gated_w4a16_gemv_is_gemv_then_silu_and_mul(m, k, n, split, dtype):
+    x, t, _ = int4_operands(m, k, n, 64, dtype)
+    blocks = {"BLOCK_N": 16, "BLOCK_W": 4, "SPLIT_K": split}
+    y = w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], 64, blocks=blocks, gated=True)
+    assert y.shape == (m, n // 2)
+    assert torch.equal(y, silu_and_mul(w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], 64, blocks=blocks)))
 
 
 def test_w4a16_gemv_splits_only_short_n(monkeypatch):

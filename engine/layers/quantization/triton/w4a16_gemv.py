@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.quantization.triton import check_int4_operands, interpreting, multiprocessors
+from engine.layers.triton.activation import check_gated, gated_rows, output_tiles
 from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 from engine.layers.triton.split_k import PROGRAMS_PER_SM, check_split, split_buffers, split_for, store_or_reduce
 
@@ -87,7 +88,8 @@ def _biased_nibble(words, i: tl.constexpr):
 def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M, N,
                        stride_xm, stride_qn, stride_sn, stride_sg, stride_zn, stride_zg, stride_ym,
                        K: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr,
+                       USE_PDL: tl.constexpr):
     # q is read as int32 words, 8 columns each: nibble i of word j is column 8j + i (bytes are
     # little-endian, the even column in a byte's low nibble). A tile of BLOCK_W words holds whole
     # groups (GROUPS of them) or lies inside one (GROUPS = 1): the wrapper picks BLOCK_W so. K and
@@ -98,11 +100,10 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
     WORDS_PER_GROUP: tl.constexpr = BLOCK_W // GROUPS
     TILES_PER_SPLIT: tl.constexpr = ((KW + BLOCK_W - 1) // BLOCK_W + SPLIT_K - 1) // SPLIT_K
     w_begin = tl.program_id(1) * (TILES_PER_SPLIT * BLOCK_W)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n, n_ok = gated_rows(N, BLOCK_N, GATED)  # GATED: y is silu(gate) * up (engine/layers/triton/activation.py)
     offs_w = tl.arange(0, BLOCK_W)
     offs_g = tl.arange(0, GROUPS)
     offs_m = tl.arange(0, BLOCK_M)
-    n_ok = offs_n < N
     q_rows = q_ptr + offs_n[:, None].to(tl.int64) * stride_qn  # [BLOCK_N, 1]
     wait_for_previous(USE_PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -136,13 +137,14 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
             else:
                 acc = tl.where(offs_m[:, None] == m, acc + part[None, :], acc)
     store_or_reduce(acc, y_ptr, part_ptr, count_ptr, M, N, stride_ym, offs_m, offs_n,
-                    (offs_m < M)[:, None] & n_ok[None, :], SPLIT_K)
+                    (offs_m < M)[:, None] & n_ok[None, :], SPLIT_K, GATED)
 
 def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-               blocks: dict | None = None) -> torch.Tensor:
+               blocks: dict | None = None, gated: bool = False) -> torch.Tensor:
     """x: [M, K] float16/bfloat16/float32 with M <= GEMV_MAX_M and K % 8 == 0, qweight: uint8 [N, K/2]
     contiguous, scales: [N, G] float, zeros: uint8 [N, G], G = ceil(K / group_size) -> x @ w.T: [M, N] in
-    x.dtype. blocks: a launch ({"BLOCK_N", "BLOCK_W", "num_warps"}, optionally "SPLIT_K", else
+    x.dtype; gated (rows = [gate; up], N even): silu(gate) * up of it, [M, N / 2], with the bits of
+    silu_and_mul after the plain GEMV. blocks: a launch ({"BLOCK_N", "BLOCK_W", "num_warps"}, optionally "SPLIT_K", else
     split_for's) instead of launch_for's."""
     check_int4_operands(x, qweight, scales, zeros, group_size)
     m, k = x.shape
@@ -151,16 +153,17 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
         raise ValueError(f"x: the GEMV takes 1..{GEMV_MAX_M} rows, got M={m}")
     if not gemv_supports(k):
         raise ValueError(f"x: the GEMV reads whole int32 words of weights, so K must be a multiple of 8, got K={k}")
+    check_gated(gated, n)
     if x.stride(1) != 1:
         x = x.contiguous()
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    y = torch.empty((m, n // 2 if gated else n), dtype=x.dtype, device=x.device)
     if n == 0:
         return y
     launch = dict(blocks) if blocks is not None else launch_for(n, group_size, x.device)
     if not tile_fits(launch["BLOCK_W"], group_size):
         raise ValueError(f"blocks: BLOCK_W={launch['BLOCK_W']} words neither holds whole groups of "
                          f"{group_size} nor lies inside one")
-    n_tiles = triton.cdiv(n, launch["BLOCK_N"])
+    n_tiles = output_tiles(n, launch["BLOCK_N"], gated)
     split = check_split(launch.pop("SPLIT_K", None) or split_for(n_tiles, triton.cdiv(k // 8, launch["BLOCK_W"]),
                                                                   x.device), n_tiles)
     part, counters = split_buffers(split, m, n, y)
@@ -168,5 +171,5 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     _w4a16_gemv_kernel[(n_tiles, split)](
         x, words, scales, zeros, y, part, counters, m, n, x.stride(0), words.stride(0), scales.stride(0),
         scales.stride(1), zeros.stride(0), zeros.stride(1), y.stride(0), k, group_size, triton.next_power_of_2(m),
-        SPLIT_K=split, **launch, **pdl_launch(x.device))
+        SPLIT_K=split, GATED=gated, **launch, **pdl_launch(x.device))
     return y

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.quantization.triton import check_int8_operands, interpreting
+from engine.layers.triton.activation import check_gated, gated_rows, output_tiles, store_rows
 from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
 GEMV_MAX_M = 4
@@ -44,12 +45,11 @@ def _int8_to_float(q):
 @triton.jit
 def _w8a16_gemv_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, stride_xm, stride_qn, stride_s, stride_ym,
                        K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       USE_PDL: tl.constexpr):
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+                       GATED: tl.constexpr, USE_PDL: tl.constexpr):
+    # y: [M, N], or [M, N / 2] GATED (silu(gate) * up: engine/layers/triton/activation.py)
+    offs_n, n_ok = gated_rows(N, BLOCK_N, GATED)
     offs_k = tl.arange(0, BLOCK_K)
     offs_m = tl.arange(0, BLOCK_M)
-    n_ok = offs_n < N
-    m_ok = offs_m < M
     q_ptrs = q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :]  # [BLOCK_N, BLOCK_K]
     # The scales before the wait (pdl.py): their round trip then overlaps the previous kernel instead of
     # lengthening this one's tail. (The first weight tile loaded there too made the step slower: 2.80
@@ -77,39 +77,39 @@ def _w8a16_gemv_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, stride_xm, stride_qn, s
                 row = tl.sum(w * x[None, :], axis=1)  # [BLOCK_N]
                 acc = tl.where(offs_m[:, None] == m, acc + row[None, :], acc)
             q_ptrs += BLOCK_K
-    y = acc * s[None, :]
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    store_rows(acc * s[None, :], y_ptr, M, N, stride_ym, offs_m, offs_n, (offs_m < M)[:, None] & n_ok[None, :], GATED)
 
 
 @functools.cache
 def _autotuned() -> triton.runtime.Autotuner:
     configs = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s) for bn, bk, w, s in CONFIGS]
-    return triton.autotune(configs=configs, key=["BLOCK_M", "N", "K"])(_w8a16_gemv_kernel)
+    return triton.autotune(configs=configs, key=["BLOCK_M", "N", "K", "GATED"])(_w8a16_gemv_kernel)
 
 
 def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-               blocks: dict | None = None) -> torch.Tensor:
+               blocks: dict | None = None, gated: bool = False) -> torch.Tensor:
     """x: [M, K] float16/bfloat16/float32 with M <= GEMV_MAX_M, qweight: int8 [N, K] contiguous,
-    scales: [N] float -> x @ (qweight * scales[:, None]).T: [M, N] in x.dtype. blocks: a fixed
-    launch ({"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}) instead of the autotuned ones."""
+    scales: [N] float -> x @ (qweight * scales[:, None]).T: [M, N] in x.dtype; gated (rows = [gate; up],
+    N even): silu(gate) * up of it, [M, N / 2], with the bits of silu_and_mul after the plain GEMV.
+    blocks: a fixed launch ({"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}) instead of the autotuned ones."""
     check_int8_operands(x, qweight, scales)
     m, k = x.shape
     n = qweight.shape[0]
     if not 1 <= m <= GEMV_MAX_M:
         raise ValueError(f"x: the GEMV takes 1..{GEMV_MAX_M} rows, got M={m}")
+    check_gated(gated, n)
     if x.stride(1) != 1:
         x = x.contiguous()
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    y = torch.empty((m, n // 2 if gated else n), dtype=x.dtype, device=x.device)
     if n == 0:
         return y
     block_m = triton.next_power_of_2(m)
     args = (x, qweight, scales, y, m, n, x.stride(0), qweight.stride(0), scales.stride(0), y.stride(0), k, block_m)
-    pdl = pdl_launch(x.device)
+    launch = dict(GATED=gated, **pdl_launch(x.device))
     if interpreting() and blocks is None:
         blocks = INTERPRET_BLOCKS
     if blocks is not None:
-        _w8a16_gemv_kernel[(triton.cdiv(n, blocks["BLOCK_N"]),)](*args, **blocks, **pdl)
+        _w8a16_gemv_kernel[(output_tiles(n, blocks["BLOCK_N"], gated),)](*args, **blocks, **launch)
     else:
-        _autotuned()[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **pdl)
+        _autotuned()[lambda meta: (output_tiles(n, meta["BLOCK_N"], gated),)](*args, **launch)
     return y
