@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton import interpreting
+from engine.layers.kernel_checks import interpreting
 
 _enabled = True
 

@@ -3,17 +3,13 @@ Kernel modules import triton; this one holds only the checks and launch choices 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
+from engine.layers.kernel_checks import check_tensor, interpreting  # interpreting: the kernels import it from here
+
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_M_BUCKET = 256  # prefill sizes above this share one tuning
-
-
-def interpreting() -> bool:
-    """Read at call time: tests set TRITON_INTERPRET after other code may have imported this."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def m_bucket(m: int) -> int:
@@ -31,26 +27,11 @@ def check_activations(x: torch.Tensor) -> None:
         raise ValueError(f"x: must be on a CUDA device (or TRITON_INTERPRET=1), got {x.device}")
 
 
-def check_tensor(name: str, t: torch.Tensor, x: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None,
-                 dim: int) -> None:
-    """`t` must be a `dim`-D tensor on x's device with one of `dtypes` (None: any floating dtype)."""
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name}: must be a torch.Tensor, got {type(t).__name__}")
-    if dtypes is None and not t.is_floating_point():
-        raise ValueError(f"{name}: dtype must be floating point, got {t.dtype}")
-    if dtypes is not None and t.dtype not in dtypes:
-        raise ValueError(f"{name}: dtype must be {' or '.join(str(d) for d in dtypes)}, got {t.dtype}")
-    if t.dim() != dim:
-        raise ValueError(f"{name}: must be {dim}-D, got shape {tuple(t.shape)}")
-    if t.device != x.device:
-        raise ValueError(f"{name}: is on {t.device}, but x is on {x.device}")
-
-
 def check_int8_operands(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> None:
     """W8A16 (the GEMM and the GEMV): x [M, K], qweight int8 [N, K] contiguous, scales [N] float."""
     check_activations(x)
-    check_tensor("qweight", qweight, x, (torch.int8,), 2)
-    check_tensor("scales", scales, x, None, 1)
+    check_tensor("qweight", qweight, (torch.int8,), 2, like=x)
+    check_tensor("scales", scales, None, 1, like=x)
     n, k = qweight.shape
     if k != x.shape[1]:
         raise ValueError(f"qweight: has K={k} input columns, but x has K={x.shape[1]}")
@@ -65,9 +46,9 @@ def check_int4_operands(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Te
     """W4A16 (the GEMM and the GEMV): x [M, K], qweight uint8 [N, ceil(K/2)] contiguous, scales [N, G]
     float and zeros uint8 [N, G], G = ceil(K / group_size), group_size a positive multiple of 32."""
     check_activations(x)
-    check_tensor("qweight", qweight, x, (torch.uint8,), 2)
-    check_tensor("scales", scales, x, None, 2)
-    check_tensor("zeros", zeros, x, (torch.uint8,), 2)
+    check_tensor("qweight", qweight, (torch.uint8,), 2, like=x)
+    check_tensor("scales", scales, None, 2, like=x)
+    check_tensor("zeros", zeros, (torch.uint8,), 2, like=x)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 32:
         raise ValueError(f"group_size: must be a positive multiple of 32, got {group_size!r}")
     k, n = x.shape[1], qweight.shape[0]
