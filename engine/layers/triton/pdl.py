@@ -8,7 +8,8 @@ has passed `gdc_launch_dependents`, and its programs wait at `gdc_wait` until th
 and its writes are visible: the start-up overlaps the previous kernel's tail. On an H100 this took the
 7B decode step from 5.52 to 5.34 ms (bf16) and 3.41 to 3.23 ms (int8_wo) of GPU time
 (bench/gpu_7b.sh profile, docs/benchmarks.md). Asking L2 for the first weight tiles before the wait
-was tried too and lost (5.39 / 3.46 ms): the requests cost more than the latency they hid.
+was tried too and lost (5.39 / 3.46 ms), and so did loading them into registers there (int8_wo 2.80
+against 2.70 ms, H200): the GEMVs wait with nothing in hand.
 
 The contract, which every kernel launched through `pdl_launch` keeps: it calls `wait_for_previous`
 (or `wait_only`) before touching memory that an earlier kernel of the step writes, and before finishing,
