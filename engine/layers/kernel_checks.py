@@ -17,6 +17,7 @@ def interpreting() -> bool:
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+
 def check_tensor(name: str, t: object, dtypes: tuple[torch.dtype, ...] | None, dim: int,
                  like: torch.Tensor | None = None) -> None:
     """`t` must be a `dim`-D tensor of one of `dtypes` (None: any floating dtype), on `like`'s device, or
