@@ -10,10 +10,10 @@ from engine.layers.attention.triton.paged_attention import paged_attention  # no
 from engine.layers.attention.triton.rope_store_kv import rope_store_kv  # noqa: E402
 from engine.layers.quantization.triton.w4a16_gemv import w4a16_gemv  # noqa: E402
 from engine.layers.quantization.triton.w8a16_gemv import w8a16_gemv  # noqa: E402
+from engine.layers.rotary import RotaryEmbedding  # noqa: E402
 from engine.layers.triton.activation import silu_and_mul  # noqa: E402
 from engine.layers.triton.gemv import gemv  # noqa: E402
 from engine.layers.triton.pdl import pdl_launch, set_programmatic_launch  # noqa: E402
-from engine.layers.rotary import RotaryEmbedding  # noqa: E402
 from engine.layers.triton.rms_norm import fused_add_rms_norm  # noqa: E402
 
 

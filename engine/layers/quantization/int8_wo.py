@@ -41,9 +41,9 @@ class Int8WeightOnlyLinear(LinearBase):
         # x: [tokens, in] -> [tokens, out]
         if x.is_cuda:
             from engine.layers.quantization.triton.w8a16 import w8a16_matmul
-            from engine.layers.quantization.triton.w8a16_gemv import GEMV_MAX_M, w8a16_gemv
+            from engine.layers.quantization.triton.w8a16_gemv import prefers_gemv, w8a16_gemv
 
-            matmul = w8a16_gemv if 1 <= x.shape[0] <= GEMV_MAX_M else w8a16_matmul
+            matmul = w8a16_gemv if prefers_gemv(x.shape[0]) else w8a16_matmul
             y = matmul(x, self.qweight, self.scales)
         elif x.dtype == torch.bfloat16:
             y = torch._weight_int8pack_mm(x, self.qweight, self.scales.to(x.dtype))
@@ -53,9 +53,9 @@ class Int8WeightOnlyLinear(LinearBase):
 
     def gated_gemv(self, x: torch.Tensor) -> torch.Tensor | None:
         if x.is_cuda and self.bias is None:
-            from engine.layers.quantization.triton.w8a16_gemv import GEMV_MAX_M, w8a16_gemv
+            from engine.layers.quantization.triton.w8a16_gemv import prefers_gemv, w8a16_gemv
 
-            if 1 <= x.shape[0] <= GEMV_MAX_M:
+            if prefers_gemv(x.shape[0]):
                 return w8a16_gemv(x, self.qweight, self.scales, gated=True)
         return None
 

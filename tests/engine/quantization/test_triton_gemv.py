@@ -6,8 +6,8 @@ import torch
 from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
 
 from engine.layers.quantization.triton.w4a16_gemv import w4a16_gemv  # noqa: E402
-from engine.layers.triton.activation import silu_and_mul  # noqa: E402
 from engine.layers.quantization.triton.w8a16_gemv import w8a16_gemv  # noqa: E402
+from engine.layers.triton.activation import silu_and_mul  # noqa: E402
 from tests.engine.quantization.test_triton_kernels import assert_matches, int4_operands, int8_operands  # noqa: E402
 
 

@@ -35,6 +35,11 @@ CONFIGS = [
 INTERPRET_BLOCKS = {"BLOCK_N": 16, "BLOCK_K": 32}  # small tiles exercise the edge masks
 
 
+def prefers_gemv(m: int) -> bool:
+    """Whether a layer takes this GEMV over the tensor-core GEMM (w8a16.py) for m rows: decode's few."""
+    return 1 <= m <= GEMV_MAX_M
+
+
 @triton.jit
 def _int8_to_float(q):
     """int8 -> float32 through the mantissa: (q ^ 0x80) is q + 128 as a byte, 0..255."""
