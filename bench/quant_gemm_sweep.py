@@ -4,6 +4,7 @@ should hold for decode.
 
     python bench/quant_gemm_sweep.py [--m 1]      # CUDA only
     python bench/quant_gemm_sweep.py --gemv --m 1 # the decode GEMVs (M <= 4) over their launch space
+    python bench/quant_gemm_sweep.py --prefill --m 16,64,128,2048  # the GEMMs, each operand layout
 
 Bytes counted: the quantized weights (plus scales) read once; the floor of a memory-bound GEMV.
 """
@@ -86,7 +87,7 @@ def time_call(label: str, fn, nbytes: int) -> None:
 
 
 def sweep_gemv(name: str, call, nbytes: int, space: dict) -> None:
-    """call(blocks) runs the GEMV with one fixed launch; timed under a CUDA graph, as decode runs."""
+    """call(blocks) runs the kernel with one fixed launch; timed under a CUDA graph, as decode runs."""
     rows = []
     for config in itertools.product(*space.values()):
         blocks = dict(zip(space, config))
@@ -124,6 +125,42 @@ def main_gemv(m: int, schemes: tuple[str, ...] = ("w4", "w8")) -> None:
             sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, space)
 
 
+def prefill_space(m: int, **fixed) -> dict:
+    """Tiles worth trying at M rows (the H100 sweep's neighbourhood of each size's best)."""
+    if m <= 16:
+        space = {"BLOCK_M": [16], "BLOCK_N": [32, 64, 128], "BLOCK_K": [128], "num_warps": [4], "num_stages": [4]}
+    elif m <= 64:
+        space = {"BLOCK_M": [32, 64], "BLOCK_N": [64, 128], "BLOCK_K": [128], "num_warps": [4], "num_stages": [3, 4]}
+    elif m <= 256:
+        space = {"BLOCK_M": [64, 128], "BLOCK_N": [64, 128], "BLOCK_K": [64, 128], "num_warps": [4, 8], "num_stages": [3]}
+    else:
+        space = {"BLOCK_M": [128, 256], "BLOCK_N": [128], "BLOCK_K": [64], "num_warps": [8], "num_stages": [3, 4]}
+    return {**space, **{key: [value] for key, value in fixed.items()}}
+
+
+def main_prefill(ms: list[int], wrappers_only: bool = False) -> None:
+    """The weight-only GEMMs at prefill sizes: autotuned, as the engine calls them, then the best
+    launches of each operand layout (x @ w.T, or w @ x.T with the weights as the register operand)."""
+    for m in ms:
+        for shape, (n, k) in SHAPES.items():
+            if shape == "lm_head":  # prefill projects only the last token
+                continue
+            x = shape_header(shape, n, k, m)
+            args, nbytes = w8_args(m, n, k)
+            q, s = args[1], args[2]
+            time_call("w8a16 autotuned", lambda: w8a16_matmul(x, q, s), nbytes)
+            for swap in () if wrappers_only else (False, True):
+                sweep_gemv(f"w8a16 SWAP_AB={swap}", lambda b: w8a16_matmul(x, q, s, blocks=b), nbytes,
+                           prefill_space(m, SWAP_AB=swap))
+            args, nbytes = w4_args(m, n, k)
+            q, s, z = args[1], args[2], args[3]
+            time_call("w4a16 autotuned", lambda: w4a16_matmul(x, q, s, z, GROUP), nbytes)
+            for swap, scaled in () if wrappers_only else ((False, False), (True, False), (True, True)):
+                sweep_gemv(f"w4a16 SWAP_AB={swap} SCALE_WEIGHTS={scaled}",
+                           lambda b: w4a16_matmul(x, q, s, z, GROUP, split_k=1, blocks=b), nbytes,
+                           prefill_space(m, SWAP_AB=swap, SCALE_WEIGHTS=scaled))
+
+
 def main_dense(m: int) -> None:
     """The dense bf16 GEMV (engine/layers/triton/gemv.py) against cuBLAS on the 7B shapes."""
     from engine.layers.triton.gemv import gemv
@@ -141,18 +178,21 @@ def main_dense(m: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--m", type=int, default=1)
+    parser.add_argument("--m", default="1", help="rows of x (with --prefill, a comma-separated list)")
     parser.add_argument("--wrappers-only", action="store_true",
                         help="only the wrappers as the engine calls them (split-K included), under a CUDA graph")
     parser.add_argument("--gemv", action="store_true", help="sweep the decode GEMVs (M <= 4) instead")
     parser.add_argument("--schemes", default="w4,w8", help="with --gemv: which GEMVs (w4, w8)")
     parser.add_argument("--dense", action="store_true", help="the dense bf16 GEMV against cuBLAS instead")
+    parser.add_argument("--prefill", action="store_true", help="the GEMMs at prefill sizes, each operand layout")
     parser.add_argument("--pdl", action="store_true",
                         help="launch with PDL, as decode does: back-to-back calls then overlap, so the times are no "
                              "longer one kernel's (default: off)")
     opts = parser.parse_args()
     set_programmatic_launch(opts.pdl)
-    m = opts.m
+    if opts.prefill:
+        return main_prefill([int(v) for v in opts.m.split(",")], opts.wrappers_only)
+    m = int(opts.m)
     if opts.dense:
         return main_dense(m)
     if opts.gemv:

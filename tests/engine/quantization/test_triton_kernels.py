@@ -77,6 +77,32 @@ def test_w4a16_split_k_matches_reference(m, k, n, group_size, split_k, dtype):
     assert_matches(w4a16_matmul(x, t["qweight"], t["scales"], t["zeros"], group_size, split_k=split_k), ref, dtype)
 
 
+# Each layout a launch may take (the autotuner picks per M bucket on CUDA): x @ w.T, or w @ x.T with the
+# weights as the register operand; int4's swapped tiles may also scale the weights before the MMA.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("m,k,n", [(5, 100, 96), (33, 576, 48)])
+def test_w8a16_layouts_match_reference(m, k, n, swap, dtype):
+    x, qweight, scales, ref = int8_operands(m, k, n, dtype)
+    blocks = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "SWAP_AB": swap}
+    assert_matches(w8a16_matmul(x, qweight, scales, blocks=blocks), ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", [{}, {"SWAP_AB": True}, {"SWAP_AB": True, "SCALE_WEIGHTS": True}])
+@pytest.mark.parametrize("m,k,n,group_size", [(5, 99, 96, 32), (33, 576, 48, 128)])
+def test_w4a16_layouts_match_reference(m, k, n, group_size, layout, dtype):
+    x, t, ref = int4_operands(m, k, n, group_size, dtype)
+    blocks = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, **layout}
+    assert_matches(w4a16_matmul(x, t["qweight"], t["scales"], t["zeros"], group_size, blocks=blocks), ref, dtype)
+
+
+def test_w4a16_rejects_a_k_tile_across_groups():
+    x, t, _ = int4_operands(5, 128, 32, 32, torch.float32)
+    with pytest.raises(ValueError, match="BLOCK_K=64 must divide group_size=32"):
+        w4a16_matmul(x, t["qweight"], t["scales"], t["zeros"], 32, blocks={"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64})
+
+
 @pytest.mark.gpu
 def test_w4a16_decode_splits_long_k():
     """At M=1 on a GPU the down_proj shape (N=4096, K=11008) is split over K, qkv's (K=4096) is not;
@@ -146,9 +172,9 @@ def test_w4a16_rejects_bad_inputs():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("m", [1, 16, 128, 300])
 def test_7b_shape_bfloat16(m):
-    """Llama-7B's gate/up projection at decode sizes, on the real (autotuned) kernels."""
+    """Llama-7B's gate/up projection at decode and prefill sizes, on the real (autotuned) kernels."""
     k, n = 4096, 11008
     x, qweight, scales, ref = int8_operands(m, k, n, torch.bfloat16)
     assert_matches(w8a16_matmul(x, qweight, scales), ref, torch.bfloat16)

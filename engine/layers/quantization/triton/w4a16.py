@@ -6,7 +6,14 @@ copy), so the low nibbles meet x's even columns and the high nibbles its odd one
 On an H200 that halves the kernel's time against interleaving the nibbles (tl.join) or splitting x's
 tile in the kernel. A K tile never spans two groups (BLOCK_K divides group_size): the zero point is
 subtracted from the integer tile (exact) and the scale applied to the tile's [BLOCK_M, BLOCK_N]
-partial product rather than to every weight."""
+partial product rather than to every weight.
+
+A launch either multiplies x @ w.T or, with SWAP_AB, computes y.T = w @ x.T: the unpacked weights are
+then the first operand, which Hopper's wgmma reads from registers, so they go from the unpacking
+straight into the MMA instead of through shared memory. On an H100 that is the faster layout from M=64
+up (bench/quant_gemm_sweep.py --prefill, a 7B layer: M=128 321 -> 236 us, M=2048 -40%), the plain one
+at decode sizes; the autotuner picks per M bucket. Tall swapped tiles scale the weights instead of each
+tile's partial product (SCALE_WEIGHTS: one accumulator, not two)."""
 from __future__ import annotations
 
 import functools
@@ -37,6 +44,15 @@ CONFIGS = [
     (128, 128, 64, 8, 3),
     (128, 256, 64, 8, 3),
 ]
+# Weights as the register operand (SWAP_AB), the H100 sweep's best tiles at M = 64-2048:
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, SCALE_WEIGHTS)
+SWAPPED_CONFIGS = [
+    (32, 64, 128, 4, 4, False),
+    (64, 64, 128, 4, 4, False),
+    (64, 64, 128, 4, 3, False),
+    (128, 64, 128, 4, 3, False),
+    (256, 128, 64, 8, 3, True),
+]
 INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}  # small tiles exercise the edge masks
 FLOAT32_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}
 # Decode (bf16/fp16, M <= 16) with a long K: one fixed tile (BLOCK_K capped at the group size) plus
@@ -61,7 +77,8 @@ def _offset_nibbles(nib, dtype: tl.constexpr):
 def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
                   stride_xm, stride_qn, stride_sn, stride_sg, stride_zn, stride_zg, stride_ym,
                   K: tl.constexpr, GROUP_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1,
+                  SWAP_AB: tl.constexpr = False, SCALE_WEIGHTS: tl.constexpr = False):
     # x: [M, 2, KH], even columns then odd ones. K and GROUP_SIZE are compile-time constants: a model
     # has only a few, and Triton 3.6's interpreter cannot loop to a run-time bound under numpy >= 2.4.
     # M_BUCKET is only the autotune key. Axis 0 walks M fastest, so the programs that read one weight
@@ -77,26 +94,53 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
     offs_j = j_begin + tl.arange(0, TILE)  # byte j of a tile holds its columns 2j (low) and 2j+1 (high)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_j[None, :]  # [BLOCK_M, BLOCK_K/2] even columns
-    q_ptrs = q_ptr + offs_n[None, :] * stride_qn + offs_j[:, None]  # [BLOCK_K/2, BLOCK_N] bytes, transposed
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP_AB:  # y.T = w @ x.T: the weights are the first operand (see the module docstring)
+        x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_j[:, None]  # [BLOCK_K/2, BLOCK_M] even columns
+        q_ptrs = q_ptr + offs_n[:, None] * stride_qn + offs_j[None, :]  # [BLOCK_N, BLOCK_K/2] bytes
+        acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_j[None, :]  # [BLOCK_M, BLOCK_K/2] even columns
+        q_ptrs = q_ptr + offs_n[None, :] * stride_qn + offs_j[:, None]  # [BLOCK_K/2, BLOCK_N] bytes, transposed
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for j0 in range(0, KH_SPLIT, TILE):
         j_ok = j0 + offs_j < KH
-        x_even = tl.load(x_ptrs, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
-        x_odd = tl.load(x_ptrs + KH, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
-        packed = tl.load(q_ptrs, mask=j_ok[:, None] & n_ok[None, :], other=0)
         g = 2 * (j_begin + j0) // GROUP_SIZE
         z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_ok, other=0)
         s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_ok, other=0.0).to(tl.float32)
-        # (2^e + q) - (2^e + z) = q - z, exactly
-        zb = _offset_nibbles(z, x_even.dtype)[None, :]
-        lo = _offset_nibbles(packed & 0xF, x_even.dtype) - zb
-        hi = _offset_nibbles(packed >> 4, x_even.dtype) - zb
-        part = tl.dot(x_even, lo, input_precision=DOT_PRECISION)
-        part = tl.dot(x_odd, hi, part, input_precision=DOT_PRECISION)
-        acc += part * s[None, :]
+        if SWAP_AB:
+            x_even = tl.load(x_ptrs, mask=j_ok[:, None] & m_ok[None, :], other=0.0)
+            x_odd = tl.load(x_ptrs + KH, mask=j_ok[:, None] & m_ok[None, :], other=0.0)
+            packed = tl.load(q_ptrs, mask=n_ok[:, None] & j_ok[None, :], other=0)
+            if SCALE_WEIGHTS:
+                # the weights as the reference dequantizes them, (q - z) * s rounded to x's dtype: one
+                # accumulator, where a partial product per tile costs registers that large tiles lack
+                zf = _offset_nibbles(z, tl.float32)[:, None]
+                lo = ((_offset_nibbles(packed & 0xF, tl.float32) - zf) * s[:, None]).to(x_even.dtype)
+                hi = ((_offset_nibbles(packed >> 4, tl.float32) - zf) * s[:, None]).to(x_even.dtype)
+                acc_t = tl.dot(lo, x_even, acc_t, input_precision=DOT_PRECISION)
+                acc_t = tl.dot(hi, x_odd, acc_t, input_precision=DOT_PRECISION)
+            else:
+                zb = _offset_nibbles(z, x_even.dtype)[:, None]
+                lo = _offset_nibbles(packed & 0xF, x_even.dtype) - zb
+                hi = _offset_nibbles(packed >> 4, x_even.dtype) - zb
+                part = tl.dot(lo, x_even, input_precision=DOT_PRECISION)
+                part = tl.dot(hi, x_odd, part, input_precision=DOT_PRECISION)
+                acc_t += part * s[:, None]
+        else:
+            x_even = tl.load(x_ptrs, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
+            x_odd = tl.load(x_ptrs + KH, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
+            packed = tl.load(q_ptrs, mask=j_ok[:, None] & n_ok[None, :], other=0)
+            # (2^e + q) - (2^e + z) = q - z, exactly
+            zb = _offset_nibbles(z, x_even.dtype)[None, :]
+            lo = _offset_nibbles(packed & 0xF, x_even.dtype) - zb
+            hi = _offset_nibbles(packed >> 4, x_even.dtype) - zb
+            part = tl.dot(x_even, lo, input_precision=DOT_PRECISION)
+            part = tl.dot(x_odd, hi, part, input_precision=DOT_PRECISION)
+            acc += part * s[None, :]
         x_ptrs += BLOCK_K // 2
         q_ptrs += BLOCK_K // 2
+    if SWAP_AB:
+        acc = tl.trans(acc_t)
     y_ptr += tl.program_id(2) * M * N
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
@@ -112,15 +156,19 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
 def _autotuned() -> triton.runtime.Autotuner:
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                for bm, bn, bk, w, s in CONFIGS]
+    configs += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SWAP_AB": True, "SCALE_WEIGHTS": scaled},
+                              num_warps=w, num_stages=s) for bm, bn, bk, w, s, scaled in SWAPPED_CONFIGS]
     return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "GROUP_SIZE"],
                            prune_configs_by={"early_config_prune": _prune})(_w4a16_kernel)
 
 
 def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                 group_size: int, split_k: int | None = None) -> torch.Tensor:
+                 group_size: int, split_k: int | None = None, blocks: dict | None = None) -> torch.Tensor:
     """x: [M, K] float16/bfloat16/float32, qweight: uint8 [N, ceil(K/2)], scales: [N, G] float,
     zeros: uint8 [N, G] (0..15), G = ceil(K / group_size) -> x @ w.T: [M, N] in x.dtype. split_k: K ranges
-    summed after the kernel (None: chosen from the shape for decode, else 1)."""
+    summed after the kernel (None: chosen from the shape for decode, else 1). blocks: one launch
+    ({"BLOCK_M", "BLOCK_N", "BLOCK_K"}, optionally "SWAP_AB", "SCALE_WEIGHTS", "num_warps", "num_stages";
+    BLOCK_K dividing group_size) instead of the autotuned or fixed ones."""
     check_int4_operands(x, qweight, scales, zeros, group_size)
     if split_k is not None and (isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1):
         raise ValueError(f"split_k: must be a positive int, got {split_k!r}")
@@ -137,7 +185,12 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     # fp32 without TF32, as torch's default: the result then matches a float32 reference closely.
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     fixed, launch = None, {}
-    if interpreting():
+    if blocks is not None:
+        if group_size % blocks["BLOCK_K"]:
+            raise ValueError(f"blocks: BLOCK_K={blocks['BLOCK_K']} must divide group_size={group_size}")
+        launch = {key: blocks[key] for key in ("num_warps", "num_stages") if key in blocks}
+        fixed = {key: value for key, value in blocks.items() if key not in launch}
+    elif interpreting():
         fixed = INTERPRET_BLOCKS
     elif x.dtype == torch.float32:
         # float32 serves checks and the builder's scoring, not production: one fixed tile instead of
