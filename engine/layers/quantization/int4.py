@@ -7,7 +7,8 @@ Stored: `qweight` uint8 [out, ceil(in/2)] (two values per byte, even column in t
 may be short: SmolLM2's 576 = 4.5 x 128). w[o, i] = (q[o, i] - zeros[o, g]) * scales[o, g], g = i // group_size.
 
 CUDA multiplies with the Triton W4A16 kernels: a GEMV for decode's few rows (1-4; it splits K where N
-alone does not fill the GPU), else a tensor-core GEMM. CPU uses torch's tinygemm int4 kernel (weights
+alone does not fill the GPU), else a tensor-core GEMM; both read the nibbles of each 32-bit word in
+KERNEL_ORDER (below), into which a CUDA layer reorders its weights once after loading. CPU uses torch's tinygemm int4 kernel (weights
 repacked once after loading) for bfloat16 activations; for float32 that kernel is ~100x slower than
 dequantize-then-matmul, so float32 dequantizes (see int8_wo.py).
 """
@@ -35,6 +36,41 @@ def unpack(packed: torch.Tensor, in_features: int) -> torch.Tensor:
     """uint8 [out, ceil(in/2)] -> uint8 [out, in] values 0..15."""
     q = torch.stack([packed & 0x0F, packed >> 4], dim=-1).view(packed.shape[0], -1)
     return q[:, :in_features]
+
+
+# The CUDA kernels read each 32-bit word (8 columns) with its nibbles in pairs: position p (bits 4p)
+# holds the word's column 2p and position p + 4 (bits 16 + 4p) column 2p + 1, so one and-or with
+# 0x000F000F lifts two adjacent columns into the low bits of a bf16 pair that multiplies two adjacent
+# activations at once (triton/w4a16_gemv.py). KERNEL_ORDER[position] = column within the word. Stored
+# engines keep the plain order; a CUDA layer reorders its own copy once after loading.
+KERNEL_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+_FROM_KERNEL_ORDER = tuple(KERNEL_ORDER.index(c) for c in range(8))
+_REORDER_ROWS = 4096  # rows per step: the unpacked temporaries stay small next to a 7B lm_head
+
+
+def has_kernel_order(in_features: int) -> bool:
+    """Whether the CUDA kernels take weights of this width in KERNEL_ORDER: rows of whole words (every
+    real model's widths); others keep the plain order everywhere."""
+    return in_features % 8 == 0
+
+
+def _reorder(packed: torch.Tensor, in_features: int, order: tuple[int, ...]) -> torch.Tensor:
+    if not has_kernel_order(in_features):
+        raise ValueError(f"in_features: the kernel order needs whole 8-column words, got {in_features}")
+    out = torch.empty_like(packed)
+    for r in range(0, packed.shape[0], _REORDER_ROWS):
+        q = unpack(packed[r:r + _REORDER_ROWS], in_features)
+        out[r:r + _REORDER_ROWS] = pack(q.view(q.shape[0], -1, 8)[:, :, list(order)].reshape(q.shape))
+    return out
+
+
+def to_kernel_order(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Plain packed rows (as stored) -> the CUDA kernels' KERNEL_ORDER."""
+    return _reorder(packed, in_features, KERNEL_ORDER)
+
+
+def from_kernel_order(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    return _reorder(packed, in_features, _FROM_KERNEL_ORDER)
 
 
 def group_index(in_features: int, group_size: int, device: torch.device | None = None) -> torch.Tensor:
@@ -97,12 +133,19 @@ class Int4WeightOnlyLinear(LinearBase):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._cpu_packed: torch.Tensor | None = None  # tinygemm layout, made by prepare()
         self._cpu_scales_zeros: torch.Tensor | None = None
+        self.kernel_order = False  # qweight in KERNEL_ORDER (CUDA, after prepare)
 
     @torch.no_grad()
     def prepare(self) -> None:
-        """After loading: repack for the CPU bf16 kernel (tinygemm: k padded to whole groups, its own
-        layout, w = (q - 8) * scale + offset with offset = (8 - zero) * scale)."""
-        if self.qweight.is_cuda or self.scales.dtype != torch.bfloat16:
+        """After loading: on CUDA, reorder qweight in place for the Triton kernels (KERNEL_ORDER; the
+        state dict still gives the stored order); on CPU, repack for the bf16 kernel (tinygemm: k padded
+        to whole groups, its own layout, w = (q - 8) * scale + offset with offset = (8 - zero) * scale)."""
+        if self.qweight.is_cuda:
+            if not self.kernel_order and has_kernel_order(self.in_features):
+                self.qweight.copy_(to_kernel_order(self.qweight, self.in_features))
+                self.kernel_order = True
+            return
+        if self.scales.dtype != torch.bfloat16:
             return
         groups = self.scales.shape[1]
         k_padded = groups * self.group_size
@@ -141,7 +184,16 @@ class Int4WeightOnlyLinear(LinearBase):
                 return w4a16_gemv(x, self.qweight, self.scales, self.zeros, self.group_size, gated=True)
         return None
 
+    def stored_qweight(self) -> torch.Tensor:
+        """qweight in the stored (plain) order, whatever order the kernels hold it in."""
+        return from_kernel_order(self.qweight, self.in_features) if self.kernel_order else self.qweight
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.kernel_order:  # an exported engine stores the plain order
+            destination[prefix + "qweight"] = self.stored_qweight()
+
     def reference(self, x: torch.Tensor) -> torch.Tensor:
-        w = dequantize({"qweight": self.qweight, "scales": self.scales, "zeros": self.zeros}, self.config,
+        w = dequantize({"qweight": self.stored_qweight(), "scales": self.scales, "zeros": self.zeros}, self.config,
                        self.in_features)
         return F.linear(x, w.to(x.dtype), self.bias)

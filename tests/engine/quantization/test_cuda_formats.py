@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 import torch
 
+from engine.layers.quantization import int4
 from tests.engine.quantization.test_formats import make_layer
 
 pytestmark = pytest.mark.gpu
@@ -32,6 +33,15 @@ def test_cuda_layer_equals_its_dequantized_reference(scheme, shape, dtype, token
     torch.testing.assert_close(got.float(), want.float(), atol=0.02 * scale, rtol=0.02)
     exact = (x.float() @ weight.cuda().T) + layer.bias.float()
     assert (got.float() - exact).norm() / exact.norm() < 0.1  # and it is still the layer it quantized
+
+
+def test_cuda_int4_layer_holds_the_kernel_order_and_exports_the_stored_one():
+    layer, _, tensors, _ = make_layer("int4_wo", 576, 64, torch.bfloat16, device="cuda", group_size=128)
+    stored = tensors["qweight"].cuda()
+    assert layer.kernel_order and torch.equal(layer.qweight, int4.to_kernel_order(stored, 576))
+    assert torch.equal(layer.state_dict()["qweight"], stored)
+    layer.prepare()  # a second prepare leaves the order alone
+    assert torch.equal(layer.qweight, int4.to_kernel_order(stored, 576))
 
 
 @pytest.mark.parametrize("scheme", ["int8_wo", "int4_wo", "smoothquant", "fp8"])

@@ -40,6 +40,28 @@ def test_int4_pack_unpack_round_trip(in_features):
     assert torch.equal(int4.unpack(packed, in_features), q)
 
 
+def test_int4_kernel_order_pairs_adjacent_columns_in_each_word():
+    q = torch.arange(16, dtype=torch.uint8).repeat(3, 1) % 16  # [3, 16]: two words per row, columns 0..15
+    words = int4.to_kernel_order(int4.pack(q), 16).view(torch.int32)  # [3, 2]
+    for p in range(4):  # nibble p holds the word's column 2p, nibble p + 4 column 2p + 1
+        assert torch.equal((words >> (4 * p)) & 0xF, q[:, [2 * p, 8 + 2 * p]].to(torch.int32))
+        assert torch.equal((words >> (16 + 4 * p)) & 0xF, q[:, [2 * p + 1, 9 + 2 * p]].to(torch.int32))
+
+
+@pytest.mark.parametrize("in_features", [8, 576])
+def test_int4_kernel_order_round_trips(in_features):
+    packed = int4.pack(torch.randint(0, 16, (5, in_features), dtype=torch.uint8))
+    reordered = int4.to_kernel_order(packed, in_features)
+    assert not torch.equal(reordered, packed)
+    assert torch.equal(int4.from_kernel_order(reordered, in_features), packed)
+
+
+def test_int4_kernel_order_needs_whole_words():
+    assert int4.has_kernel_order(576) and not int4.has_kernel_order(100)
+    with pytest.raises(ValueError, match="whole 8-column words, got 100"):
+        int4.to_kernel_order(torch.zeros(2, 50, dtype=torch.uint8), 100)
+
+
 @pytest.mark.parametrize("scheme,tolerance", [("int8_wo", 0.01), ("int4_wo", 0.12), ("smoothquant", 0.01),
                                               ("fp8", 0.07)])
 def test_quantize_then_dequantize_is_close_to_the_weight(scheme, tolerance):

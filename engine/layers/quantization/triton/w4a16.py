@@ -1,8 +1,9 @@
 """W4A16 GEMM: y = x @ w.T with w[n, k] = (q[n, k] - zeros[n, g]) * scales[n, g], g = k // group_size,
-q packed two per byte (even column in the low nibble), as engine.layers.quantization.int4 stores it.
+q packed two per byte, each 32-bit word's nibbles in int4.KERNEL_ORDER where K % 8 == 0 (else the plain
+order: even column in the low nibble), as a CUDA int4 layer holds them.
 
-The packed bytes are multiplied as loaded: the wrapper splits x into its even and odd columns (one small
-copy), so the low nibbles meet x's even columns and the high nibbles its odd ones in two tl.dot calls.
+The packed bytes are multiplied as loaded: the wrapper splits x into the columns of the low nibbles and
+those of the high ones (one small copy), so each meets its nibbles in one of two tl.dot calls.
 On an H200 that halves the kernel's time against interleaving the nibbles (tl.join) or splitting x's
 tile in the kernel. A K tile never spans two groups (BLOCK_K divides group_size): the zero point is
 subtracted from the integer tile (exact) and the scale applied to the tile's [BLOCK_M, BLOCK_N]
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from engine.layers.quantization.int4 import has_kernel_order
 from engine.layers.quantization.triton import (DECODE_MAX_M, check_int4_operands, interpreting, m_bucket, reduce_splits,
                                                 split_k_for)
 
@@ -79,7 +81,7 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
                   K: tl.constexpr, GROUP_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1,
                   SWAP_AB: tl.constexpr = False, SCALE_WEIGHTS: tl.constexpr = False):
-    # x: [M, 2, KH], even columns then odd ones. K and GROUP_SIZE are compile-time constants: a model
+    # x: [M, 2, KH], the columns of the low nibbles, then those of the high ones. K and GROUP_SIZE are compile-time constants: a model
     # has only a few, and Triton 3.6's interpreter cannot loop to a run-time bound under numpy >= 2.4.
     # M_BUCKET is only the autotune key. Axis 0 walks M fastest, so the programs that read one weight
     # tile run together and all but the first find it in L2.
@@ -91,15 +93,15 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
     j_begin = tl.program_id(2) * KH_SPLIT
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_j = j_begin + tl.arange(0, TILE)  # byte j of a tile holds its columns 2j (low) and 2j+1 (high)
+    offs_j = j_begin + tl.arange(0, TILE)  # byte j of a tile: x_low[j] meets its low nibble, x_high[j] its high one
     m_ok = offs_m < M
     n_ok = offs_n < N
     if SWAP_AB:  # y.T = w @ x.T: the weights are the first operand (see the module docstring)
-        x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_j[:, None]  # [BLOCK_K/2, BLOCK_M] even columns
+        x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_j[:, None]  # [BLOCK_K/2, BLOCK_M] low-nibble columns
         q_ptrs = q_ptr + offs_n[:, None] * stride_qn + offs_j[None, :]  # [BLOCK_N, BLOCK_K/2] bytes
         acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
-        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_j[None, :]  # [BLOCK_M, BLOCK_K/2] even columns
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_j[None, :]  # [BLOCK_M, BLOCK_K/2] low-nibble columns
         q_ptrs = q_ptr + offs_n[None, :] * stride_qn + offs_j[:, None]  # [BLOCK_K/2, BLOCK_N] bytes, transposed
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for j0 in range(0, KH_SPLIT, TILE):
@@ -108,34 +110,34 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
         z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_ok, other=0)
         s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_ok, other=0.0).to(tl.float32)
         if SWAP_AB:
-            x_even = tl.load(x_ptrs, mask=j_ok[:, None] & m_ok[None, :], other=0.0)
-            x_odd = tl.load(x_ptrs + KH, mask=j_ok[:, None] & m_ok[None, :], other=0.0)
+            x_low = tl.load(x_ptrs, mask=j_ok[:, None] & m_ok[None, :], other=0.0)
+            x_high = tl.load(x_ptrs + KH, mask=j_ok[:, None] & m_ok[None, :], other=0.0)
             packed = tl.load(q_ptrs, mask=n_ok[:, None] & j_ok[None, :], other=0)
             if SCALE_WEIGHTS:
                 # the weights as the reference dequantizes them, (q - z) * s rounded to x's dtype: one
                 # accumulator, where a partial product per tile costs registers that large tiles lack
                 zf = _offset_nibbles(z, tl.float32)[:, None]
-                lo = ((_offset_nibbles(packed & 0xF, tl.float32) - zf) * s[:, None]).to(x_even.dtype)
-                hi = ((_offset_nibbles(packed >> 4, tl.float32) - zf) * s[:, None]).to(x_even.dtype)
-                acc_t = tl.dot(lo, x_even, acc_t, input_precision=DOT_PRECISION)
-                acc_t = tl.dot(hi, x_odd, acc_t, input_precision=DOT_PRECISION)
+                lo = ((_offset_nibbles(packed & 0xF, tl.float32) - zf) * s[:, None]).to(x_low.dtype)
+                hi = ((_offset_nibbles(packed >> 4, tl.float32) - zf) * s[:, None]).to(x_low.dtype)
+                acc_t = tl.dot(lo, x_low, acc_t, input_precision=DOT_PRECISION)
+                acc_t = tl.dot(hi, x_high, acc_t, input_precision=DOT_PRECISION)
             else:
-                zb = _offset_nibbles(z, x_even.dtype)[:, None]
-                lo = _offset_nibbles(packed & 0xF, x_even.dtype) - zb
-                hi = _offset_nibbles(packed >> 4, x_even.dtype) - zb
-                part = tl.dot(lo, x_even, input_precision=DOT_PRECISION)
-                part = tl.dot(hi, x_odd, part, input_precision=DOT_PRECISION)
+                zb = _offset_nibbles(z, x_low.dtype)[:, None]
+                lo = _offset_nibbles(packed & 0xF, x_low.dtype) - zb
+                hi = _offset_nibbles(packed >> 4, x_low.dtype) - zb
+                part = tl.dot(lo, x_low, input_precision=DOT_PRECISION)
+                part = tl.dot(hi, x_high, part, input_precision=DOT_PRECISION)
                 acc_t += part * s[:, None]
         else:
-            x_even = tl.load(x_ptrs, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
-            x_odd = tl.load(x_ptrs + KH, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
+            x_low = tl.load(x_ptrs, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
+            x_high = tl.load(x_ptrs + KH, mask=m_ok[:, None] & j_ok[None, :], other=0.0)
             packed = tl.load(q_ptrs, mask=j_ok[:, None] & n_ok[None, :], other=0)
             # (2^e + q) - (2^e + z) = q - z, exactly
-            zb = _offset_nibbles(z, x_even.dtype)[None, :]
-            lo = _offset_nibbles(packed & 0xF, x_even.dtype) - zb
-            hi = _offset_nibbles(packed >> 4, x_even.dtype) - zb
-            part = tl.dot(x_even, lo, input_precision=DOT_PRECISION)
-            part = tl.dot(x_odd, hi, part, input_precision=DOT_PRECISION)
+            zb = _offset_nibbles(z, x_low.dtype)[None, :]
+            lo = _offset_nibbles(packed & 0xF, x_low.dtype) - zb
+            hi = _offset_nibbles(packed >> 4, x_low.dtype) - zb
+            part = tl.dot(x_low, lo, input_precision=DOT_PRECISION)
+            part = tl.dot(x_high, hi, part, input_precision=DOT_PRECISION)
             acc += part * s[None, :]
         x_ptrs += BLOCK_K // 2
         q_ptrs += BLOCK_K // 2
@@ -177,11 +179,18 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    if k % 2:
-        x = F.pad(x, (0, 1))  # the zero column meets the padding nibble
-    # x: [M, 2 * KH] -> [M, 2, KH]: row m holds x[m, 0::2], then x[m, 1::2]
     kh = qweight.shape[1]
-    x_split = x.reshape(m, kh, 2).transpose(1, 2).contiguous()
+    if has_kernel_order(k):
+        # x: [M, K] -> [M, 2, KH]: the columns of the bytes' low nibbles (x_split[:, 0]), then those of the
+        # high ones. In KERNEL_ORDER byte b of a word holds columns (0, 2), (4, 6), (1, 3), (5, 7): column
+        # 4 * c2 + 2 * half + c0 is byte 2 * c0 + c2's nibble `half`. A view and one copy, no index tensor
+        # (its host-to-device copy would break CUDA graph capture).
+        x_split = x.reshape(m, k // 8, 2, 2, 2).permute(0, 3, 1, 4, 2).reshape(m, 2, kh)
+    else:
+        if k % 2:
+            x = F.pad(x, (0, 1))  # the zero column meets the padding nibble
+        # x: [M, 2 * KH] -> [M, 2, KH]: row m holds x[m, 0::2], then x[m, 1::2]
+        x_split = x.reshape(m, kh, 2).transpose(1, 2).contiguous()
     # fp32 without TF32, as torch's default: the result then matches a float32 reference closely.
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     fixed, launch = None, {}
