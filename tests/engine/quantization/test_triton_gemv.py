@@ -102,6 +102,16 @@ def test_gemvs_take_strided_activations():
     assert_matches(w4a16_gemv(x4.T.contiguous().T, t["qweight"], t["scales"], t["zeros"], 32), ref4, torch.float32)
 
 
+@pytest.mark.gpu
+def test_w4a16_gemv_takes_bfloat16_rows_not_aligned_to_words():
+    """The bf16 path reads x as int32 pairs: a view at an odd offset and odd row stride is copied first
+    (not yet run on a GPU: written after the session's device time ran out)."""
+    x, t, ref = int4_operands(2, 64, 48, 32, torch.bfloat16)
+    wide = torch.zeros(2, 81, dtype=torch.bfloat16, device=DEVICE)
+    wide[:, 1:65] = x
+    assert_matches(w4a16_gemv(wide[:, 1:65], t["qweight"], t["scales"], t["zeros"], 32), ref, torch.bfloat16)
+
+
 def test_gemvs_reject_bad_inputs():
     x, qweight, scales, _ = int8_operands(5, 64, 48, torch.float32)
     with pytest.raises(ValueError, match=r"^x: the GEMV takes 1..4 rows, got M=5"):

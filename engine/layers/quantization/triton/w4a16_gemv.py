@@ -6,11 +6,12 @@ Each program owns BLOCK_N whole weight rows and reads them once, BLOCK_W int32 w
 per row per step. At batch 1 an int4 GEMV is bound by the instructions that unpack and multiply, not by
 memory, so bfloat16 activations take a packed path (PAIRED): one and-or lifts two nibbles (positions p and
 p + 4, the word's adjacent columns 2p and 2p + 1 in KERNEL_ORDER) into the mantissas of a bf16 pair
-128 + q, a bf16x2 FMA takes off 128 + z exactly, and three more multiply the pairs by x's column pairs, read
-as int32 words: ~19 instructions per 8 weights where the float32 path below spends ~50 (H100, 7B shapes,
-bench/gemv_ab.py: qkv 15.3 -> 11.7 us, down 16.1 -> 10.7, lm_head 120.8 -> 100.3). Its products round to
-bf16 (relative error ~2^-9 each, summed four at a time before float32 takes over), well inside int4's own
-error; each row's sums are scaled per word and reduced once, after the loop. Other activation dtypes (and
+128 + q, a bf16x2 FMA takes off 128 + z exactly, and four more multiply the word's four pairs by x's column
+pairs, read as int32 words: 19 instructions per 8 weights, where the float32 path below spends 24 plus a
+16-bit load and conversion of x per column (H100, 7B shapes, bench/gemv_ab.py: qkv 15.3 -> 12.7 us, down
+16.0 -> 11.2, lm_head 121.1 -> 98.0). Its products round to bf16 (relative error ~2^-9 each, summed four
+at a time before float32 takes over), well inside int4's own error; each row's sums are scaled per word
+and reduced once, after the loop. Other activation dtypes (and
 Triton's interpreter, which runs no PTX) take the float32 path: each nibble shifted into the mantissa of
 128.0, giving the float 128 + q with no conversion, with the 128 and the zero point taken off once per
 group: sum((q - z) * x) * s = (sum((128 + q) * x) - (128 + z) * sum(x)) * s.
@@ -101,7 +102,7 @@ def _biased_nibble(words, i: tl.constexpr):
 # Products of one word: nibble pairs (positions p, p + 4) as bf16x2 128 + q; an FMA with 1.0 and
 # -(128 + z) ($2) leaves q - z exactly; four FMAs with x's column pairs ($3..$6) sum the products per lane;
 # the two lanes' sums, widened to float32 (a bf16 is the top half of its float32), are added: $0. FMAs
-# only (sm_80+), no bf16x2 add or mul (sm_90+).
+# only (sm_80+), no bf16x2 add or mul (sm_90+); the sum starts from -0.0, which adds nothing.
 _PAIR_PRODUCTS_PTX: tl.constexpr = tl.constexpr("""
 {
 .reg .b32 t0, t1, t2, t3, w, one, acc;
