@@ -8,9 +8,9 @@ may be short: SmolLM2's 576 = 4.5 x 128). w[o, i] = (q[o, i] - zeros[o, g]) * sc
 
 CUDA multiplies with the Triton W4A16 kernels: a GEMV for decode's few rows (1-4; it splits K where N
 alone does not fill the GPU), else a tensor-core GEMM; both read the nibbles of each 32-bit word in
-KERNEL_ORDER (below), into which a CUDA layer reorders its weights once after loading. CPU uses torch's tinygemm int4 kernel (weights
-repacked once after loading) for bfloat16 activations; for float32 that kernel is ~100x slower than
-dequantize-then-matmul, so float32 dequantizes (see int8_wo.py).
+KERNEL_ORDER (below), into which a CUDA layer reorders its weights once after loading. CPU uses torch's
+tinygemm int4 kernel (weights repacked once after loading) for bfloat16 activations; for float32 that
+kernel is ~100x slower than dequantize-then-matmul, so float32 dequantizes (see int8_wo.py).
 """
 from __future__ import annotations
 
@@ -54,19 +54,21 @@ def has_kernel_order(in_features: int) -> bool:
     return in_features % 8 == 0
 
 
-def _reorder(packed: torch.Tensor, in_features: int, order: tuple[int, ...]) -> torch.Tensor:
+def _reorder(packed: torch.Tensor, in_features: int, order: tuple[int, ...],
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """out may be packed itself: each block of rows is unpacked (copied) before it is written back."""
     if not has_kernel_order(in_features):
         raise ValueError(f"in_features: the kernel order needs whole 8-column words, got {in_features}")
-    out = torch.empty_like(packed)
+    out = torch.empty_like(packed) if out is None else out
     for r in range(0, packed.shape[0], _REORDER_ROWS):
         q = unpack(packed[r:r + _REORDER_ROWS], in_features)
         out[r:r + _REORDER_ROWS] = pack(q.view(q.shape[0], -1, 8)[:, :, list(order)].reshape(q.shape))
     return out
 
 
-def to_kernel_order(packed: torch.Tensor, in_features: int) -> torch.Tensor:
-    """Plain packed rows (as stored) -> the CUDA kernels' KERNEL_ORDER."""
-    return _reorder(packed, in_features, KERNEL_ORDER)
+def to_kernel_order(packed: torch.Tensor, in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain packed rows (as stored) -> the CUDA kernels' KERNEL_ORDER (into out, which may be packed)."""
+    return _reorder(packed, in_features, KERNEL_ORDER, out)
 
 
 def from_kernel_order(packed: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -142,7 +144,7 @@ class Int4WeightOnlyLinear(LinearBase):
         to whole groups, its own layout, w = (q - 8) * scale + offset with offset = (8 - zero) * scale)."""
         if self.qweight.is_cuda:
             if not self.kernel_order and has_kernel_order(self.in_features):
-                self.qweight.copy_(to_kernel_order(self.qweight, self.in_features))
+                to_kernel_order(self.qweight, self.in_features, out=self.qweight)  # in place: no 2nd copy
                 self.kernel_order = True
             return
         if self.scales.dtype != torch.bfloat16:

@@ -54,6 +54,9 @@ def test_int4_kernel_order_round_trips(in_features):
     reordered = int4.to_kernel_order(packed, in_features)
     assert not torch.equal(reordered, packed)
     assert torch.equal(int4.from_kernel_order(reordered, in_features), packed)
+    in_place = packed.clone()
+    int4.to_kernel_order(in_place, in_features, out=in_place)  # as a CUDA layer's prepare() does
+    assert torch.equal(in_place, reordered)
 
 
 def test_int4_kernel_order_needs_whole_words():
