@@ -12,8 +12,8 @@ partial product rather than to every weight.
 A launch either multiplies x @ w.T or, with SWAP_AB, computes y.T = w @ x.T: the unpacked weights are
 then the first operand, which Hopper's wgmma reads from registers, so they go from the unpacking
 straight into the MMA instead of through shared memory. On an H100 that is the faster layout from M=64
-up (bench/quant_gemm_sweep.py --prefill, a 7B layer: M=128 321 -> 236 us, M=2048 -40%), the plain one
-at decode sizes; the autotuner picks per M bucket. Tall swapped tiles scale the weights instead of each
+up (bench/quant_gemm_sweep.py --prefill, a 7B layer, autotuned: M=128 321 -> 253 us, M=2048 -39%), the
+plain one at decode sizes; the autotuner picks per M bucket. Tall swapped tiles scale the weights instead of each
 tile's partial product (SCALE_WEIGHTS: one accumulator, not two)."""
 from __future__ import annotations
 
@@ -81,8 +81,9 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
                   K: tl.constexpr, GROUP_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1,
                   SWAP_AB: tl.constexpr = False, SCALE_WEIGHTS: tl.constexpr = False):
-    # x: [M, 2, KH], the columns of the low nibbles, then those of the high ones. K and GROUP_SIZE are compile-time constants: a model
-    # has only a few, and Triton 3.6's interpreter cannot loop to a run-time bound under numpy >= 2.4.
+    # x: [M, 2, KH], the columns of the low nibbles, then those of the high ones. K and GROUP_SIZE are
+    # compile-time constants: a model has only a few, and Triton 3.6's interpreter cannot loop to a
+    # run-time bound under numpy >= 2.4.
     # M_BUCKET is only the autotune key. Axis 0 walks M fastest, so the programs that read one weight
     # tile run together and all but the first find it in L2.
     KH: tl.constexpr = (K + 1) // 2  # bytes per weight row
