@@ -13,8 +13,8 @@ A launch either multiplies x @ w.T or, with SWAP_AB, computes y.T = w @ x.T: the
 then the first operand, which Hopper's wgmma reads from registers, so they go from the unpacking
 straight into the MMA instead of through shared memory. On an H100 that is the faster layout from M=64
 up (bench/quant_gemm_sweep.py --prefill, a 7B layer, autotuned: M=128 321 -> 253 us, M=2048 -39%), the
-plain one at decode sizes; the autotuner picks per M bucket. Tall swapped tiles scale the weights instead of each
-tile's partial product (SCALE_WEIGHTS: one accumulator, not two)."""
+plain one at decode sizes; the autotuner picks per M bucket. Tall swapped tiles scale the weights
+instead of each tile's partial product (SCALE_WEIGHTS: one accumulator, not two)."""
 from __future__ import annotations
 
 import functools

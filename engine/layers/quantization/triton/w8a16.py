@@ -18,40 +18,43 @@ import triton.language as tl
 
 from engine.layers.quantization.triton import check_int8_operands, interpreting, m_bucket
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, SWAP_AB)
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 CONFIGS = [
     # Decode (M <= 16) only streams weights: without split-K, narrow N tiles are what gives the 132 SMs
     # of an H100 enough programs (N=4096 / 32 = 128), and deep K tiles keep enough loads in flight.
-    (16, 32, 256, 4, 4, False),
-    (16, 32, 512, 4, 3, False),
-    (16, 64, 128, 4, 4, False),
-    (16, 64, 256, 4, 4, False),
-    (16, 128, 128, 4, 4, False),
-    (16, 128, 256, 8, 3, False),
-    (32, 64, 128, 4, 4, False),
-    (32, 128, 128, 4, 4, False),
-    (64, 64, 128, 4, 4, False),
-    (64, 128, 64, 4, 4, False),
-    (64, 128, 128, 8, 3, False),
-    (128, 128, 64, 8, 3, False),
-    (128, 256, 64, 8, 3, False),
-    # Weights as the register operand (SWAP_AB), the H100 sweep's best tiles at M = 64-2048.
-    (64, 64, 128, 4, 3, True),
-    (128, 64, 128, 4, 3, True),
-    (128, 128, 128, 8, 3, True),
-    (256, 128, 64, 8, 4, True),
+    (16, 32, 256, 4, 4),
+    (16, 32, 512, 4, 3),
+    (16, 64, 128, 4, 4),
+    (16, 64, 256, 4, 4),
+    (16, 128, 128, 4, 4),
+    (16, 128, 256, 8, 3),
+    (32, 64, 128, 4, 4),
+    (32, 128, 128, 4, 4),
+    (64, 64, 128, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 128, 128, 8, 3),
+    (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
+]
+# Weights as the register operand (SWAP_AB), the H100 sweep's best tiles at M = 64-2048.
+SWAPPED_CONFIGS = [
+    (64, 64, 128, 4, 3),
+    (128, 64, 128, 4, 3),
+    (128, 128, 128, 8, 3),
+    (256, 128, 64, 8, 4),
 ]
 # The interpreter runs every program in numpy: small tiles exercise the edge masks, and autotuning
 # there would only multiply the run time.
-INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "SWAP_AB": False}
-FLOAT32_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "SWAP_AB": False}
+INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
+FLOAT32_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}
 
 
 @triton.jit
 def _w8a16_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, M_BUCKET,
                   stride_xm, stride_qn, stride_s, stride_ym,
                   K: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  SWAP_AB: tl.constexpr = False):
     # K is a compile-time constant: a model has only a few, and Triton 3.6's interpreter cannot loop to
     # a run-time bound under numpy >= 2.4. M_BUCKET is only the autotune key. Axis 0 walks M fastest,
     # so the programs that read one weight tile run together and all but the first find it in L2.
@@ -96,8 +99,10 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
 
 @functools.cache
 def _autotuned() -> triton.runtime.Autotuner:
-    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SWAP_AB": swap}, num_warps=w, num_stages=s)
-               for bm, bn, bk, w, s, swap in CONFIGS]
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+               for bm, bn, bk, w, s in CONFIGS]
+    configs += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SWAP_AB": True}, num_warps=w, num_stages=s)
+                for bm, bn, bk, w, s in SWAPPED_CONFIGS]
     return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K"],
                            prune_configs_by={"early_config_prune": _prune})(_w8a16_kernel)
 
@@ -106,7 +111,7 @@ def w8a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, b
                  ) -> torch.Tensor:
     """x: [M, K] float16/bfloat16/float32, qweight: int8 [N, K], scales: [N] float
     -> x @ (qweight * scales[:, None]).T: [M, N] in x.dtype. blocks: one launch ({"BLOCK_M", "BLOCK_N",
-    "BLOCK_K", "SWAP_AB"}, optionally "num_warps", "num_stages") instead of the autotuned ones."""
+    "BLOCK_K"}, optionally "SWAP_AB", "num_warps", "num_stages") instead of the autotuned ones."""
     check_int8_operands(x, qweight, scales)
     n, k = qweight.shape
     if x.stride(1) != 1:
