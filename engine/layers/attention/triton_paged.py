@@ -1,7 +1,8 @@
 """Paged attention for CUDA: the new K/V are stored by one Triton kernel (which also applies RoPE to q and
 k when given the rotary tables), then one Triton kernel attends every query of the step (prefill chunks
 and decodes alike) over its sequence's cache blocks; a decode-only batch too small to fill the GPU splits
-each sequence's keys over several programs instead, plus a kernel merging their partial results.
+each sequence's keys over several programs instead, merging their partial results in the same launch,
+and rotates q and stores the new K/V itself (NewKV in triton/paged_attention.py).
 
 Its launches depend only on the batch's shape, never on cache contents, and it makes no host syncs,
 so decode steps built on it are captured in CUDA graphs. An fp8 cache is quantized by the store kernel and
@@ -20,10 +21,9 @@ class TritonPagedAttention:
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
         # Imported here: triton is needed only where this backend runs (CUDA machines, kernel tests).
         from engine.layers.attention.triton.kv_store import store_kv
-        from engine.layers.attention.triton.paged_attention import paged_attention
-        from engine.layers.attention.triton.rope_store_kv import rope_store_kv
+        from engine.layers.attention.triton.paged_attention import NewKV, paged_attention
 
-        self._store_kv, self._rope_store_kv, self._paged_attention = store_kv, rope_store_kv, paged_attention
+        self._store_kv, self._new_kv, self._paged_attention = store_kv, NewKV, paged_attention
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
 
@@ -32,11 +32,11 @@ class TritonPagedAttention:
                  rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]; positions: [tokens]
         # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim], q's dtype or fp8 (scaled by k/v_scale)
+        new_kv = None
         if rotary is None:
             self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, k_scale, v_scale)
-        else:  # RoPE and the store in one kernel
-            self._rope_store_kv(q, k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, positions, rotary.cos,
-                                rotary.sin, k_scale, v_scale)
+        else:  # RoPE and the store inside the split decode kernel, else in one kernel before attention
+            new_kv = self._new_kv(k, v, meta.slot_mapping, positions, rotary.cos, rotary.sin)
         return self._paged_attention(q, kv_cache[0], kv_cache[1], meta.block_tables, meta.context_lens,
                                      meta.query_start, meta.max_query_len, self.scale,
-                                     k_scale=k_scale, v_scale=v_scale)
+                                     k_scale=k_scale, v_scale=v_scale, new_kv=new_kv)

@@ -16,8 +16,10 @@ import triton  # noqa: E402
 from engine.layers.attention.kv_quant import quantize_kv  # noqa: E402
 from engine.layers.attention.triton import paged_attention as paged_attention_module  # noqa: E402
 from engine.layers.attention.triton import paged_attention_split  # noqa: E402
-from engine.layers.attention.triton.paged_attention import (decode_splits, multiprocessors,  # noqa: E402
+from engine.layers.attention.triton.paged_attention import (NewKV, decode_splits, multiprocessors,  # noqa: E402
                                                              paged_attention)
+from engine.layers.attention.triton.rope_store_kv import rope_store_kv  # noqa: E402
+from engine.layers.rotary import RotaryEmbedding  # noqa: E402
 
 # Largest error allowed, relative to the largest |output|.
 REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -313,6 +315,62 @@ def test_rejects_splitting_a_prefill():
     with pytest.raises(ValueError, match=r"^num_splits: .*decode-only.*max_query_len 12"):
         case.run(num_splits=2)
     assert_matches(case.run(num_splits=1), case)  # 1 (no split) is every batch's
+
+
+# -- RoPE and the KV store inside the split decode kernel (NewKV) ---------------------------------------------
+
+def new_kv_operands(case: Case, seed: int) -> tuple[torch.Tensor, ...]:
+    """For each decode token: this step's unrotated k and v, the cache slot of its position ctx - 1
+    (-1 for a padding sequence) and the position; and RoPE's float32 tables."""
+    g = torch.Generator().manual_seed(seed)
+    tokens, _, head_dim = case.q.shape
+    kv_heads = case.k_cache.shape[2]
+    k = torch.randn(tokens, kv_heads, head_dim, generator=g).to(case.dtype)
+    v = torch.randn(tokens, kv_heads, head_dim, generator=g).to(case.dtype)
+    slots, positions = [], []
+    for s, (q_len, ctx) in enumerate(case.seqs):
+        if q_len:
+            p = max(ctx - 1, 0)
+            slots.append(int(case.block_tables[s, p // case.block_size]) * case.block_size + p % case.block_size
+                         if ctx else -1)
+            positions.append(p)
+    rotary = RotaryEmbedding(head_dim, 1024, 10000.0, None)
+    return k, v, torch.tensor(slots), torch.tensor(positions), rotary.cos, rotary.sin
+
+
+def rope_store_then_attend_vs_new_kv(case: Case, num_splits: int, monkeypatch, k_scale: float = 1.0,
+                                     v_scale: float = 1.0) -> None:
+    """paged_attention with NewKV gives the cache and the output of rope_store_kv, then paged_attention:
+    bit for bit. A split launch does it in the attention kernel (rope_store_kv must not run)."""
+    on_device = lambda *ts: [t.to(DEVICE) for t in ts]  # noqa: E731
+    new = on_device(*new_kv_operands(case, seed=num_splits))
+    bt, cl, qs = on_device(case.block_tables, case.context_lens, case.query_start)
+    q, kc, vc = on_device(case.q.clone(), case.k_cache.clone(), case.v_cache.clone())
+    rope_store_kv(q, new[0], new[1], kc, vc, *new[2:], k_scale, v_scale)
+    expected = paged_attention(q, kc, vc, bt, cl, qs, 1, case.scale, k_scale=k_scale, v_scale=v_scale,
+                               num_splits=num_splits)
+    if num_splits > 1:
+        monkeypatch.setattr(paged_attention_module, "rope_store_kv", lambda *a: pytest.fail("rope_store_kv ran"))
+    q, kc_fused, vc_fused = on_device(case.q.clone(), case.k_cache.clone(), case.v_cache.clone())
+    out = paged_attention(q, kc_fused, vc_fused, bt, cl, qs, 1, case.scale, k_scale=k_scale, v_scale=v_scale,
+                          num_splits=num_splits, new_kv=NewKV(*new))
+    for fused, unfused in ((kc_fused, kc), (vc_fused, vc)):  # unowned slots hold NaN in both
+        torch.testing.assert_close(fused.float(), unfused.float(), rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_splits", [1, 2, 16])
+@pytest.mark.parametrize("heads,kv_heads", HEADS)
+def test_split_decode_rotates_and_stores_the_new_kv_itself(heads, kv_heads, num_splits, dtype, monkeypatch):
+    case = Case(SPLIT_DECODE, heads, kv_heads, dtype=dtype, garbage=float("nan"), seed=num_splits)
+    rope_store_then_attend_vs_new_kv(case, num_splits, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_split_decode_stores_the_new_kv_into_an_fp8_cache(dtype, monkeypatch):
+    case = fp8_case(Case(SPLIT_DECODE, 8, 2, dtype=dtype, garbage=float("nan"), seed=5), 0.3, 2.5)
+    rope_store_then_attend_vs_new_kv(case, 3, monkeypatch, 0.3, 2.5)
 
 
 # -- fp8 (e4m3) caches: the interpreter loads and widens e4m3 exactly, so these run on CPU too ------------

@@ -39,11 +39,29 @@ import triton
 import triton.language as tl
 
 from engine.layers.attention.kv_quant import KV_FP8, check_kv_scales
+from engine.layers.attention.triton.kv_store import check_store_operands
+from engine.layers.attention.triton.rope_store_kv import rope_store_kv
 from engine.layers.quantization.triton import multiprocessors as cuda_multiprocessors
 from engine.layers.triton import (FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, interpreting,
                                   next_power_of_2)
 from engine.layers.triton.pdl import pdl_launch, wait_for_previous
+from engine.layers.triton.rotary import check_rope_operands
 
+
+
+@dataclass(frozen=True)
+class NewKV:
+    """This step's K and V ([tokens, kv_heads, head_dim], not cached yet) and what RoPE needs: given to
+    paged_attention with an unrotated q, it rotates q and k at `positions` (cos / sin: RotaryEmbedding's
+    float32 tables) and stores k and v at `slot_mapping` before attending, as rope_store_kv would. A
+    split decode launch does it inside the attention kernel (one launch and one round trip through
+    memory fewer per layer); any other batch calls rope_store_kv first, which rotates q in place."""
+    k: torch.Tensor
+    v: torch.Tensor
+    slot_mapping: torch.Tensor
+    positions: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -257,7 +275,7 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
                     out: torch.Tensor | None = None, k_scale: float = 1.0, v_scale: float = 1.0,
-                    num_splits: int | None = None) -> torch.Tensor:
+                    num_splits: int | None = None, new_kv: NewKV | None = None) -> torch.Tensor:
     """Causal attention of each sequence's queries over its cached keys and values.
 
     q: [tokens, heads, head_dim]; k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim] holding
@@ -269,20 +287,31 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     decode-only batch (max_query_len 1); None picks it from the batch's shape and the GPU (decode_splits),
     an int from 1 (no split) to MAX_SPLITS forces it (tests, benchmarks). Returns out ([tokens, heads,
     head_dim], new unless given): rows of sequences with context_len 0 are zeros; rows at or past
-    query_start[-1] are left unwritten.
+    query_start[-1] are left unwritten. new_kv: this step's K/V, uncached, and q unrotated (NewKV); q is
+    then left rotated or as it was.
     """
     _check(q, k_cache, v_cache, block_tables, context_lens, query_start, max_query_len, scale, out, k_scale, v_scale,
            num_splits)
+    if new_kv is not None:
+        if not isinstance(new_kv, NewKV):
+            raise ValueError(f"new_kv: must be a NewKV, got {type(new_kv).__name__}")
+        check_rope_operands(q, new_kv.k, new_kv.positions, new_kv.cos, new_kv.sin)
+        check_store_operands(new_kv.k, new_kv.v, k_cache, v_cache, new_kv.slot_mapping)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     tokens, heads, head_dim = q.shape
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = heads // kv_heads
     seqs = block_tables.shape[0]
-    if tokens == 0 or seqs == 0 or max_query_len == 0 or head_dim == 0:
-        return out
+    empty = tokens == 0 or seqs == 0 or max_query_len == 0 or head_dim == 0
     if num_splits is None:
         num_splits = decode_splits(seqs, kv_heads, multiprocessors(q.device)) if max_query_len == 1 else 1
+    if new_kv is not None and (num_splits == 1 or empty):
+        rope_store_kv(q, new_kv.k, new_kv.v, k_cache, v_cache, new_kv.slot_mapping, new_kv.positions, new_kv.cos,
+                      new_kv.sin, k_scale, v_scale)
+        new_kv = None
+    if empty:
+        return out
     launch = launch_for(max_query_len, k_cache.dtype == KV_FP8, num_splits)
     block_n = INTERPRET_BLOCK_N if interpreting() else launch.block_n
     # float32 tiles are twice the bytes: 3 stages of 64x128 K and V would not fit an H100's shared memory.
@@ -299,7 +328,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         # Imported here: that module imports _attend_keys from this one.
         from engine.layers.attention.triton.paged_attention_split import split_paged_attention
         split_paged_attention(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale,
-                              float(v_scale), splits=num_splits, block_m=launch.block_m, **kernel_args)
+                              float(v_scale), splits=num_splits, block_m=launch.block_m, new_kv=new_kv,
+                              k_scale=float(k_scale), **kernel_args)
         return out
     grid = (seqs, kv_heads, triton.cdiv(max_query_len * group, launch.block_m))
     _paged_attention_kernel[grid](

@@ -20,6 +20,15 @@ skips all of that: its one working split writes the output directly, so short co
 unsplit kernel costs (a separate merge launch made 128 tokens 20% slower, H200), while 2048 tokens at
 batch 1 take 13.3 us instead of 48.2 on an H100 (bench/attention_sweep.py --split). v_scale (fp8 caches) is applied
 once, to the output.
+
+Given the step's new K/V (ROPE_STORE, paged_attention.NewKV), the kernel also does rope_store_kv's work,
+which was one more single-program launch per layer before it: each program rotates its query rows in
+registers, and the split that reads the newest key first rotates and stores its KV head's new key and
+value, then a CTA barrier orders those stores before its key loads. The same arithmetic as
+rope_store_kv, so the cache and the output keep their bits (the tests compare with torch.equal). On an
+H100, decode graph replay at batch 1 (bench/ab_step.sh, one run each): bf16 7B 5.191 -> 5.157 ms,
+int8_wo 3.061 -> 3.038 ms, within the run-to-run spread seen before (about +-0.03 ms); skipping the
+rope_store_kv launch altogether bounds the gain at ~0.06 ms (docs/benchmarks.md, session 11).
 """
 from __future__ import annotations
 
@@ -27,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.layers.attention.kv_quant import KV_FP8, KV_FP8_MAX
+from engine.layers.attention.triton.kv_store import _to_fp8
 from engine.layers.attention.triton.paged_attention import _attend_keys
 from engine.layers.triton import next_power_of_2
 from engine.layers.triton.pdl import prefetch_l2, wait_for_previous
@@ -58,16 +69,52 @@ def _prefetch_kv_tile(start, end, bt_row, k_head, v_head, stride_kb, stride_ks, 
 
 
 @triton.jit
+def _rotated_rows(x_ptrs, c, s, dims, mask, HALF: tl.constexpr):
+    """Rows of heads [..., HEAD_DIM] at x_ptrs rotated by RoPE: c, s are the token's full cos / sin rows
+    (the tables repeat their first half), each dim's partner in the other half loaded again (an L1 hit).
+    Every dim computes rotary._rotated's expression for its half from its own products (x1 the
+    first-half value, x2 the second's), so the compiler fuses them into the same FMAs: the bits of
+    rope_store_kv."""
+    first = dims < HALF
+    x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+    xp = tl.load(x_ptrs + tl.where(first, HALF, -HALF), mask=mask, other=0.0).to(tl.float32)
+    x1, x2 = tl.where(first, x, xp), tl.where(first, xp, x)
+    return tl.where(first, x1 * c - x2 * s, x2 * c + x1 * s)
+
+
+@triton.jit
+def _rope_store_new_kv(kn_ptr, vn_ptr, k_cache_head, v_cache_head, slot, c, s, dims, d_ok, k_inv_scale,
+                       v_inv_scale, stride_ks, stride_vs, stride_kb, stride_vb, HALF: tl.constexpr,
+                       BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr):
+    """Stores this step's key (rotated) and value of one KV head into its cache slot, as rope_store_kv
+    does: rounded to the activation dtype, then (fp8 cache) scaled, saturated and rounded to e4m3."""
+    k = _rotated_rows(kn_ptr + dims, c, s, dims, d_ok, HALF).to(kn_ptr.dtype.element_ty)
+    v = tl.load(vn_ptr + dims, mask=d_ok)
+    if FP8:
+        k, v = _to_fp8(k, k_inv_scale, FP8_MAX), _to_fp8(v, v_inv_scale, FP8_MAX)
+    block = (slot // BLOCK_SIZE).to(tl.int64)
+    offset = slot % BLOCK_SIZE
+    tl.store(k_cache_head + block * stride_kb + offset * stride_ks + dims, k, mask=d_ok)
+    tl.store(v_cache_head + block * stride_vb + offset * stride_vs + dims, v, mask=d_ok)
+
+
+@triton.jit
 def _split_attention_kernel(
         q_ptr, k_ptr, v_ptr, out_ptr, o_part_ptr, m_part_ptr, l_part_ptr, count_ptr, block_tables_ptr,
         context_lens_ptr, query_start_ptr, qk_scale, v_scale, stride_qt, stride_qh, stride_ot, stride_oh,
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt, stride_ps, stride_ph,
+        kn_ptr, vn_ptr, slot_ptr, pos_ptr, cos_ptr, sin_ptr, k_inv_scale, v_inv_scale, stride_knt, stride_knh,
+        stride_vnt, stride_vnh, stride_cos, stride_sin,
         G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
         DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, FP16_DOTS: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, MIN_TILES_PER_SPLIT: tl.constexpr, USE_PDL: tl.constexpr):
+        BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, MIN_TILES_PER_SPLIT: tl.constexpr,
+        ROPE_STORE: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr, USE_PDL: tl.constexpr):
     # q, out: [tokens, heads, HEAD_DIM], at most one token per sequence; k, v, block_tables, context_lens,
     # query_start: as _paged_attention_kernel's. m_part, l_part: [seqs, heads, SPLITS] (strides ps, ph, 1);
     # o_part: [seqs, heads, SPLITS, HEAD_DIM], the same layout with HEAD_DIM appended. count: [seqs * kv_heads].
+    # ROPE_STORE: q and this step's kn, vn ([tokens, kv_heads, HEAD_DIM]) are unrotated and the new K/V
+    # not yet cached: every program rotates its q rows in registers, and the split holding the newest
+    # key stores its KV head's new key and value before reading keys (NewKV in paged_attention.py).
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -87,6 +134,14 @@ def _split_attention_kernel(
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_head = k_ptr + kv_head * stride_kh
     v_head = v_ptr + kv_head * stride_vh
+    dims = tl.arange(0, BLOCK_D)
+    d_ok = dims < HEAD_DIM
+    if ROPE_STORE:  # the step's positions, slots and the tables: inputs copied in before it (pdl.py)
+        token = q_start.to(tl.int64)
+        slot = tl.load(slot_ptr + token)
+        pos = tl.load(pos_ptr + token)
+        c = tl.load(cos_ptr + pos * stride_cos + dims, mask=d_ok, other=0.0)
+        s = tl.load(sin_ptr + pos * stride_sin + dims, mask=d_ok, other=0.0)
     if USE_PDL:
         _prefetch_kv_tile(kv_start, kv_end, bt_row, k_head, v_head, stride_kb, stride_ks, stride_vb, stride_vs,
                           BLOCK_SIZE, HEAD_DIM, k_ptr.dtype.element_ty.primitive_bitwidth // 8, BLOCK_N)
@@ -99,12 +154,22 @@ def _split_attention_kernel(
     row_ok = rows < G
     head = kv_head * G + rows
     q_pos = ctx - 1 + rows * 0  # the query is the context's last token: it sees every key
-    dims = tl.arange(0, BLOCK_D)
-    d_ok = dims < HEAD_DIM
     rd_ok = row_ok[:, None] & d_ok[None, :]
 
     q_ptrs = q_ptr + q_start.to(tl.int64) * stride_qt + head[:, None] * stride_qh + dims[None, :]
-    q = tl.load(q_ptrs, mask=rd_ok, other=0.0)  # [BLOCK_M, BLOCK_D]
+    if ROPE_STORE:
+        if split == tl.maximum(working, 1) - 1 and slot >= 0:  # this split reads the newest key
+            _rope_store_new_kv(kn_ptr + token * stride_knt + kv_head * stride_knh,
+                               vn_ptr + token * stride_vnt + kv_head * stride_vnh, k_head, v_head, slot, c, s,
+                               dims, d_ok, k_inv_scale, v_inv_scale, stride_ks, stride_vs, stride_kb, stride_vb,
+                               HEAD_DIM // 2, BLOCK_SIZE, FP8, FP8_MAX)
+        # The stores land before any thread of this program loads the keys (a CTA barrier orders its
+        # global memory accesses).
+        tl.debug_barrier()
+        q = _rotated_rows(q_ptrs, c[None, :], s[None, :], dims[None, :], rd_ok, HEAD_DIM // 2)
+        q = q.to(q_ptr.dtype.element_ty)
+    else:
+        q = tl.load(q_ptrs, mask=rd_ok, other=0.0)  # [BLOCK_M, BLOCK_D]
     if FP16_DOTS:  # an fp8 cache under a 16-bit model: see _paged_attention_kernel
         q = q.to(tl.float16)
 
@@ -150,11 +215,13 @@ def _split_attention_kernel(
 
 def split_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                           block_tables: torch.Tensor, context_lens: torch.Tensor, query_start: torch.Tensor,
-                          qk_scale: float, v_scale: float, splits: int, block_m: int, **kernel_args) -> None:
+                          qk_scale: float, v_scale: float, splits: int, block_m: int, new_kv=None,
+                          k_scale: float = 1.0, **kernel_args) -> None:
     """Writes out's rows for a decode-only batch (checked by the caller), the keys of each (sequence, KV
-    head) split over `splits` programs. kernel_args: the tiles, dtypes and flags _paged_attention_kernel
-    gets (G, BLOCK_SIZE, HEAD_DIM, BLOCK_D, DOT_PRECISION, WHILE_LOOP, FP16_DOTS, BLOCK_N, num_warps,
-    num_stages, and USE_PDL with its launch flag)."""
+    head) split over `splits` programs. new_kv (paged_attention.NewKV, checked by the caller): q and its
+    k, v are unrotated and not cached yet; the kernel rotates and stores them. kernel_args: the tiles,
+    dtypes and flags _paged_attention_kernel gets (G, BLOCK_SIZE, HEAD_DIM, BLOCK_D, DOT_PRECISION,
+    WHILE_LOOP, FP16_DOTS, BLOCK_N, num_warps, num_stages, and USE_PDL with its launch flag)."""
     seqs, heads, head_dim, kv_heads = block_tables.shape[0], q.shape[1], q.shape[2], k_cache.shape[2]
     if seqs * kv_heads > MAX_COUNTERS:
         raise ValueError(f"splits: a split launch takes at most {MAX_COUNTERS} (sequence, KV head) pairs, "
@@ -164,12 +231,20 @@ def split_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     o_part = torch.empty((seqs, heads, splits, head_dim), dtype=torch.float32, device=q.device)
     m_part = torch.empty((seqs, heads, splits), dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)
+    if new_kv is None:  # pointers the kernel never reads
+        kn, vn, slots, positions, cos, sin = q, q, context_lens, context_lens, m_part, m_part
+    else:
+        kn, vn, slots, positions, cos, sin = (new_kv.k, new_kv.v, new_kv.slot_mapping, new_kv.positions,
+                                              new_kv.cos, new_kv.sin)
     _split_attention_kernel[(seqs, kv_heads, splits)](
         q, k_cache, v_cache, out, o_part, m_part, l_part, arrival_counters(q.device), block_tables, context_lens,
         query_start, qk_scale, v_scale, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         m_part.stride(0), m_part.stride(1),
+        kn, vn, slots, positions, cos, sin, 1.0 / k_scale, 1.0 / v_scale, kn.stride(0), kn.stride(1),
+        vn.stride(0), vn.stride(1), cos.stride(0), sin.stride(0),
         # A GQA group wider than one tile (G > 16) still takes one program: the split grid axis is taken.
         BLOCK_M=max(block_m, next_power_of_2(kernel_args["G"])), SPLITS=splits,
-        MIN_TILES_PER_SPLIT=MIN_TILES_PER_SPLIT, **kernel_args)
+        MIN_TILES_PER_SPLIT=MIN_TILES_PER_SPLIT, ROPE_STORE=new_kv is not None, FP8=k_cache.dtype == KV_FP8,
+        FP8_MAX=KV_FP8_MAX, **kernel_args)

@@ -7,6 +7,9 @@ The arithmetic is exactly theirs: the rotation in float32 from the float32 table
 activation dtype, then (fp8 cache) scaled, saturated and rounded to e4m3, so the cache and q hold the
 same bits either way. One program per token, as in both: the token's cos/sin half-rows are loaded once
 for all heads of q and k. A negative slot (padding) stores nothing; its q is rotated all the same.
+
+A decode-only batch that attention splits (paged_attention_split.py) skips this kernel: the split
+attention kernel rotates q and stores the new K/V itself, with the same arithmetic.
 """
 from __future__ import annotations
 
