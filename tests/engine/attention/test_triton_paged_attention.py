@@ -373,6 +373,17 @@ def test_split_decode_stores_the_new_kv_into_an_fp8_cache(dtype, monkeypatch):
     rope_store_then_attend_vs_new_kv(case, 3, monkeypatch, 0.3, 2.5)
 
 
+def test_new_kv_is_checked():
+    case = Case([(1, 5), (1, 9)], 4, 2)
+    args = [t.to(DEVICE) for t in (case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens,
+                                   case.query_start)]
+    k, v, slots, positions, cos, sin = (t.to(DEVICE) for t in new_kv_operands(case, seed=0))
+    with pytest.raises(ValueError, match=r"^new_kv: must be a NewKV, got tuple"):
+        paged_attention(*args, 1, case.scale, new_kv=(k, v))
+    with pytest.raises(ValueError, match=r"^positions: must have one entry per token \(2\), got 1"):
+        paged_attention(*args, 1, case.scale, new_kv=NewKV(k, v, slots, positions[:1], cos, sin))
+
+
 # -- fp8 (e4m3) caches: the interpreter loads and widens e4m3 exactly, so these run on CPU too ------------
 
 def fp8_case(case: Case, k_scale: float, v_scale: float) -> Case:
