@@ -5,8 +5,7 @@
 #   BASE=/tmp/base bench/ab_step.sh int8_wo bf16                        # schemes: bf16, int8_wo, int4_wo, fp8
 # REPS runs of each (default 2). Checkpoints and engines are gpu_7b.sh's ($CKPTS), built if missing;
 # per-run output goes under $OUT. Session 9's before/after numbers came from the scratch script this was
-# cleaned up from (same commands); this file itself has not run on a GPU yet (its flow was checked with a
-# stub python3).
+# cleaned up from (same commands); session 11's A/Bs ran this file on an H100 (docs/benchmarks.md).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 BASE=${BASE:?BASE: a folder holding the older tree (engine/, bench/, inferline/)}
