@@ -1,18 +1,18 @@
 """Programmatic dependent launch (PDL, Hopper and later) for the decode step's Triton kernels.
 
-A batch-1 decode step is ~260 short kernels in a row (per layer: norm, qkv, RoPE + KV store, attention,
-o_proj, norm, gate_up, SiLU-mul, down_proj). Launched plainly, a kernel's programs are scheduled only
-once the previous kernel has drained, so every boundary costs the next launch's latency and its
-programs' start-up. Launched with PDL, a kernel is scheduled as soon as every program of the one before
-has passed `gdc_launch_dependents`, and its programs wait at `gdc_wait` until that kernel has finished
-and its writes are visible: the start-up overlaps the previous kernel's tail. On an H100 this took the
-7B decode step from 5.52 to 5.34 ms (bf16) and 3.41 to 3.23 ms (int8_wo) of GPU time
-(bench/gpu_7b.sh profile, docs/benchmarks.md). Asking L2 for the first weight tiles before the wait
-was tried too and lost (5.39 / 3.46 ms), and so did loading them into registers there (int8_wo 2.80
-against 2.70 ms, H200): the GEMVs wait with nothing in hand.
+A batch-1 decode step is ~230 short kernels in a row (per layer: norm, qkv, attention with RoPE and the
+KV store inside it, o_proj, norm, gate_up with SiLU-mul as its epilogue, down_proj). Launched plainly, a
+kernel's programs are scheduled only once the previous kernel has drained, so every boundary costs the
+next launch's latency and its programs' start-up. Launched with PDL, a kernel is scheduled as soon as
+every program of the one before has passed `gdc_launch_dependents`, and its programs wait at `gdc_wait`
+until that kernel has finished and its writes are visible: the start-up overlaps the previous kernel's
+tail. On an H100 this took the 7B decode step from 5.52 to 5.34 ms (bf16) and 3.41 to 3.23 ms (int8_wo)
+of GPU time (bench/gpu_7b.sh profile, docs/benchmarks.md). Asking L2 for the first weight tiles before
+the wait was tried too and lost (5.39 / 3.46 ms), and so did loading them into registers there (int8_wo
+2.80 against 2.70 ms, H200): the GEMVs wait with nothing in hand.
 
 The contract, which every kernel launched through `pdl_launch` keeps: it calls `wait_for_previous`
-(or `wait_only`) before touching memory that an earlier kernel of the step writes, and before finishing,
+before touching memory that an earlier kernel of the step writes, and before finishing,
 so a chain of such kernels stays ordered exactly as a plain stream is (each waits for the one before,
 which finished only after waiting in turn). Before the wait a kernel may read only what no kernel of
 the step writes: weights, the batch's metadata that the host copied in before the step (positions,
@@ -62,23 +62,6 @@ def wait_for_previous(USE_PDL: tl.constexpr):
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def start_next(USE_PDL: tl.constexpr):
-    """Lets the next kernel be scheduled before this one waits (then `wait_only`), so the next kernel's
-    loads before its own wait overlap this one's wait as well as its work. Only for a next kernel with
-    such loads (rope_store_kv before split attention): every other kernel lets its successor in after
-    its wait, so at most two kernels' programs sit waiting at a time."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def wait_only(USE_PDL: tl.constexpr):
-    """`wait_for_previous` for a kernel that called `start_next` already."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
 
 
 @triton.jit

@@ -25,6 +25,22 @@ def _to_fp8(x, inv_scale, FP8_MAX: tl.constexpr):
 
 
 @triton.jit
+def store_at_slot(k_cache_ptr, v_cache_ptr, slot, k, v, k_offsets, v_offsets, mask, stride_kcb, stride_kcs,
+                  stride_vcb, stride_vcs, k_inv_scale, v_inv_scale, BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr,
+                  FP8_MAX: tl.constexpr):
+    """Writes one token's k and v (activation dtype) into cache slot `slot` (block slot // BLOCK_SIZE, row
+    slot % BLOCK_SIZE), at k_offsets / v_offsets within the row (heads and dims through the caches'
+    strides); an fp8 cache gets them scaled, saturated and rounded to e4m3. Every kernel that stores
+    K/V (this module's, rope_store_kv, split attention) goes through it."""
+    if FP8:
+        k, v = _to_fp8(k, k_inv_scale, FP8_MAX), _to_fp8(v, v_inv_scale, FP8_MAX)
+    block = slot // BLOCK_SIZE
+    row = slot % BLOCK_SIZE
+    tl.store(k_cache_ptr + block * stride_kcb + row * stride_kcs + k_offsets, k, mask=mask)
+    tl.store(v_cache_ptr + block * stride_vcb + row * stride_vcs + v_offsets, v, mask=mask)
+
+
+@triton.jit
 def _store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, k_inv_scale, v_inv_scale,
                      stride_kt, stride_kh, stride_vt, stride_vh,
                      stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
@@ -35,18 +51,13 @@ def _store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, k_inv_sca
     slot = tl.load(slot_ptr + t)
     if slot < 0:
         return
-    block = slot // BLOCK_SIZE
-    offset = slot % BLOCK_SIZE
     heads = tl.arange(0, BLOCK_H)[:, None]
     dims = tl.arange(0, BLOCK_D)[None, :]
     mask = (heads < KV_HEADS) & (dims < HEAD_DIM)  # [BLOCK_H, BLOCK_D]
     k = tl.load(k_ptr + t * stride_kt + heads * stride_kh + dims, mask=mask)
     v = tl.load(v_ptr + t * stride_vt + heads * stride_vh + dims, mask=mask)
-    if FP8:
-        k = _to_fp8(k, k_inv_scale, FP8_MAX)
-        v = _to_fp8(v, v_inv_scale, FP8_MAX)
-    tl.store(k_cache_ptr + block * stride_kcb + offset * stride_kcs + heads * stride_kch + dims, k, mask=mask)
-    tl.store(v_cache_ptr + block * stride_vcb + offset * stride_vcs + heads * stride_vch + dims, v, mask=mask)
+    store_at_slot(k_cache_ptr, v_cache_ptr, slot, k, v, heads * stride_kch + dims, heads * stride_vch + dims, mask,
+                  stride_kcb, stride_kcs, stride_vcb, stride_vcs, k_inv_scale, v_inv_scale, BLOCK_SIZE, FP8, FP8_MAX)
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from engine.layers.attention.kv_quant import KV_FP8, KV_FP8_MAX
-from engine.layers.attention.triton.kv_store import _to_fp8
+from engine.layers.attention.triton.kv_store import store_at_slot
 from engine.layers.attention.triton.paged_attention import _attend_keys
 from engine.layers.triton import next_power_of_2
 from engine.layers.triton.pdl import prefetch_l2, wait_for_previous
@@ -90,12 +90,8 @@ def _rope_store_new_kv(kn_ptr, vn_ptr, k_cache_head, v_cache_head, slot, c, s, d
     does: rounded to the activation dtype, then (fp8 cache) scaled, saturated and rounded to e4m3."""
     k = _rotated_rows(kn_ptr + dims, c, s, dims, d_ok, HALF).to(kn_ptr.dtype.element_ty)
     v = tl.load(vn_ptr + dims, mask=d_ok)
-    if FP8:
-        k, v = _to_fp8(k, k_inv_scale, FP8_MAX), _to_fp8(v, v_inv_scale, FP8_MAX)
-    block = (slot // BLOCK_SIZE).to(tl.int64)
-    offset = slot % BLOCK_SIZE
-    tl.store(k_cache_head + block * stride_kb + offset * stride_ks + dims, k, mask=d_ok)
-    tl.store(v_cache_head + block * stride_vb + offset * stride_vs + dims, v, mask=d_ok)
+    store_at_slot(k_cache_head, v_cache_head, slot, k, v, dims, dims, d_ok, stride_kb, stride_ks, stride_vb, stride_vs,
+                  k_inv_scale, v_inv_scale, BLOCK_SIZE, FP8, FP8_MAX)
 
 
 @triton.jit

@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 
 from engine.layers.attention.kv_quant import KV_FP8, KV_FP8_MAX, check_kv_scales
-from engine.layers.attention.triton.kv_store import _to_fp8, check_store_operands
+from engine.layers.attention.triton.kv_store import check_store_operands, store_at_slot
 from engine.layers.triton import next_power_of_2
-from engine.layers.triton.pdl import pdl_launch, start_next, wait_only
+from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 from engine.layers.triton.rotary import _cos_sin, _rotate, _rotated, check_rope_operands
 
 
@@ -34,21 +34,16 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
     # q: [tokens, Q_HEADS, 2 * HALF]; k, v: [tokens, KV_HEADS, 2 * HALF];
     # k_cache, v_cache: [num_blocks, BLOCK_SIZE, KV_HEADS, 2 * HALF]
     t = tl.program_id(0).to(tl.int64)
-    # Split attention, next, reads the batch's metadata and the cached K/V of earlier positions before
-    # its wait: let it start now, so those loads overlap this kernel's wait on the qkv projection.
-    start_next(USE_PDL)
     # Positions, slots and the tables are the step's inputs, copied in before it (pdl.py).
     pos = tl.load(pos_ptr + t)
     slot = tl.load(slot_ptr + t)
     halves = tl.arange(0, BLOCK_HALF)
     c, s = _cos_sin(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, halves, HALF)
-    wait_only(USE_PDL)
+    wait_for_previous(USE_PDL)
     _rotate(q_ptr, stride_qt, stride_qh, t, c, s, halves, Q_HEADS, HALF, BLOCK_QH, BLOCK_HALF)
 
     if slot < 0:
         return
-    block = slot // BLOCK_SIZE
-    offset = slot % BLOCK_SIZE
     heads = tl.arange(0, BLOCK_KH)[:, None]
     mask = (heads < KV_HEADS) & (halves[None, :] < HALF)  # [BLOCK_KH, BLOCK_HALF]
     k_ptrs = k_ptr + t * stride_kt + heads * stride_kh + halves[None, :]
@@ -60,15 +55,12 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
     v_ptrs = v_ptr + t * stride_vt + heads * stride_vh + halves[None, :]
     v1 = tl.load(v_ptrs, mask=mask)
     v2 = tl.load(v_ptrs + HALF, mask=mask)
-    if FP8:
-        r1, r2 = _to_fp8(r1, k_inv_scale, FP8_MAX), _to_fp8(r2, k_inv_scale, FP8_MAX)
-        v1, v2 = _to_fp8(v1, v_inv_scale, FP8_MAX), _to_fp8(v2, v_inv_scale, FP8_MAX)
-    kc = k_cache_ptr + block * stride_kcb + offset * stride_kcs + heads * stride_kch + halves[None, :]
-    vc = v_cache_ptr + block * stride_vcb + offset * stride_vcs + heads * stride_vch + halves[None, :]
-    tl.store(kc, r1, mask=mask)
-    tl.store(kc + HALF, r2, mask=mask)
-    tl.store(vc, v1, mask=mask)
-    tl.store(vc + HALF, v2, mask=mask)
+    k_offsets = heads * stride_kch + halves[None, :]
+    v_offsets = heads * stride_vch + halves[None, :]
+    store_at_slot(k_cache_ptr, v_cache_ptr, slot, r1, v1, k_offsets, v_offsets, mask, stride_kcb, stride_kcs,
+                  stride_vcb, stride_vcs, k_inv_scale, v_inv_scale, BLOCK_SIZE, FP8, FP8_MAX)
+    store_at_slot(k_cache_ptr, v_cache_ptr, slot, r2, v2, k_offsets + HALF, v_offsets + HALF, mask, stride_kcb,
+                  stride_kcs, stride_vcb, stride_vcs, k_inv_scale, v_inv_scale, BLOCK_SIZE, FP8, FP8_MAX)
 
 
 def rope_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
