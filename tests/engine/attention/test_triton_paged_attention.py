@@ -367,6 +367,12 @@ def test_split_decode_rotates_and_stores_the_new_kv_itself(heads, kv_heads, num_
     rope_store_then_attend_vs_new_kv(case, num_splits, monkeypatch)
 
 
+def test_split_decode_rotates_a_head_dim_not_a_power_of_two(monkeypatch):
+    """head_dim 80: the tile is 128 wide and each dim's partner is 40 away, not half the tile."""
+    case = Case(SPLIT_DECODE, 4, 2, head_dim=80, garbage=float("nan"), seed=3)
+    rope_store_then_attend_vs_new_kv(case, 3, monkeypatch)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_split_decode_stores_the_new_kv_into_an_fp8_cache(dtype, monkeypatch):
     case = fp8_case(Case(SPLIT_DECODE, 8, 2, dtype=dtype, garbage=float("nan"), seed=5), 0.3, 2.5)
