@@ -40,7 +40,8 @@ log = structlog.get_logger("worker")
 
 async def serve(settings: WorkerSettings, engine) -> None:
     client = connect(settings.redis_url)
-    queue = RequestQueue(client, settings.engine, settings.worker_id, settings.results_maxlen, settings.results_ttl_s)
+    queue = RequestQueue(client, settings.engine, settings.worker_id, settings.results_maxlen, settings.results_ttl_s,
+                         band_max_wait_ms=round(settings.band_max_wait_s * 1000))
     step_loop = StepLoop(engine, queue, settings)
     heartbeat = Heartbeat(client, queue, step_loop, settings)
     stop = asyncio.Event()

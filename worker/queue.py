@@ -41,22 +41,73 @@ return lost
 
 
 # Take up to ARGV[3] never-delivered entries from the band streams (KEYS, highest band first), FIFO
-# within a band, in one round trip: a busy worker runs this every step. ARGV: group, consumer, count.
-# Returns {band index (1-based), entries} pairs; XREADGROUP in a script never blocks.
+# within a band, in one round trip: a busy worker runs this every step. ARGV: group, consumer, count,
+# max wait ms (0: strict bands). With a max wait, entries enqueued longer ago than that (by the time in
+# their auto id, the router's XADD) are taken first, oldest first across bands (ties: the higher band),
+# so a steady stream of HIGH requests cannot starve the lower bands; then the bands in order. Returns
+# {band index (1-based), entries, 1 if taken for their age else 0} triples; XREADGROUP in a script never
+# blocks.
 READ_BANDS = """
-local left = tonumber(ARGV[3])
+local group, consumer, left, max_wait = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
-for i = 1, #KEYS do
-  if left <= 0 then break end
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[i], '>')
+local function take(i, count, aged)
+  local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', KEYS[i], '>')
   if r and r[1] and #r[1][2] > 0 then
-    table.insert(out, {i, r[1][2]})
+    table.insert(out, {i, r[1][2], aged})
     left = left - #r[1][2]
   end
 end
+local function split_id(id)
+  local dash = string.find(id, '-', 1, true)
+  return {tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))}
+end
+if max_wait > 0 and left > 0 then
+  local now = redis.call('TIME')
+  local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_wait
+  local aged = {}  -- per band: the ids of its next undelivered entries older than the cutoff, oldest first
+  for i = 1, #KEYS do
+    aged[i] = {}
+    local last = nil
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
+        local name, delivered = nil, nil
+        for j = 1, #g, 2 do
+          if g[j] == 'name' then name = g[j + 1] elseif g[j] == 'last-delivered-id' then delivered = g[j + 1] end
+        end
+        if name == group then last = delivered end
+      end
+    end
+    if last then
+      for _, e in ipairs(redis.call('XRANGE', KEYS[i], '(' .. last, '+', 'COUNT', left)) do
+        local id = split_id(e[1])
+        if id[1] >= cutoff then break end
+        table.insert(aged[i], id)
+      end
+    end
+  end
+  local counts = {}
+  for i = 1, #KEYS do counts[i] = 0 end
+  for _ = 1, left do  -- merge the bands' aged heads, oldest first
+    local best, best_id = nil, nil
+    for i = 1, #KEYS do
+      local id = aged[i][counts[i] + 1]
+      if id and (best == nil or id[1] < best_id[1] or (id[1] == best_id[1] and id[2] < best_id[2])) then
+        best, best_id = i, id
+      end
+    end
+    if best == nil then break end
+    counts[best] = counts[best] + 1
+  end
+  for i = 1, #KEYS do
+    if counts[i] > 0 then take(i, counts[i], 1) end
+  end
+end
+for i = 1, #KEYS do
+  if left <= 0 then break end
+  take(i, left, 0)
+end
 return out
 """
-
 
 # Publish a step's events: XADD each to its router's results stream (MAXLEN ~), and after a final one
 # XACK + XDEL its entry; then refresh each results stream's TTL. One command, so the worker packs and
@@ -83,6 +134,12 @@ return 0
 
 
 HANDED_BACK_IDLE_MS = 24 * 3600 * 1000  # idle enough for any worker's next XAUTOCLAIM
+
+
+def stream_id_order(stream_id: str) -> tuple[int, int]:
+    """A stream entry id ("ms-seq") as a key that sorts the way Redis orders ids."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass(frozen=True)
@@ -127,13 +184,15 @@ class Publication:
 
 
 class RequestQueue:
-    def __init__(self, client: aioredis.Redis, model: str, consumer: str, results_maxlen: int, results_ttl_s: int):
+    def __init__(self, client: aioredis.Redis, model: str, consumer: str, results_maxlen: int, results_ttl_s: int,
+                 band_max_wait_ms: int = 0):
         self.client = client
         self.model = model
         self.consumer = consumer
         self.streams = {band: requests_stream(model, band) for band in BANDS}  # highest band first
         self.results_maxlen = results_maxlen
         self.results_ttl_s = results_ttl_s
+        self.band_max_wait_ms = band_max_wait_ms  # 0: strict bands (READ_BANDS)
         self._touch = client.register_script(TOUCH_OWN_ENTRIES)
         self._read_bands = client.register_script(READ_BANDS)
         self._publish = client.register_script(PUBLISH)
@@ -157,21 +216,29 @@ class RequestQueue:
                 for stream, messages in response or [] for eid, fields in messages if fields]
 
     async def _read_without_blocking(self, count: int) -> list[QueueEntry]:
-        """Up to `count` new entries, highest band first, in one round trip (READ_BANDS)."""
+        """Up to `count` new entries in one round trip (READ_BANDS): those waiting longer than
+        band_max_wait_ms first, oldest first, then the highest band first."""
         bands = list(self.streams)
         try:
             response = await self._read_bands(keys=list(self.streams.values()),
-                                              args=[WORKERS_GROUP, self.consumer, count])
+                                              args=[WORKERS_GROUP, self.consumer, count, self.band_max_wait_ms])
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
             await self.ensure_group()  # as in _read: a stream was deleted under us
             return []
-        return [QueueEntry.parse(bands[int(index) - 1], eid, dict(zip(flat[::2], flat[1::2])))
-                for index, messages in response or [] for eid, flat in messages if flat]
+        aged: list[QueueEntry] = []
+        in_band_order: list[QueueEntry] = []
+        for index, messages, for_age in response or []:
+            taken = [QueueEntry.parse(bands[int(index) - 1], eid, dict(zip(flat[::2], flat[1::2])))
+                     for eid, flat in messages if flat]
+            (aged if int(for_age) else in_band_order).extend(taken)
+        aged.sort(key=lambda e: (stream_id_order(e.stream_id), bands.index(e.band)))
+        return aged + in_band_order
 
     async def read_new(self, count: int, block_ms: int | None) -> list[QueueEntry]:
-        """Up to `count` never-delivered entries, highest band first (FIFO within a band), now owned by
+        """Up to `count` never-delivered entries, highest band first (FIFO within a band; with
+        band_max_wait_ms, entries waiting longer than that come first, oldest first), now owned by
         this consumer. They leave the queue, so their prompt tokens leave the model's queued-token
         budget; each is marked `cancelled` if the router cancelled that run meanwhile. `block_ms`: when
         every band is empty, wait that long for an entry in any of them."""

@@ -57,6 +57,10 @@ class WorkerSettings(BaseSettings):
     kv_low_watermark: float = Field(0.02, ge=0, lt=1, description="take no new request while the free share "
                                                                   "of KV blocks is below this")
     idle_block_ms: int = Field(100, ge=1, description="how long an idle worker blocks reading its stream")
+    band_max_wait_s: float = Field(30.0, ge=0, description="a queued request waiting longer than this is taken "
+                                                           "before any newer one, whatever its priority band, so "
+                                                           "HIGH traffic cannot starve NORMAL and LOW; 0 = strict "
+                                                           "bands")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long running requests may finish")
     results_maxlen: int = Field(100_000, ge=1000, description="approximate cap of a router's results stream")
     results_ttl_s: int = Field(3600, ge=60, description="a results stream nobody writes to expires after this")

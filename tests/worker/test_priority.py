@@ -1,7 +1,9 @@
 """Priority bands against a real redis-server: a worker takes high before normal before low, FIFO
-within a band, never more than its free slots; every band is walked when owning, taking over and
-acknowledging entries, with (band, entry id) pairs since an entry id is unique only within its stream."""
+within a band, never more than its free slots, except that entries waiting past the max wait come
+first, oldest first; every band is walked when owning, taking over and acknowledging entries, with
+(band, entry id) pairs since an entry id is unique only within its stream."""
 import asyncio
+import time
 import uuid
 from types import SimpleNamespace
 
@@ -23,8 +25,9 @@ def model() -> str:
     return f"m-{uuid.uuid4().hex[:8]}"
 
 
-async def new_queue(redis_url: str, model: str, consumer: str = "worker-a") -> RequestQueue:
-    queue = RequestQueue(connect(redis_url), model, consumer, results_maxlen=1000, results_ttl_s=60)
+async def new_queue(redis_url: str, model: str, consumer: str = "worker-a", band_max_wait_ms: int = 0) -> RequestQueue:
+    queue = RequestQueue(connect(redis_url), model, consumer, results_maxlen=1000, results_ttl_s=60,
+                         band_max_wait_ms=band_max_wait_ms)
     await queue.ensure_group()
     return queue
 
@@ -150,5 +153,40 @@ def test_the_same_entry_id_in_two_bands_stays_two_runs(redis_url, model):
         assert pending == [0, 1, 1]
         await a.client.aclose()
         await b.client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_entries_waiting_past_the_max_wait_come_first_oldest_first_across_bands(redis_url, model):
+    """A steady stream of HIGH requests cannot starve the lower bands: an entry enqueued longer ago than
+    the max wait (the time in its stream id) is taken before newer ones of any band, the oldest first,
+    the higher band first between entries of the same millisecond; then the bands in order."""
+    async def scenario():
+        queue = await new_queue(redis_url, model, band_max_wait_ms=60_000)
+        now_ms = int(time.time() * 1000)
+        old, older, oldest = now_ms - 90_000, now_ms - 120_000, now_ms - 150_000
+        await enqueue(queue, "low-oldest", LOW, f"{oldest}-0")
+        await enqueue(queue, "low-old", LOW, f"{old}-0")
+        await enqueue(queue, "low-fresh", LOW)
+        await enqueue(queue, "normal-older", NORMAL, f"{older}-0")
+        await enqueue(queue, "normal-old", NORMAL, f"{old}-0")
+        for i in range(3):
+            await enqueue(queue, f"high-{i}", HIGH)
+        assert [e.rid for e in await queue.read_new(1, None)] == ["low-oldest"]  # never more than the slots
+        assert [e.rid for e in await queue.read_new(4, None)] == ["normal-older", "normal-old", "low-old", "high-0"]
+        assert [e.rid for e in await queue.read_new(5, None)] == ["high-1", "high-2", "low-fresh"]
+        await queue.client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_strict_bands_let_high_traffic_pass_however_long_lower_bands_wait(redis_url, model):
+    async def scenario():
+        queue = await new_queue(redis_url, model, band_max_wait_ms=0)
+        await enqueue(queue, "low-ancient", LOW, "1000-0")
+        await enqueue(queue, "high", HIGH)
+        assert [e.rid for e in await queue.read_new(1, None)] == ["high"]
+        assert [e.rid for e in await queue.read_new(1, None)] == ["low-ancient"]
+        await queue.client.aclose()
 
     asyncio.run(scenario())
