@@ -109,6 +109,7 @@ end
 return out
 """
 
+
 # Publish a step's events: XADD each to its router's results stream (MAXLEN ~), and after a final one
 # XACK + XDEL its entry; then refresh each results stream's TTL. One command, so the worker packs and
 # parses one reply per step rather than one per event (redis-py's per-command cost dominated).
