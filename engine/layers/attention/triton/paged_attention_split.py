@@ -41,6 +41,7 @@ from engine.layers.attention.triton.kv_store import store_at_slot
 from engine.layers.attention.triton.paged_attention import _attend_keys
 from engine.layers.triton import next_power_of_2
 from engine.layers.triton.pdl import prefetch_l2, wait_for_previous
+from engine.layers.triton.rotary import _rotated
 from engine.layers.triton.split_k import MAX_ROW_TILES_SPLIT, arrival_counters
 
 # A split walks at least this many key tiles (of LAUNCH["decode_split"]'s 128 keys). With the earlier
@@ -70,16 +71,15 @@ def _prefetch_kv_tile(start, end, bt_row, k_head, v_head, stride_kb, stride_ks, 
 
 @triton.jit
 def _rotated_rows(x_ptrs, c, s, dims, mask, HALF: tl.constexpr):
-    """Rows of heads [..., HEAD_DIM] at x_ptrs rotated by RoPE: c, s are the token's full cos / sin rows
-    (the tables repeat their first half), each dim's partner in the other half loaded again (an L1 hit).
-    Every dim computes rotary._rotated's expression for its half from its own products (x1 the
-    first-half value, x2 the second's), so the compiler fuses them into the same FMAs: the bits of
-    rope_store_kv."""
+    """Rows of heads [rows, HEAD_DIM] at x_ptrs rotated by RoPE: c, s are the token's full cos / sin rows
+    [HEAD_DIM] (the tables repeat their first half), dims [1, HEAD_DIM]; each dim's partner in the other
+    half is loaded again (an L1 hit). rotary._rotated computes both halves from x1 (the first-half value)
+    and x2 (the second's), with the products rope_store_kv fuses into the same FMAs: its bits."""
     first = dims < HALF
     x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
     xp = tl.load(x_ptrs + tl.where(first, HALF, -HALF), mask=mask, other=0.0).to(tl.float32)
-    x1, x2 = tl.where(first, x, xp), tl.where(first, xp, x)
-    return tl.where(first, x1 * c - x2 * s, x2 * c + x1 * s)
+    rotated_first, rotated_second = _rotated(tl.where(first, x, xp), tl.where(first, xp, x), c, s)
+    return tl.where(first, rotated_first, rotated_second)
 
 
 @triton.jit
@@ -88,10 +88,11 @@ def _rope_store_new_kv(kn_ptr, vn_ptr, k_cache_head, v_cache_head, slot, c, s, d
                        BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr):
     """Stores this step's key (rotated) and value of one KV head into its cache slot, as rope_store_kv
     does: rounded to the activation dtype, then (fp8 cache) scaled, saturated and rounded to e4m3."""
-    k = _rotated_rows(kn_ptr + dims, c, s, dims, d_ok, HALF).to(kn_ptr.dtype.element_ty)
-    v = tl.load(vn_ptr + dims, mask=d_ok)
-    store_at_slot(k_cache_head, v_cache_head, slot, k, v, dims, dims, d_ok, stride_kb, stride_ks, stride_vb, stride_vs,
-                  k_inv_scale, v_inv_scale, BLOCK_SIZE, FP8, FP8_MAX)
+    row, row_ok = dims[None, :], d_ok[None, :]  # [1, HEAD_DIM]: one head
+    k = _rotated_rows(kn_ptr + row, c, s, row, row_ok, HALF).to(kn_ptr.dtype.element_ty)
+    v = tl.load(vn_ptr + row, mask=row_ok)
+    store_at_slot(k_cache_head, v_cache_head, slot, k, v, row, row, row_ok, stride_kb, stride_ks, stride_vb,
+                  stride_vs, k_inv_scale, v_inv_scale, BLOCK_SIZE, FP8, FP8_MAX)
 
 
 @triton.jit
@@ -162,7 +163,7 @@ def _split_attention_kernel(
         # The stores land before any thread of this program loads the keys (a CTA barrier orders its
         # global memory accesses).
         tl.debug_barrier()
-        q = _rotated_rows(q_ptrs, c[None, :], s[None, :], dims[None, :], rd_ok, HEAD_DIM // 2)
+        q = _rotated_rows(q_ptrs, c, s, dims[None, :], rd_ok, HEAD_DIM // 2)
         q = q.to(q_ptr.dtype.element_ty)
     else:
         q = tl.load(q_ptrs, mask=rd_ok, other=0.0)  # [BLOCK_M, BLOCK_D]
