@@ -104,12 +104,15 @@ def test_gemvs_take_strided_activations():
 
 @pytest.mark.gpu
 def test_w4a16_gemv_takes_bfloat16_rows_not_aligned_to_words():
-    """The bf16 path reads x as int32 pairs: a view at an odd offset and odd row stride is copied first
-    (not yet run on a GPU: written after the session's device time ran out)."""
+    """The bf16 path reads x as int32 pairs: a view at an odd offset and odd row stride is copied first,
+    and so is a contiguous view that starts at an odd element (that case not yet run on a GPU)."""
     x, t, ref = int4_operands(2, 64, 48, 32, torch.bfloat16)
     wide = torch.zeros(2, 81, dtype=torch.bfloat16, device=DEVICE)
     wide[:, 1:65] = x
     assert_matches(w4a16_gemv(wide[:, 1:65], t["qweight"], t["scales"], t["zeros"], 32), ref, torch.bfloat16)
+    flat = torch.zeros(129, dtype=torch.bfloat16, device=DEVICE)  # contiguous, but from an odd element
+    flat[1:] = x.reshape(-1)
+    assert_matches(w4a16_gemv(flat[1:].view(2, 64), t["qweight"], t["scales"], t["zeros"], 32), ref, torch.bfloat16)
 
 
 def test_gemvs_reject_bad_inputs():

@@ -239,8 +239,12 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
         raise ValueError(f"x: the GEMV reads whole int32 words of weights, so K must be a multiple of 8, got K={k}")
     check_gated(gated, n)
     paired = takes_pairs(x)
-    if x.stride(1) != 1 or (paired and (x.stride(0) % 2 or x.data_ptr() % 4)):
-        x = x.contiguous()  # the paired path reads x as int32 words
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if paired and (x.stride(0) % 2 or x.data_ptr() % 4):
+        # The paired path reads x as int32 words. A fresh copy: .contiguous() would keep a contiguous view
+        # that starts at an odd element.
+        x = x.clone(memory_format=torch.contiguous_format)
     y = torch.empty((m, n // 2 if gated else n), dtype=x.dtype, device=x.device)
     if n == 0:
         return y
