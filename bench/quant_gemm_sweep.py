@@ -110,16 +110,17 @@ def main_gemv(m: int, schemes: tuple[str, ...] = ("w4", "w8")) -> None:
             args, nbytes = w4_args(m, n, k)
             q, s, z = args[1], args[2], args[3]
             # SPLIT_K None: the split w4a16_gemv gives those tiles; a short N also tries others.
-            space = {"BLOCK_N": [32, 64, 128], "BLOCK_W": [32, 64], "num_warps": [4, 8], "SPLIT_K": [None]}
+            space = {"BLOCK_N": [16, 32, 64], "BLOCK_W": [16, 32, 64], "num_warps": [4], "SPLIT_K": [None],
+                     "NUM_STAGES": [1, 2, 3, 4]}
             if n <= 8192:
-                space.update(BLOCK_N=[16, 32, 64], num_warps=[4], SPLIT_K=[None, 1, 2, 4, 8, 16])
+                space.update(BLOCK_N=[16, 32, 64], BLOCK_W=[16, 32], SPLIT_K=[None, 2, 4], NUM_STAGES=[1, 2, 3])
             time_call("w4a16 GEMM", lambda: w4a16_matmul(x, q, s, z, GROUP, split_k=None), nbytes)
             time_call("w4a16 GEMV default", lambda: w4a16_gemv(x, q, s, z, GROUP), nbytes)
             sweep_gemv("w4a16 GEMV", lambda b: w4a16_gemv(x, q, s, z, GROUP, blocks=b), nbytes, space)
         if "w8" in schemes:
             args, nbytes = w8_args(m, n, k)
             q, s = args[1], args[2]
-            space = {"BLOCK_N": [4, 8, 16], "BLOCK_K": [512, 1024, 2048], "num_warps": [4, 8], "num_stages": [1, 2, 3]}
+            space = {"BLOCK_N": [4, 8, 16], "BLOCK_K": [1024, 2048], "num_warps": [4, 8], "NUM_STAGES": [1, 2, 3, 4]}
             time_call("w8a16 GEMM", lambda: w8a16_matmul(x, q, s), nbytes)
             time_call("w8a16 GEMV autotuned", lambda: w8a16_gemv(x, q, s), nbytes)
             sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, space)
@@ -170,9 +171,10 @@ def main_dense(m: int) -> None:
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         nbytes = w.numel() * 2
         time_call("dense GEMV default", lambda: gemv(x, w), nbytes)
-        space = {"BLOCK_N": [4, 8, 16], "BLOCK_K": [256, 512, 1024], "num_warps": [4, 8], "SPLIT_K": [None]}
+        space = {"BLOCK_N": [4, 8, 16], "BLOCK_K": [512, 1024], "num_warps": [4, 8], "SPLIT_K": [None],
+                 "NUM_STAGES": [1, 2, 3]}
         if n <= 8192:
-            space.update(BLOCK_K=[512, 1024], num_warps=[4], SPLIT_K=[None, 1, 2, 4, 8])
+            space.update(num_warps=[4], SPLIT_K=[None, 2, 4], NUM_STAGES=[1, 3])
         sweep_gemv("dense GEMV", lambda b: gemv(x, w, blocks=b), nbytes, space)
 
 

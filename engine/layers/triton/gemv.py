@@ -40,7 +40,7 @@ def prefers_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, stride_xm, stride_wn, stride_ym,
                  K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, GATED: tl.constexpr, USE_PDL: tl.constexpr):
+                 SPLIT_K: tl.constexpr, GATED: tl.constexpr, USE_PDL: tl.constexpr, NUM_STAGES: tl.constexpr = 1):
     # x: [M, K]; w: [N, K] (rows stride_wn apart, columns contiguous); y: [M, N], or [M, N / 2] GATED
     TILES_PER_SPLIT: tl.constexpr = ((K + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K
     k_begin = tl.program_id(1) * (TILES_PER_SPLIT * BLOCK_K)
@@ -51,7 +51,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, stride_xm, stri
     wait_for_previous(USE_PDL)
     acc_cols = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # batch 1: per (row, column)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for t in range(TILES_PER_SPLIT):  # a compile-time trip count: a split's tiles past K are masked
+    for t in tl.range(TILES_PER_SPLIT, num_stages=NUM_STAGES):  # a split's tiles past K are masked
         k = k_begin + t * BLOCK_K + offs_k
         k_ok = k < K
         w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)

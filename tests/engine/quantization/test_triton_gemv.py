@@ -150,6 +150,27 @@ def test_gemvs_on_7b_shapes_bfloat16(m, k, n):
     assert_matches(w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], 128), ref, torch.bfloat16)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 3])
+def test_gemvs_pipelined_loads_give_the_unpipelined_bits(m):
+    """NUM_STAGES > 1 stages the weight tiles through shared memory (cp.async) ahead of their use: the
+    same products in the same order, so the same bits, split K included."""
+    from engine.layers.triton.gemv import gemv
+
+    x, qweight, scales, ref = int8_operands(m, 4096, 1024, torch.bfloat16)
+    one, three = ({"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "NUM_STAGES": s} for s in (1, 3))
+    assert torch.equal(w8a16_gemv(x, qweight, scales, blocks=one), w8a16_gemv(x, qweight, scales, blocks=three))
+    x, t, ref = int4_operands(m, 4096, 1024, 128, torch.bfloat16)
+    for split in (1, 4):
+        one, three = ({"BLOCK_N": 32, "BLOCK_W": 32, "num_warps": 4, "SPLIT_K": split, "NUM_STAGES": s} for s in (1, 3))
+        y = w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], 128, blocks=three)
+        assert torch.equal(w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], 128, blocks=one), y)
+        assert_matches(y, ref, torch.bfloat16)
+    w = torch.randn(1024, 4096, dtype=torch.bfloat16, device=DEVICE)
+    one, three = ({"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "SPLIT_K": 2, "NUM_STAGES": s} for s in (1, 3))
+    assert torch.equal(gemv(x, w, blocks=one), gemv(x, w, blocks=three))
+
+
 def test_w4a16_decode_takes_the_gemv_for_every_decode_size():
     from engine.layers.quantization.triton.w4a16_gemv import prefers_gemv
 

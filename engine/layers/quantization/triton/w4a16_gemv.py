@@ -35,17 +35,20 @@ from engine.layers.triton.split_k import PROGRAMS_PER_SM, check_split, split_buf
 
 GEMV_MAX_M = 4
 # Launches by N, from bench/quant_gemm_sweep.py --gemv and bench/gemv_ab.py --sweep on an H100 (7B
-# shapes, group 128; BLOCK_W in int32 words of 8 columns); a GPU that the row tiles alone do not fill
-# gets K split (split_for). The float32 path: 64x64 where 64-row tiles fill it (lm_head: 119 us), 128x32
-# for qkv / gate_up (15.3 / 28.0 us, against 18.7 / 28.0 for 64x64), 64x32 for a 4096-row o_proj / down
-# (7.7 / 16.2 us). The paired path: 64x64 (lm_head 100 us), 32x32 (qkv / gate_up 12.6 / 22.2), 64x16
-# (o_proj / down 5.9-6.2 / 10.7-11.4).
+# shapes, group 128; BLOCK_W in int32 words of 8 columns; NUM_STAGES > 1 pipelines the weight loads
+# through shared memory); a GPU that the row tiles alone do not fill gets K split (split_for). The float32
+# path: 64x64 where 64-row tiles fill it (lm_head: 119 us), 128x32 for qkv / gate_up (15.3 / 28.0 us,
+# against 18.7 / 28.0 for 64x64), 64x32 for a 4096-row o_proj / down (7.7 / 16.2 us). The paired path:
+# 64x64 in 2 stages (lm_head 96.6 us, 97.9 in one), 32x32 in 3 stages above PAIRED_SHORT_N rows (gate_up
+# 21.4 us, 22.5 in one), 64x16 up to it (qkv 11.5 us against 12.7 for 32x32, o_proj / down 6.1-6.4 / 11.1).
 WIDE_LAUNCH = {"BLOCK_N": 64, "BLOCK_W": 64, "num_warps": 4}
 MID_LAUNCH = {"BLOCK_N": 128, "BLOCK_W": 32, "num_warps": 4}
 SHORT_LAUNCH = {"BLOCK_N": 64, "BLOCK_W": 32, "num_warps": 4}
-PAIRED_MID_LAUNCH = {"BLOCK_N": 32, "BLOCK_W": 32, "num_warps": 4}
+PAIRED_WIDE_LAUNCH = {"BLOCK_N": 64, "BLOCK_W": 64, "num_warps": 4, "NUM_STAGES": 2}
+PAIRED_MID_LAUNCH = {"BLOCK_N": 32, "BLOCK_W": 32, "num_warps": 4, "NUM_STAGES": 3}
 PAIRED_SHORT_LAUNCH = {"BLOCK_N": 64, "BLOCK_W": 16, "num_warps": 4}
 SHORT_N = 8192
+PAIRED_SHORT_N = 16384
 INTERPRET_BLOCKS = {"BLOCK_N": 16, "BLOCK_W": 4}  # small tiles exercise the edge masks
 
 
@@ -73,9 +76,9 @@ def launch_for(n: int, group_size: int, device: torch.device, paired: bool = Fal
     if interpreting():
         launch = dict(INTERPRET_BLOCKS)
     elif triton.cdiv(n, WIDE_LAUNCH["BLOCK_N"]) >= PROGRAMS_PER_SM * multiprocessors(device):
-        launch = dict(WIDE_LAUNCH)
+        launch = dict(PAIRED_WIDE_LAUNCH if paired else WIDE_LAUNCH)
     elif paired:
-        launch = dict(PAIRED_MID_LAUNCH if n > SHORT_N else PAIRED_SHORT_LAUNCH)
+        launch = dict(PAIRED_MID_LAUNCH if n > PAIRED_SHORT_N else PAIRED_SHORT_LAUNCH)
     else:
         launch = dict(MID_LAUNCH if n > SHORT_N else SHORT_LAUNCH)
     if not tile_fits(launch["BLOCK_W"], group_size):
@@ -143,7 +146,7 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
                        stride_xm, stride_qn, stride_sn, stride_sg, stride_zn, stride_zg, stride_ym,
                        K: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr,
-                       USE_PDL: tl.constexpr, PAIRED: tl.constexpr):
+                       USE_PDL: tl.constexpr, PAIRED: tl.constexpr, NUM_STAGES: tl.constexpr = 1):
     # q is read as int32 words, 8 columns each: nibble i of word j (bits 4i) is column
     # 8j + KERNEL_ORDER[i] = 8j + 2 * (i % 4) + i // 4. A tile of BLOCK_W words holds whole
     # groups (GROUPS of them) or lies inside one (GROUPS = 1): the wrapper picks BLOCK_W so. K and
@@ -162,7 +165,7 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
     wait_for_previous(USE_PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_words = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)  # PAIRED at M = 1: scaled sums per word
-    for t in range(TILES_PER_SPLIT):  # a compile-time trip count: a split's tiles past K are masked
+    for t in tl.range(TILES_PER_SPLIT, num_stages=NUM_STAGES):  # a split's tiles past K are masked
         w0 = w_begin + t * BLOCK_W
         w_ok = w0 + offs_w < KW
         words = tl.load(q_rows + (w0 + offs_w)[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
@@ -229,7 +232,7 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     zeros: uint8 [N, G], G = ceil(K / group_size) -> x @ w.T: [M, N] in
     x.dtype; gated (rows = [gate; up], N even): silu(gate) * up of it, [M, N / 2], with the bits of
     silu_and_mul after the plain GEMV. blocks: a launch ({"BLOCK_N", "BLOCK_W", "num_warps"}, optionally
-    "SPLIT_K", else split_for's) instead of launch_for's."""
+    "NUM_STAGES" and "SPLIT_K", else split_for's) instead of launch_for's."""
     check_int4_operands(x, qweight, scales, zeros, group_size)
     m, k = x.shape
     n = qweight.shape[0]
