@@ -71,7 +71,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, blocks: dict | None = None, gate
     """x: [M, K] float16/bfloat16 with 1 <= M <= GEMV_MAX_M, weight: [N, K] in x's dtype, last dim
     contiguous -> x @ weight.T: [M, N]; gated (weight = [gate; up], N even): silu(gate) * up of it, [M, N / 2],
     with the bits of silu_and_mul after the plain GEMV. blocks: a launch ({"BLOCK_N", "BLOCK_K", "num_warps"},
-    optionally "SPLIT_K", else split_for's) instead of the one for N."""
+    optionally "NUM_STAGES" (weight tiles staged through shared memory that many steps ahead; the launches
+    for N keep 1, which measured as fast on the 7B shapes) and "SPLIT_K", else split_for's) instead of the
+    one for N."""
     check_tensor("x", x, GEMV_DTYPES, 2)
     check_tensor("weight", weight, (x.dtype,), 2, like=x)
     m, k = x.shape
