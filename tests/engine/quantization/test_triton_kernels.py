@@ -79,6 +79,18 @@ def test_w4a16_split_k_matches_reference(m, k, n, group_size, split_k, dtype):
     assert_matches(w4a16_matmul(x, t["qweight"], t["scales"], t["zeros"], group_size, split_k=split_k), ref, dtype)
 
 
+def test_w4a16_split_k_past_k_reads_no_group_past_the_last():
+    """3 splits of a 64-column K (16-byte tiles): the last split lies wholly past K. Its tile's group
+    index is past the last group; the scales there are NaN here (a wider tensor viewed narrower), which
+    an unmasked read would turn into a NaN output (0 * NaN) - as it did, now and then, on whatever memory
+    followed the scales."""
+    x, t, ref = int4_operands(3, 64, 96, 32, torch.float32)
+    wide = torch.full((96, 3), float("nan"), device=DEVICE)
+    wide[:, :2] = t["scales"]
+    y = w4a16_matmul(x, t["qweight"], wide[:, :2], t["zeros"], 32, split_k=3)
+    assert_matches(y, ref, torch.float32)
+
+
 # Each layout a launch may take (the autotuner picks per M bucket on CUDA): x @ w.T, or w @ x.T with the
 # weights as the register operand; int4's swapped tiles may also scale the weights before the MMA.
 @pytest.mark.parametrize("dtype", DTYPES)

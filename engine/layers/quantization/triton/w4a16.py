@@ -87,6 +87,7 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
     # M_BUCKET is only the autotune key. Axis 0 walks M fastest, so the programs that read one weight
     # tile run together and all but the first find it in L2.
     KH: tl.constexpr = (K + 1) // 2  # bytes per weight row
+    NUM_GROUPS: tl.constexpr = (K + GROUP_SIZE - 1) // GROUP_SIZE
     # With SPLIT_K > 1, axis 2 picks a range of K (whole tiles, so a tile still never spans two groups)
     # and y is a float32 [SPLIT_K, M, N] buffer of partials.
     TILE: tl.constexpr = BLOCK_K // 2
@@ -108,8 +109,11 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, M_BUCKET,
     for j0 in range(0, KH_SPLIT, TILE):
         j_ok = j0 + offs_j < KH
         g = 2 * (j_begin + j0) // GROUP_SIZE
-        z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_ok, other=0)
-        s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_ok, other=0.0).to(tl.float32)
+        # A split's tiles past K (3 splits of a 64-column K) would read a group past the last: masked, the
+        # scale is 0 and the tile adds nothing (an unmasked read could meet a NaN there: 0 * NaN)
+        g_ok = tl.where(g < NUM_GROUPS, n_ok, False)  # a scalar and a tensor mask: the interpreter needs where
+        z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=g_ok, other=0)
+        s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=g_ok, other=0.0).to(tl.float32)
         if SWAP_AB:
             x_low = tl.load(x_ptrs, mask=j_ok[:, None] & m_ok[None, :], other=0.0)
             x_high = tl.load(x_ptrs + KH, mask=j_ok[:, None] & m_ok[None, :], other=0.0)
