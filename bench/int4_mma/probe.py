@@ -1,8 +1,9 @@
 """Experiment: the tensor-core int4 GEMV (w4a16_mma.cu) against the Triton GEMV the engine runs, on the
 7B decode shapes. Not wired into the engine: it moves there only if it is faster and exact here.
 
-    python bench/int4_mma/probe.py --check-layout   # CPU: the fragment layout round-trips
-    python bench/int4_mma/probe.py                  # CUDA (needs nvcc): build, check, time
+    python bench/int4_mma/probe.py     # CUDA (needs nvcc): build, check, time
+
+The fragment layout itself is checked on the CPU by tests/bench/test_int4_mma_layout.py.
 
 The CUDA run builds the kernel with torch.utils.cpp_extension (nvcc, ~1 min the first time), checks
 every launch variant against the dequantized float32 product and the Triton GEMV at M = 1 and 4, then
@@ -15,19 +16,20 @@ import pathlib
 import sys
 
 import torch
+import triton
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[1])]  # layout, quant_gemm_sweep, engine
 
-from layout import CHUNK_K, from_mma_fragments, scale_zero_words, to_mma_fragments  # noqa: E402
+from layout import scale_zero_words, to_mma_fragments  # noqa: E402
+from quant_gemm_sweep import GROUP, SHAPES  # noqa: E402  (GROUP: w4a16_mma.cu's GROUP_SIZE, 128)
 
 from engine.layers.quantization import int4  # noqa: E402
+from engine.layers.quantization.triton.w4a16_gemv import w4a16_gemv  # noqa: E402
+from engine.layers.triton.pdl import set_programmatic_launch  # noqa: E402
+from engine.layers.triton.split_k import arrival_counters  # noqa: E402
 
-SHAPES = {"qkv": (12288, 4096), "o_proj": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
-          "lm_head": (125696, 4096)}
-GROUP = 128  # w4a16_mma.cu's GROUP_SIZE
 VARIANTS = [(2, 1), (2, 2), (2, 4), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2)]  # (DEPTH, TILES), as in LAUNCHER
-WARPS = 4  # w4a16_mma.cu's
 
 LAUNCHER = r"""
 #include <torch/extension.h>
@@ -62,17 +64,9 @@ DECLARATION = ("void launch(torch::Tensor w, torch::Tensor x, torch::Tensor sz, 
 def build():
     from torch.utils.cpp_extension import load_inline
 
-    kernel = (pathlib.Path(__file__).resolve().parent / "w4a16_mma.cu").read_text()
+    kernel = (HERE / "w4a16_mma.cu").read_text()
     return load_inline(name="inferline_w4a16_mma_probe", cpp_sources=DECLARATION, cuda_sources=kernel + LAUNCHER,
                        functions=["launch"], extra_cuda_cflags=["-O3", "-gencode=arch=compute_90,code=sm_90"])
-
-
-def check_layout() -> None:
-    n, k = 48, 3 * CHUNK_K
-    q = torch.randint(0, 16, (n, k), dtype=torch.uint8)
-    words = to_mma_fragments(int4.pack(q), k, 64)
-    assert torch.equal(from_mma_fragments(words, 64), q), "fragment layout does not round-trip"
-    print(f"layout round-trips: {n} x {k} -> {tuple(words.shape)}")
 
 
 def operands(m: int, n: int, k: int):
@@ -87,18 +81,8 @@ def operands(m: int, n: int, k: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check-layout", action="store_true", help="CPU: only check the fragment layout")
     parser.add_argument("--m", default="1,4", help="rows of x to check and time")
     opts = parser.parse_args()
-    check_layout()
-    if opts.check_layout:
-        return
-    import triton
-
-    from engine.layers.quantization.triton.w4a16_gemv import w4a16_gemv
-    from engine.layers.triton.pdl import set_programmatic_launch
-    from engine.layers.triton.split_k import arrival_counters
-
     set_programmatic_launch(False)
     module = build()
     counters = arrival_counters(torch.device("cuda"))
