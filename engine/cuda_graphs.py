@@ -6,8 +6,8 @@ Two families, each captured once per bucket over static input buffers:
 - decode: every sequence adds one token; buckets of batch size.
 - prefill: a single sequence adds a chunk of tokens (a new prompt, or the next chunk of one); buckets of
   chunk length, up to MAX_PREFILL_TOKENS (longer chunks are GPU-bound, so eager costs nothing there).
-A step copies its inputs in and pads to the bucket: padding tokens store nothing (slot -1) and belong to
-a padding sequence with no context, which attends to nothing."""
+A step copies its inputs in (one copy: engine/graph_inputs.py) and pads to the bucket: padding tokens
+store nothing (slot -1) and belong to a padding sequence with no context, which attends to nothing."""
 from __future__ import annotations
 
 import bisect
@@ -16,9 +16,10 @@ from typing import Iterable
 import structlog
 import torch
 
+from engine.graph_inputs import GraphInputs
 from engine.layers.attention import AttentionMetadata
 from engine.step_inputs import StepInputs
-from engine.transfer import copy_into, to_device
+from engine.transfer import to_device
 
 log = structlog.get_logger(__name__)
 
@@ -48,16 +49,9 @@ class StepGraphs:
         device = kv_caches[0].device
         tokens = max(self.batch_sizes[-1], *self.prefill_lengths)
         seqs = max(self.batch_sizes[-1], 2)
-        # Static inputs: every graph reads a prefix of these.
-        self.input_ids = torch.zeros(tokens, dtype=torch.long, device=device)
-        self.positions = torch.zeros(tokens, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((tokens,), -1, dtype=torch.long, device=device)
-        self.context_lens = torch.zeros(seqs, dtype=torch.int32, device=device)
-        self.block_tables = torch.zeros(seqs, max_blocks, dtype=torch.int32, device=device)
+        # Static inputs: every graph reads a prefix of these, loaded by one copy a step.
+        self.inputs = GraphInputs(tokens, seqs, max_blocks, device)
         self.decode_query_start = torch.arange(seqs + 1, dtype=torch.int32, device=device)
-        # A prefill graph's batch: [0, n) the sequence's chunk, [n, bucket) padding.
-        self.prefill_query_start = torch.zeros(3, dtype=torch.int32, device=device)
-        self.prefill_last_token = torch.zeros(1, dtype=torch.long, device=device)
         self._graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self._logits: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -74,7 +68,7 @@ class StepGraphs:
         for kind, size in shapes:
             forward = self._decode if kind == "decode" else self._prefill
             if kind == "prefill":  # a whole bucket of real tokens; host-to-device copies stay out of captures
-                self.prefill_query_start.copy_(torch.tensor([0, size, size], dtype=torch.int32))
+                self.inputs.prefill_query_start.copy_(torch.tensor([0, size, size], dtype=torch.int32))
             forward(size)  # compiles and autotunes this shape's kernels outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
@@ -95,43 +89,32 @@ class StepGraphs:
         n = len(inputs.input_ids)
         if inputs.max_query_len == 1 and inputs.num_seqs <= self.batch_sizes[-1]:
             bucket = self.batch_sizes[bisect.bisect_left(self.batch_sizes, n)]
-            self._load(inputs, bucket, seqs=bucket, previous_tokens=previous_tokens)
+            self.inputs.load(inputs)
+            inputs.fill_carried(self.inputs.input_ids, previous_tokens)
             self._graphs["decode", bucket].replay()
             logits = self._logits["decode", bucket][:n]
             # A one-token chunk of a longer prompt is computed here too but samples nothing.
             return logits if len(inputs.logits_index) == n else logits[to_device(inputs.logits_index, logits.device)]
         if inputs.num_seqs == 1 and self.prefill_lengths and n <= self.prefill_lengths[-1]:
             bucket = self.prefill_lengths[bisect.bisect_left(self.prefill_lengths, n)]
-            self._load(inputs, bucket, seqs=2, previous_tokens=previous_tokens)
-            copy_into(self.prefill_query_start, torch.tensor([0, n, bucket], dtype=torch.int32))
-            self.prefill_last_token.fill_(n - 1)
+            self.inputs.load(inputs, prefill_bucket=bucket)
+            inputs.fill_carried(self.inputs.input_ids, previous_tokens)
             self._graphs["prefill", bucket].replay()
             return self._logits["prefill", bucket][:len(inputs.logits_index)]  # none for a non-final chunk
         return None
 
-    def _load(self, inputs: StepInputs, tokens: int, seqs: int, previous_tokens: torch.Tensor | None) -> None:
-        n, s = len(inputs.input_ids), inputs.num_seqs
-        copy_into(self.input_ids[:n], inputs.input_ids)
-        inputs.fill_carried(self.input_ids, previous_tokens)
-        copy_into(self.positions[:n], inputs.positions)
-        copy_into(self.slot_mapping[:n], inputs.slot_mapping)
-        copy_into(self.context_lens[:s], inputs.context_lens)
-        tables = inputs.block_tables()
-        copy_into(self.block_tables[:s, :tables.shape[1]], tables)
-        # Whatever an earlier, larger step left in the padding becomes padding again.
-        self.slot_mapping[n:tokens].fill_(-1)
-        self.context_lens[s:seqs].zero_()
-
     def _decode(self, bs: int) -> torch.Tensor:
-        meta = AttentionMetadata(slot_mapping=self.slot_mapping[:bs], block_tables=self.block_tables[:bs],
-                                 context_lens=self.context_lens[:bs], query_start=self.decode_query_start[:bs + 1],
+        i = self.inputs
+        meta = AttentionMetadata(slot_mapping=i.slot_mapping[:bs], block_tables=i.block_tables[:bs],
+                                 context_lens=i.context_lens[:bs], query_start=self.decode_query_start[:bs + 1],
                                  max_query_len=1, max_context_len=self.max_context_len)
-        hidden = self.model(self.input_ids[:bs], self.positions[:bs], self.kv_caches, meta)
+        hidden = self.model(i.input_ids[:bs], i.positions[:bs], self.kv_caches, meta)
         return self.model.compute_logits(hidden)
 
     def _prefill(self, tokens: int) -> torch.Tensor:
-        meta = AttentionMetadata(slot_mapping=self.slot_mapping[:tokens], block_tables=self.block_tables[:2],
-                                 context_lens=self.context_lens[:2], query_start=self.prefill_query_start,
+        i = self.inputs
+        meta = AttentionMetadata(slot_mapping=i.slot_mapping[:tokens], block_tables=i.block_tables[:2],
+                                 context_lens=i.context_lens[:2], query_start=i.prefill_query_start,
                                  max_query_len=tokens, max_context_len=self.max_context_len)
-        hidden = self.model(self.input_ids[:tokens], self.positions[:tokens], self.kv_caches, meta)
-        return self.model.compute_logits(hidden[self.prefill_last_token])
+        hidden = self.model(i.input_ids[:tokens], i.positions[:tokens], self.kv_caches, meta)
+        return self.model.compute_logits(hidden[i.prefill_last_token])

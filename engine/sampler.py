@@ -5,7 +5,6 @@ random generator, so a seeded request samples the same tokens whatever else is i
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -63,32 +62,41 @@ class Sampler:
         # logits: [rows, vocab] float32
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(r.seq.params.logprobs for r in rows) else None
         penalized = [i for i, r in enumerate(rows) if _has_penalties(r.seq)]
-        forbidden = self._forbidden_early_stops(rows)
-        if penalized or forbidden[0]:
+        if penalized:
             logits = logits.clone()
             for i in penalized:
                 self._apply_penalties(logits[i], rows[i].seq)
+        forbidden = self._forbidden_early_stops(rows)
+        greedy = [i for i, r in enumerate(rows) if r.seq.params.greedy]
+        if len(greedy) == len(rows) and logits.is_cuda:  # the common serving case: one launch
+            from engine.layers.triton.argmax import greedy_tokens
+
+            token_ids = greedy_tokens(logits, _banned_table(forbidden, len(rows), logits.device))
+        else:
             if forbidden[0]:  # every row's masked stop tokens in one indexed write
+                logits = logits if penalized else logits.clone()
                 rows_idx, token_idx = _on_device(list(forbidden), logits.device)
                 # A device scalar: a Python float would be copied from the host, blocking (sync debug mode).
                 logits.index_put_((rows_idx, token_idx), logits.new_full((), float("-inf")))
-        greedy = [i for i, r in enumerate(rows) if r.seq.params.greedy]
-        if len(greedy) == len(rows):  # the common serving case
-            token_ids = argmax(logits)
-        else:
-            token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-            if greedy:
-                greedy_rows = _on_device(greedy, logits.device)
-                token_ids[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
-            for i, row in enumerate(rows):
-                if not row.seq.params.greedy:
-                    token_ids[i] = self._sample(logits[i], row)
+            token_ids = self._draw(logits, rows, greedy)
         device_side = [token_ids]
         if raw_logprobs is not None:
             top = max(r.seq.params.top_logprobs for r in rows)
             top_vals, top_ids = raw_logprobs.topk(top, dim=-1)
             device_side += [raw_logprobs.gather(1, token_ids[:, None])[:, 0], top_vals, top_ids]
         return SampledTokens(token_ids, rows, *_copy_to_host(device_side))
+
+    def _draw(self, logits: torch.Tensor, rows: list[SamplingRow], greedy: list[int]) -> torch.Tensor:
+        if len(greedy) == len(rows):
+            return logits.argmax(dim=-1)
+        token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        if greedy:
+            greedy_rows = _on_device(greedy, logits.device)
+            token_ids[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+        for i, row in enumerate(rows):
+            if not row.seq.params.greedy:
+                token_ids[i] = self._sample(logits[i], row)
+        return token_ids
 
     def _forbidden_early_stops(self, rows: list[SamplingRow]) -> tuple[list[int], list[int]]:
         """(row, token) pairs that must not be sampled: stop and EOS tokens before min_tokens."""
@@ -133,24 +141,16 @@ class Sampler:
         return (probs / noise).argmax()  # stays on the device: no sync per row
 
 
-def argmax(logits: torch.Tensor) -> torch.Tensor:
-    """logits.argmax(dim=-1) (the first index of the largest value, NaN counting as largest), in two
-    passes when there are few rows: torch reduces a single 128k-entry row in one thread block
-    (26 us on an H200, 0.5% of a 7B batch-1 step), while per-chunk maxima spread over many blocks."""
-    rows, vocab = logits.shape
-    chunk = _argmax_chunk(vocab)
-    if rows > 8 or chunk is None or not logits.is_contiguous():
-        return logits.argmax(dim=-1)
-    parts = logits.view(rows, vocab // chunk, chunk)
-    within = parts.argmax(dim=-1)  # [rows, chunks]: the first maximum of each chunk
-    best = parts.gather(-1, within[..., None])[..., 0].argmax(dim=-1, keepdim=True)  # the first chunk holding it
-    return (best * chunk + within.gather(-1, best))[:, 0]
-
-
-@functools.cache
-def _argmax_chunk(vocab: int) -> int | None:
-    """A divisor of vocab in [256, 2048] (the largest), or None: chunks must tile the row exactly."""
-    return next((c for c in range(2048, 255, -1) if vocab % c == 0), None)
+def _banned_table(forbidden: tuple[list[int], list[int]], num_rows: int, device: torch.device) -> torch.Tensor | None:
+    """The (row, token) pairs as a [rows, most per row] table padded with -1, on `device`; None if none."""
+    rows_idx, token_idx = forbidden
+    if not rows_idx:
+        return None
+    per_row: list[list[int]] = [[] for _ in range(num_rows)]
+    for r, t in zip(rows_idx, token_idx):
+        per_row[r].append(t)
+    width = max(len(p) for p in per_row)
+    return to_device(torch.tensor([p + [-1] * (width - len(p)) for p in per_row], dtype=torch.long), device)
 
 
 def _on_device(values: list, device: torch.device) -> torch.Tensor:
