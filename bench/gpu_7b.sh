@@ -15,7 +15,8 @@
 #   bench/gpu_7b.sh gqa         the Llama-3-8B shape (GQA 32/8): batch-1 latency vs HF, 128/128 throughput
 #   bench/gpu_7b.sh kernels     decode kernel sweeps: the int4/int8 and dense bf16 GEMVs, split-KV attention
 #   bench/gpu_7b.sh profile     where the batch-1 decode step's GPU time goes, per kernel: bf16, int8_wo, int4_wo,
-#                               with programmatic dependent launch on and off
+#                               with programmatic dependent launch on and off; and the steady steps' timeline
+#                               (the graph, what runs outside it, idle time: bench/step_timeline.py)
 #   bench/gpu_7b.sh all         every stage above, in that order
 # Writes [BENCHMARK] lines, tables, JSON and PNG plots under $OUT (default bench-results/). Each stage
 # builds the random checkpoint it needs first (~1 min), unless it is already there.
@@ -138,6 +139,8 @@ stage_profile() {  # PROFILE_SCHEMES (default "bf16 int8_wo int4_wo"), PROFILE_P
         > "$OUT/profile_${scheme}_pdl_$pdl.txt"
       grep "decode" "$OUT/profile_${scheme}_pdl_$pdl.txt" | head -2
     done
+    python3 bench/step_timeline.py --model "$model" --input-len 128 > "$OUT/timeline_${scheme}.txt" 2>&1
+    grep "_us:" "$OUT/timeline_${scheme}.txt"
   done
 }
 
