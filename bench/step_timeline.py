@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import statistics
 import tempfile
 
@@ -83,10 +84,11 @@ def main() -> None:
                 torch.cuda.synchronize()
         while engine.has_unfinished():
             engine.step()
-    path = args.trace or tempfile.mktemp(suffix=".json")
-    prof.export_chrome_trace(path)
-    with open(path) as f:
-        cut = steps(gpu_ops(json.load(f)))
+    with tempfile.TemporaryDirectory() as scratch:
+        path = args.trace or os.path.join(scratch, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            cut = steps(gpu_ops(json.load(f)))
     rows = [summarize(step, nxt[0]["ts"]) for step, nxt in zip(cut, cut[1:])]
     for key in ("span_us", "graph_us", "outside_us", "idle_us"):
         print(f"{key:>10}: median {statistics.median(r[key] for r in rows):8.1f}  "

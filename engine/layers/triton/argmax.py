@@ -47,7 +47,7 @@ def _argmax_kernel(logits_ptr, banned_ptr, part_val_ptr, part_idx_ptr, count_ptr
     chunk = tl.program_id(1)
     offs = chunk * BLOCK + tl.arange(0, BLOCK)
     ok = offs < V
-    values = tl.load(logits_ptr + row * stride_row + offs, mask=ok, other=float("-inf")).to(tl.float32)
+    values = tl.load(logits_ptr + row.to(tl.int64) * stride_row + offs, mask=ok, other=float("-inf")).to(tl.float32)
     for b in range(num_banned):  # a few ids (stop and EOS tokens); a run-time count: one compiled kernel
         token = tl.load(banned_ptr + row * num_banned + b)
         values = tl.where(offs == token, float("-inf"), values)
