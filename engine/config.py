@@ -45,18 +45,22 @@ class EngineConfig:
                 raise InvalidParameterError(field, problem)
 
         check(isinstance(self.model, str) and bool(self.model), "model", "must name a model")
-        check(self.device == "cpu" or self.device.startswith("cuda"), "device", f"must be cpu or cuda[:N], got {self.device!r}")
-        check(self.dtype is None or self.dtype in DTYPES, "dtype", f"must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        check(self.device == "cpu" or self.device.startswith("cuda"), "device",
+              f"must be cpu or cuda[:N], got {self.device!r}")
+        check(self.dtype is None or self.dtype in DTYPES, "dtype",
+              f"must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         check(self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}")
         check(self.max_num_tokens >= self.max_batch_size, "max_num_tokens",
               f"must be >= max_batch_size ({self.max_batch_size}) so every running sequence can decode each step, "
               f"got {self.max_num_tokens}")
         check(self.max_seq_len is None or self.max_seq_len >= 2, "max_seq_len", f"must be >= 2, got {self.max_seq_len}")
         check(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
-        check(self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks", f"must be >= 1, got {self.num_kv_blocks}")
+        check(self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks",
+              f"must be >= 1, got {self.num_kv_blocks}")
         check(0 < self.kv_cache_free_mem_fraction <= 1, "kv_cache_free_mem_fraction",
               f"must be in (0, 1], got {self.kv_cache_free_mem_fraction}")
-        check(self.scheduler_policy in POLICIES, "scheduler_policy", f"must be one of {POLICIES}, got {self.scheduler_policy!r}")
+        check(self.scheduler_policy in POLICIES, "scheduler_policy",
+              f"must be one of {POLICIES}, got {self.scheduler_policy!r}")
         check(self.batching in BATCHING, "batching", f"must be one of {BATCHING}, got {self.batching!r}")
         check(self.attention_backend in BACKEND_CHOICES, "attention_backend",
               f"must be one of {list(BACKEND_CHOICES)}, got {self.attention_backend!r}")

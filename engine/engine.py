@@ -98,7 +98,8 @@ class Engine:
         log.info("engine_ready", model=config.model, architecture=cfg.architecture, device=str(self.device),
                  dtype=str(self.dtype), kv_cache_dtype=str(self.kv_cache_dtype), attention=backend,
                  cuda_graphs=self.runner.graphs is not None,
-                 activation_reserve_gib=round(activation_bytes / 2**30, 3), kv_blocks=num_blocks, block_size=config.block_size, max_seq_len=self.max_seq_len)
+                 activation_reserve_gib=round(activation_bytes / 2**30, 3), kv_blocks=num_blocks,
+                 block_size=config.block_size, max_seq_len=self.max_seq_len)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -258,10 +259,12 @@ class Engine:
     def _check_fits(self, token_ids: list[int], params: SamplingParams) -> None:
         n = len(token_ids)
         if n >= self.max_seq_len:
-            raise InvalidParameterError("prompt", f"{n} tokens leave no room to generate within max_seq_len={self.max_seq_len}")
+            raise InvalidParameterError("prompt", f"{n} tokens leave no room to generate within "
+                                                  f"max_seq_len={self.max_seq_len}")
         bad = [t for t in params.stop_token_ids if t >= self.model_config.vocab_size]
         if bad:
-            raise InvalidParameterError("stop_token_ids", f"must be < vocab size {self.model_config.vocab_size}, got {bad}")
+            raise InvalidParameterError("stop_token_ids",
+                                        f"must be < vocab size {self.model_config.vocab_size}, got {bad}")
         bm = self.block_manager
         need = blocks_for(min(n + params.max_tokens, self.max_seq_len), bm.block_size)
         if need > bm.num_blocks:

@@ -50,11 +50,14 @@ class SamplingParams:
         return self.temperature == 0.0 or self.top_k == 1
 
     def validate(self) -> None:
-        _check(_is_int(self.max_tokens) and self.max_tokens > 0, "max_tokens", f"must be an integer > 0, got {self.max_tokens!r}")
+        _check(_is_int(self.max_tokens) and self.max_tokens > 0,
+               "max_tokens", f"must be an integer > 0, got {self.max_tokens!r}")
         _check(_is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens,
                "min_tokens", f"must be an integer in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}")
-        _check(_is_num(self.temperature) and self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature!r}")
-        _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", f"must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        _check(_is_num(self.temperature) and self.temperature >= 0,
+               "temperature", f"must be >= 0, got {self.temperature!r}")
+        _check(_is_int(self.top_k) and self.top_k >= 0,
+               "top_k", f"must be an integer >= 0 (0 = off), got {self.top_k!r}")
         _check(_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p!r}")
         _check(_is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p", f"must be in [0, 1], got {self.min_p!r}")
         _check(_is_num(self.repetition_penalty) and self.repetition_penalty > 0,
@@ -65,10 +68,12 @@ class SamplingParams:
                "frequency_penalty", f"must be in [-2, 2], got {self.frequency_penalty!r}")
         _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63),
                "seed", f"must be an integer in [0, 2**63), got {self.seed!r}")
-        _check(len(self.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+        _check(len(self.stop) <= MAX_STOP_STRINGS,
+               "stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
         for s in self.stop:
             _check(isinstance(s, str) and 0 < len(s) <= MAX_STOP_STRING_CHARS,
-                   "stop", f"each stop string must be a non-empty string of at most {MAX_STOP_STRING_CHARS} characters, got {s!r}")
+                   "stop", f"each stop string must be a non-empty string of at most {MAX_STOP_STRING_CHARS} "
+                           f"characters, got {s!r}")
         _check(self.detokenize or not self.stop, "stop", "stop strings need detokenize=True")
         for t in self.stop_token_ids:
             _check(_is_int(t) and t >= 0, "stop_token_ids", f"must be non-negative integers, got {t!r}")

@@ -127,7 +127,8 @@ class Scheduler:
             if n <= 0 and not static:
                 break
             # guaranteed_no_evict reserves the whole lifetime up front, so the sequence never grows later.
-            reserve = seq.max_lifetime_tokens if self.config.policy == "guaranteed_no_evict" else seq.num_computed_tokens + n
+            whole_lifetime = self.config.policy == "guaranteed_no_evict"
+            reserve = seq.max_lifetime_tokens if whole_lifetime else seq.num_computed_tokens + n
             if not self.block_manager.can_allocate(seq, reserve):
                 break
             self.block_manager.allocate(seq, reserve)

@@ -49,7 +49,8 @@ def _field(reader, key: str, default=None):
 def _config(reader) -> ModelConfig:
     arch = _field(reader, "general.architecture")
     if arch not in _ARCHITECTURES:
-        raise UnsupportedModelError(f"GGUF architecture {arch!r} is not supported (supported: {sorted(_ARCHITECTURES)})")
+        raise UnsupportedModelError(f"GGUF architecture {arch!r} is not supported "
+                                    f"(supported: {sorted(_ARCHITECTURES)})")
     names = {t.name for t in reader.tensors}
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
     hidden = int(_field(reader, f"{arch}.embedding_length"))

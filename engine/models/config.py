@@ -91,15 +91,17 @@ HF_CONFIG_READERS: dict[str, Callable[[dict], ModelConfig]] = {
     "mistral": lambda c: _llama_like(c, "mistral"),
     "qwen2": lambda c: _llama_like(c, "qwen2", qkv_bias=True, o_proj_bias=False, mlp_bias=False),
     # Baichuan2-7B: Llama layout with a fused W_pack projection and NormHead; MHA, RoPE.
-    "baichuan": lambda c: _llama_like(c, "baichuan", norm_head=True,
-                                      max_position_embeddings=c.get("model_max_length", c.get("max_position_embeddings", 4096))),
+    "baichuan": lambda c: _llama_like(
+        c, "baichuan", norm_head=True,
+        max_position_embeddings=c.get("model_max_length", c.get("max_position_embeddings", 4096))),
 }
 
 
 def model_config_from_hf(cfg: dict) -> ModelConfig:
     model_type = cfg.get("model_type")
     if model_type not in HF_CONFIG_READERS:
-        raise UnsupportedModelError(f"model_type {model_type!r} is not supported (supported: {sorted(HF_CONFIG_READERS)})")
+        raise UnsupportedModelError(f"model_type {model_type!r} is not supported "
+                                    f"(supported: {sorted(HF_CONFIG_READERS)})")
     if model_type == "baichuan" and cfg.get("hidden_size") == 5120:
         raise UnsupportedModelError("Baichuan2-13B uses ALiBi attention, which is not supported; Baichuan2-7B is")
     return HF_CONFIG_READERS[model_type](cfg)

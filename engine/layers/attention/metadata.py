@@ -14,9 +14,11 @@ class AttentionMetadata:
     these can be captured in a CUDA graph (the Python ints are then fixed by the capture).
     """
 
-    slot_mapping: torch.Tensor  # [tokens] int64: cache slot (block * block_size + offset) of each new token; -1: padding
+    # [tokens] int64: cache slot (block * block_size + offset) of each new token; -1: padding
+    slot_mapping: torch.Tensor
     block_tables: torch.Tensor  # [seqs, max_blocks] int32: each sequence's blocks, padded with 0
-    context_lens: torch.Tensor  # [seqs] int32: tokens in each sequence's cache, this step's new ones included; 0: padding
+    # [seqs] int32: tokens in each sequence's cache, this step's new ones included; 0: padding
+    context_lens: torch.Tensor
     query_start: torch.Tensor  # [seqs + 1] int32: where each sequence's tokens start in the flattened batch
     max_query_len: int  # most new tokens of any sequence this step (1: a decode-only step)
     max_context_len: int  # longest context (cached + new tokens) of any sequence this step

@@ -43,7 +43,8 @@ def check_device(config: QuantizationConfig, device: torch.device) -> None:
     check = DEVICE_CHECKS.get(config.weight_format)
     if check is not None:
         check(device)
-    if device.type == "cuda" and config.weight_format in ("int8_wo", "int4") and importlib.util.find_spec("triton") is None:
+    needs_triton = config.weight_format in ("int8_wo", "int4")
+    if device.type == "cuda" and needs_triton and importlib.util.find_spec("triton") is None:
         raise InvalidParameterError("quantization", f"{config.scheme} on CUDA needs Triton, which is not installed")
 
 

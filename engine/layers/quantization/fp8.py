@@ -27,8 +27,9 @@ def check_device(device: torch.device) -> None:
                                                     f"(Ada, Hopper or newer); this engine was asked to run on {device}")
     capability = torch.cuda.get_device_capability(device)
     if capability < MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
         raise InvalidParameterError("quantization", f"fp8 needs CUDA compute capability >= 8.9; "
-                                                    f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
+                                                    f"{name} has {capability[0]}.{capability[1]}")
 
 
 def quantize(weight: torch.Tensor, config: QuantizationConfig) -> dict[str, torch.Tensor]:

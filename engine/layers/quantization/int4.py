@@ -158,7 +158,8 @@ class Int4WeightOnlyLinear(LinearBase):
         self._cpu_packed = torch._convert_weight_to_int4pack_for_cpu(q, CPU_INNER_K_TILES)
         scales = self.scales.float()
         offsets = (8.0 - self.zeros.float()) * scales
-        self._cpu_scales_zeros = torch.stack([scales, offsets], dim=-1).transpose(0, 1).contiguous().to(self.scales.dtype)
+        stacked = torch.stack([scales, offsets], dim=-1).transpose(0, 1)
+        self._cpu_scales_zeros = stacked.contiguous().to(self.scales.dtype)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         # x: [tokens, in] -> [tokens, out]

@@ -1,7 +1,8 @@
 """Split-K for the decode GEMVs in one launch: a GPU whose row tiles alone leave SMs idle (an int4 7B
-o_proj or down_proj in 64-row tiles: 64 tiles on 132 SMs) gets K split over several programs per row tile. Each stores its float32
-partial and counts its arrival on the tile's counter; the last to arrive sums the partials in split order
-(the same result every run, unlike atomics on the output) and resets the counter for the next launch.
+o_proj or down_proj in 64-row tiles: 64 tiles on 132 SMs) gets K split over several programs per row
+tile. Each stores its float32 partial and counts its arrival on the tile's counter; the last to arrive
+sums the partials in split order (the same result every run, unlike atomics on the output) and resets
+the counter for the next launch.
 A separate reduction would cost one or two more launches per layer (cuBLAS's split-K reduce kernel:
 1.75 us each, twice a layer in a bf16 7B decode step on an H100, plus the gaps between launches)."""
 from __future__ import annotations
