@@ -59,6 +59,44 @@ def summarize(step: list[dict], next_start: float) -> dict:
                 outside=[(op["name"][:60], round(op["dur"], 1)) for op in outside])
 
 
+def profiled_trace(engine: Engine, input_len: int, steps_in_window: int) -> dict:
+    """The Chrome trace of steps_in_window steady decode steps of one request, as `inferline bench` runs them."""
+    total = steps_in_window + 16
+    params = SamplingParams(max_tokens=total, min_tokens=total, detokenize=False)
+    prompt = torch.randint(100, engine.model_config.vocab_size - 100, (input_len,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
+    for round_ in ("warm", "timed"):
+        engine.add_request(round_, prompt, params)
+        for _ in range(8):  # the prefill and the first decodes, outside the window
+            engine.step()
+        if round_ == "timed":
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps_in_window):
+                    engine.step()
+                torch.cuda.synchronize()
+        while engine.has_unfinished():
+            engine.step()
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            return json.load(f)
+
+
+def replay_alone_us(engine: Engine) -> tuple[int, float]:
+    """(bucket, median GPU time in us) of the batch-1 decode graph replayed by itself."""
+    bucket, graph = engine.runner.graphs.decode_graph(1)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(20):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(1e3 * start.elapsed_time(end))
+    return bucket, statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -67,48 +105,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24, help="decode steps inside the profiler's window")
     parser.add_argument("--trace", help="also write the Chrome trace here")
     args = parser.parse_args()
-    total = args.steps + 16
     engine = Engine(EngineConfig(model=args.model, device="cuda", dtype=args.dtype, max_batch_size=1,
-                                 max_seq_len=args.input_len + total + 8))
-    params = SamplingParams(max_tokens=total, min_tokens=total, detokenize=False)
-    prompt = torch.randint(100, engine.model_config.vocab_size - 100, (args.input_len,),
-                           generator=torch.Generator().manual_seed(0)).tolist()
-    for round_ in ("warm", "timed"):
-        engine.add_request(round_, prompt, params)
-        for _ in range(8):  # the prefill and the first decodes, outside the window
-            engine.step()
-        if round_ == "timed":
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                for _ in range(args.steps):
-                    engine.step()
-                torch.cuda.synchronize()
-        while engine.has_unfinished():
-            engine.step()
-    with tempfile.TemporaryDirectory() as scratch:
-        path = args.trace or os.path.join(scratch, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            cut = steps(gpu_ops(json.load(f)))
+                                 max_seq_len=args.input_len + args.steps + 24))
+    trace = profiled_trace(engine, args.input_len, args.steps)
+    if args.trace:
+        with open(args.trace, "w") as f:
+            json.dump(trace, f)
+    cut = steps(gpu_ops(trace))
     rows = [summarize(step, nxt[0]["ts"]) for step, nxt in zip(cut, cut[1:])]
     for key in ("span_us", "graph_us", "outside_us", "idle_us"):
         print(f"{key:>10}: median {statistics.median(r[key] for r in rows):8.1f}  "
               f"(min {min(r[key] for r in rows):.1f}, max {max(r[key] for r in rows):.1f}) over {len(rows)} steps")
-    bucket, graph = engine.runner.graphs.decode_graph(1)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    replays = []
-    for _ in range(20):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        replays.append(1e3 * start.elapsed_time(end))
-    print(f"decode graph replay alone (bucket {bucket}): median {statistics.median(replays):8.1f} us")
+    bucket, replay = replay_alone_us(engine)
+    print(f"decode graph replay alone (bucket {bucket}): median {replay:8.1f} us")
     print(f"GPU ops in the window: {sum(op['graph'] for step in cut for op in step)} from graph launches, "
           f"{sum(not op['graph'] for step in cut for op in step)} outside")
-    names = collections.Counter(name for r in rows for name, _ in r["outside"])
+    seen = collections.Counter(name for r in rows for name, _ in r["outside"])
     print("ops outside the graph, per step (median step):")
     for name, dur in rows[len(rows) // 2]["outside"]:
-        print(f"  {dur:7.1f} us  {name}  (in {names[name]} of {len(rows)} steps)")
+        print(f"  {dur:7.1f} us  {name}  ({seen[name]} such ops over {len(rows)} steps)")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ of an H100's time a decode step plus the gaps between them (bench/step_timeline.
 Layout, int64 words: input_ids, positions, slot_mapping [tokens] each, the prefill's last token [1];
 then int32 words: context_lens [seqs], the prefill's query_start [3], block_tables [seqs, max_blocks].
 Every array starts on a 16-byte boundary, as separate allocations would: Triton specializes its kernels
-on that alignment (vectorized loads). A step copies the prefix that ends with its own block-table rows; rows past
-them keep stale tables, never read (their context length is 0)."""
+on that alignment (vectorized loads). A step copies the prefix that ends with its own block-table rows;
+rows past them keep stale tables, never read (their context length is 0)."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +19,7 @@ from engine.transfer import copy_into
 
 class GraphInputs:
     def __init__(self, tokens: int, seqs: int, max_blocks: int, device: torch.device):
-        self.tokens, self.seqs, self.max_blocks = tokens, seqs, max_blocks
+        self.tokens, self.max_blocks = tokens, max_blocks
         self._stride = t = _align(tokens, 2)  # int64 words between the token arrays
         self._int32_at = 2 * (3 * t + 2)  # in int32 words, after the last token (and padding)
         self._query_start_at = _align(seqs, 4)  # int32 words after _int32_at
