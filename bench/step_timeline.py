@@ -97,6 +97,18 @@ def replay_alone_us(engine: Engine) -> tuple[int, float]:
     return bucket, statistics.median(times)
 
 
+def autotune_picks() -> list[str]:
+    """What the quantized layers' Triton autotuners picked in this process, one line per tuned shape: the
+    picks are made anew in every process, from timings that can lie a fraction of a microsecond apart."""
+    from engine.layers.quantization.triton import w4a16, w8a16, w8a16_gemv
+
+    lines = []
+    for module in (w8a16_gemv, w8a16, w4a16):
+        for key, config in sorted(module._autotuned().cache.items(), key=str):
+            lines.append(f"{module.__name__.rsplit('.', 1)[-1]} {key[:4]}: {config}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -124,6 +136,9 @@ def main() -> None:
     print("ops outside the graph, per step (median step):")
     for name, dur in rows[len(rows) // 2]["outside"]:
         print(f"  {dur:7.1f} us  {name}  ({seen[name]} such ops over {len(rows)} steps)")
+    print("autotuned launches (key: BLOCK_M or M bucket, N, K, ...):")
+    for line in autotune_picks():
+        print("  " + line)
 
 
 if __name__ == "__main__":
