@@ -61,6 +61,11 @@ def test_banning_every_token_of_a_row_gives_index_zero():
     assert greedy_tokens(logits.to(DEVICE), torch.arange(8)[None].to(DEVICE)).tolist() == [0]
 
 
+def test_no_rows_give_no_tokens():
+    # A step whose sequences all stop mid-prompt (a chunked prefill) samples nothing.
+    assert greedy_tokens(torch.randn(0, 5000).to(DEVICE)).shape == (0,)
+
+
 def test_rows_past_one_launch_go_in_several(monkeypatch):
     monkeypatch.setattr(argmax_module, "MAX_ROW_TILES_SPLIT", 2)  # the arrival counters one launch may use
     logits = logits_with_ties(5, 3000)

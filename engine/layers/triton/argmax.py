@@ -67,14 +67,15 @@ def _argmax_kernel(logits_ptr, banned_ptr, part_val_ptr, part_idx_ptr, count_ptr
 
 
 def greedy_tokens(logits: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
-    """logits: [rows, vocab] float (last dim contiguous); banned: [rows, n] int64 token ids that row may
-    not take (-1: none), or None -> [rows] int64, each row's argmax with its banned tokens at -inf."""
+    """logits: [rows, vocab] float (last dim contiguous; no rows: nothing to launch); banned: [rows, n] int64
+    token ids that row may not take (-1: none), or None -> [rows] int64, each row's argmax with its banned
+    tokens at -inf."""
     check_tensor("logits", logits, None, 2)
     rows, vocab = logits.shape
     if logits.stride(1) != 1:
         raise ValueError(f"logits: its last dim must be contiguous, got strides {logits.stride()}")
-    if rows < 1 or vocab < 1:
-        raise ValueError(f"logits: must have rows and a vocabulary, got shape {tuple(logits.shape)}")
+    if vocab < 1:
+        raise ValueError(f"logits: must have a vocabulary, got shape {tuple(logits.shape)}")
     if banned is not None:
         check_tensor("banned", banned, (torch.int64,), 2, like=logits)
         if banned.shape[0] != rows or not banned.is_contiguous():
@@ -83,6 +84,8 @@ def greedy_tokens(logits: torch.Tensor, banned: torch.Tensor | None = None) -> t
     part_val = torch.empty((rows, chunks), dtype=torch.float32, device=logits.device)
     part_idx = torch.empty((rows, chunks), dtype=torch.int32, device=logits.device)
     out = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    if rows == 0:  # a step whose sequences all end mid-prompt samples nothing
+        return out
     num_banned = 0 if banned is None else banned.shape[1]
     banned = out if num_banned == 0 else banned  # never read then; a real pointer all the same
     for start in range(0, rows, MAX_ROW_TILES_SPLIT):  # one counter per row of a launch
