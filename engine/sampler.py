@@ -66,16 +66,17 @@ class Sampler:
             logits = logits.clone()
             for i in penalized:
                 self._apply_penalties(logits[i], rows[i].seq)
-        forbidden = self._forbidden_early_stops(rows)
+        bans = self._early_stop_bans(rows)
         greedy = [i for i, r in enumerate(rows) if r.seq.params.greedy]
         if len(greedy) == len(rows) and logits.is_cuda:  # the common serving case: one launch
             from engine.layers.triton.argmax import greedy_tokens
 
-            token_ids = greedy_tokens(logits, _banned_table(forbidden, len(rows), logits.device))
+            token_ids = greedy_tokens(logits, _banned_table(bans, logits.device))
         else:
-            if forbidden[0]:  # every row's masked stop tokens in one indexed write
+            if any(bans):  # every row's masked stop tokens in one indexed write
                 logits = logits if penalized else logits.clone()
-                rows_idx, token_idx = _on_device(list(forbidden), logits.device)
+                pairs = [[i, t] for i, banned in enumerate(bans) for t in banned]
+                rows_idx, token_idx = _on_device(pairs, logits.device).T
                 # A device scalar: a Python float would be copied from the host, blocking (sync debug mode).
                 logits.index_put_((rows_idx, token_idx), logits.new_full((), float("-inf")))
             token_ids = self._draw(logits, rows, greedy)
@@ -98,17 +99,14 @@ class Sampler:
                 token_ids[i] = self._sample(logits[i], row)
         return token_ids
 
-    def _forbidden_early_stops(self, rows: list[SamplingRow]) -> tuple[list[int], list[int]]:
-        """(row, token) pairs that must not be sampled: stop and EOS tokens before min_tokens."""
-        row_idx: list[int] = []
-        token_idx: list[int] = []
-        for i, row in enumerate(rows):
+    def _early_stop_bans(self, rows: list[SamplingRow]) -> list[list[int]]:
+        """Per row, the tokens it must not sample: its stop and EOS tokens before min_tokens."""
+        bans = []
+        for row in rows:
             p = row.seq.params
-            if len(row.seq.output_token_ids) < p.min_tokens:
-                stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
-                row_idx += [i] * len(stops)
-                token_idx += stops
-        return row_idx, token_idx
+            early = len(row.seq.output_token_ids) < p.min_tokens
+            bans.append(list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids)) if early else [])
+        return bans
 
     @staticmethod
     def _apply_penalties(logits: torch.Tensor, seq: Sequence) -> None:
@@ -141,16 +139,12 @@ class Sampler:
         return (probs / noise).argmax()  # stays on the device: no sync per row
 
 
-def _banned_table(forbidden: tuple[list[int], list[int]], num_rows: int, device: torch.device) -> torch.Tensor | None:
-    """The (row, token) pairs as a [rows, most per row] table padded with -1, on `device`; None if none."""
-    rows_idx, token_idx = forbidden
-    if not rows_idx:
+def _banned_table(bans: list[list[int]], device: torch.device) -> torch.Tensor | None:
+    """Per-row bans as a [rows, most per row] table padded with -1, on `device`; None if there are none."""
+    width = max(map(len, bans), default=0)
+    if width == 0:
         return None
-    per_row: list[list[int]] = [[] for _ in range(num_rows)]
-    for r, t in zip(rows_idx, token_idx):
-        per_row[r].append(t)
-    width = max(len(p) for p in per_row)
-    return to_device(torch.tensor([p + [-1] * (width - len(p)) for p in per_row], dtype=torch.long), device)
+    return to_device(torch.tensor([b + [-1] * (width - len(b)) for b in bans], dtype=torch.long), device)
 
 
 def _on_device(values: list, device: torch.device) -> torch.Tensor:
