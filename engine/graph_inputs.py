@@ -53,9 +53,8 @@ class GraphInputs:
         if prefill_bucket is not None:
             host[3 * t] = n - 1
             int32[self._query_start_at:self._query_start_at + 3] = (0, n, prefill_bucket)
-        tables = int32[self._tables_at:self._tables_at + s * self.max_blocks].reshape(s, self.max_blocks)
-        for row, table in zip(tables, inputs.tables):
-            row[:len(table)] = table
+        tables = int32[self._tables_at:self._tables_at + s * self.max_blocks]
+        inputs.write_block_tables(tables.reshape(s, self.max_blocks))
         copy_into(self.buffer[:len(host)], host)
 
 

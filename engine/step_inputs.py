@@ -87,8 +87,12 @@ class StepInputs:
 
     def block_tables(self) -> np.ndarray:
         """[seqs, longest table] int32, rows padded with block 0 (never read: context_lens bound every read)."""
-        width = max(len(t) for t in self.tables)
-        out = np.zeros((len(self.tables), width), dtype=np.int32)
+        out = np.zeros((len(self.tables), max(len(t) for t in self.tables)), dtype=np.int32)
+        self.write_block_tables(out)
+        return out
+
+    def write_block_tables(self, out: np.ndarray) -> None:
+        """Each sequence's table into the start of its row of out ([seqs, >= longest table]); the rest of
+        the row is left as it is."""
         for row, table in zip(out, self.tables):
             row[:len(table)] = table
-        return out
