@@ -19,6 +19,20 @@ from engine import Engine, EngineConfig, SamplingParams
 from engine.layers.triton.pdl import set_programmatic_launch
 
 
+def decode_replay_ms(engine: Engine, batch_size: int) -> tuple[int, float]:
+    """(bucket, median GPU time in ms) of the captured decode graph serving batch_size, replayed by itself
+    with the inputs its last step left (CUDA)."""
+    bucket, graph = engine.runner.graphs.decode_graph(batch_size)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(20):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return bucket, statistics.median(times)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,18 +77,9 @@ def main() -> None:
             engine.step()
     print(f"prefill step {1e3 * prefill:.2f} ms; decode step median {1e3 * statistics.median(decodes):.2f} ms "
           f"(batch {args.batch_size}, {args.input_len} prompt tokens)")
-    graphs = engine.runner.graphs
-    if graphs is not None:
-        bs, graph = graphs.decode_graph(args.batch_size)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(20):
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        print(f"decode graph replay alone (GPU, batch bucket {bs}, PDL {args.pdl}): {statistics.median(times):.3f} ms")
+    if engine.runner.graphs is not None:
+        bs, replay = decode_replay_ms(engine, args.batch_size)
+        print(f"decode graph replay alone (GPU, batch bucket {bs}, PDL {args.pdl}): {replay:.3f} ms")
     if args.replay_only:
         return
 

@@ -20,6 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from engine import Engine, EngineConfig, SamplingParams
+from profile_step import decode_replay_ms  # bench/, this script's folder
 
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
@@ -83,20 +84,6 @@ def profiled_trace(engine: Engine, input_len: int, steps_in_window: int) -> dict
             return json.load(f)
 
 
-def replay_alone_us(engine: Engine) -> tuple[int, float]:
-    """(bucket, median GPU time in us) of the batch-1 decode graph replayed by itself."""
-    bucket, graph = engine.runner.graphs.decode_graph(1)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(20):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(1e3 * start.elapsed_time(end))
-    return bucket, statistics.median(times)
-
-
 def autotune_picks() -> list[str]:
     """What the quantized layers' Triton autotuners picked in this process, one line per tuned shape: the
     picks are made anew in every process, from timings that can lie a fraction of a microsecond apart."""
@@ -128,8 +115,8 @@ def main() -> None:
     for key in ("span_us", "graph_us", "outside_us", "idle_us"):
         print(f"{key:>10}: median {statistics.median(r[key] for r in rows):8.1f}  "
               f"(min {min(r[key] for r in rows):.1f}, max {max(r[key] for r in rows):.1f}) over {len(rows)} steps")
-    bucket, replay = replay_alone_us(engine)
-    print(f"decode graph replay alone (bucket {bucket}): median {replay:8.1f} us")
+    bucket, replay = decode_replay_ms(engine, 1)
+    print(f"decode graph replay alone (bucket {bucket}): median {1e3 * replay:8.1f} us")
     print(f"GPU ops in the window: {sum(op['graph'] for step in cut for op in step)} from graph launches, "
           f"{sum(not op['graph'] for step in cut for op in step)} outside")
     seen = collections.Counter(name for r in rows for name, _ in r["outside"])

@@ -11,6 +11,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Without CUDA the Triton kernels run in Triton's interpreter, which must be chosen before any module that
+# defines a kernel is imported (Triton reads it when a kernel is defined): here, before test collection
+# imports anything, so the order in which test modules import the engine does not matter.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 STORE_MODEL = "smollm2-135m"  # the engine name in the engine_store_dir fixture
 STORE_MAX_SEQ_LEN = 256

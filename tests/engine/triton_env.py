@@ -1,12 +1,9 @@
 """Imported first by every Triton kernel test module. Without CUDA the kernels run in Triton's
-interpreter on small shapes, and bfloat16 runs on CUDA only (the interpreter's bfloat16 is unreliable)."""
-import os
-
+interpreter (tests/conftest.py turns it on) on small shapes, and bfloat16 runs on CUDA only (the
+interpreter's bfloat16 is unreliable)."""
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads it when a kernel is defined
 pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
