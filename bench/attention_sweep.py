@@ -6,6 +6,7 @@ paged_attention.py's LAUNCH table holds the chosen ones.
     python bench/attention_sweep.py --fp8      # decode over an fp8 (e4m3) cache instead
     python bench/attention_sweep.py --split    # small decode batches: split-KV against none
     python bench/attention_sweep.py --small    # batch 1: the split path's launch candidates, in a graph
+    python bench/attention_sweep.py --grid     # unsplit decode: both kernels' launches on the throughput shapes
 
 --split times whole decode launches (split and merge kernels together) in a CUDA graph, as the engine
 replays them, since at batch 1 launch gaps are a fair part of the few microseconds at stake; it prints
@@ -106,12 +107,69 @@ def small_sweep() -> None:
     pa.LAUNCH["decode_split"], pas.MIN_TILES_PER_SPLIT = default, min_tiles
 
 
+# Unsplit decode batches of the throughput cases: (sequences, context) at 128/128 (contexts 128..256 over
+# the run), at 128/2048 and 2048/128 (one wave of 112 on an H100's fp8 pool; ~1100 and ~2100 tokens).
+GRID_SHAPES = {"fp8": [(512, 128), (512, 192), (512, 256), (256, 192), (112, 1100), (112, 2112)],
+               "bf16": [(256, 128), (256, 192), (256, 256), (128, 192), (64, 1100), (64, 2112)]}
+
+
+# Unsplit decode kernels (paged_attention.DECODE_KERNEL) -> the launches tried: the best of each one's full
+# (block_n, num_warps, num_stages) grid on an H200 in session 14, besides its default.
+KERNEL_LAUNCHES = {
+    "queries": [(64, 2, 2), (32, 2, 2), (128, 2, 1), (64, 4, 2), (64, 4, 3)],
+    "keys": [(64, 2, 4), (64, 2, 3), (64, 2, 2), (128, 4, 1), (64, 4, 2)],
+}
+
+
+def grid_sweep() -> None:
+    """The unsplit decode kernels (paged_attention.DECODE_KERNEL: the queries or the keys as the dot's rows)
+    over their launches (block_n, num_warps, num_stages) on every throughput shape, as a matrix:
+    a captured decode graph keeps one launch while its contexts grow, so the launch to take is the one
+    that is never far from each shape's best, not the best of one shape."""
+    print(torch.cuda.get_device_name())
+    kernels = dict(pa.DECODE_KERNEL)
+    for cache, shapes in GRID_SHAPES.items():
+        dtype = torch.float8_e4m3fn if cache == "fp8" else torch.bfloat16
+        key, suffix = ("fp8", "_fp8") if cache == "fp8" else ("model_dtype", "")
+        batches = [make_batch(seqs, ctx, 1, 32, 32, cache_dtype=dtype) for seqs, ctx in shapes]
+        table: dict[tuple[str, pa.LaunchConfig], list[float]] = {}
+        defaults = {}
+        for kernel, tried in KERNEL_LAUNCHES.items():
+            pa.DECODE_KERNEL[key] = kernel
+            kind = {"queries": "decode", "keys": "decode_rows"}[kernel] + suffix
+            defaults[kernel] = default = pa.LAUNCH[kind]
+            launches = [pa.LaunchConfig(block_m=16, block_n=n, num_warps=w, num_stages=s) for n, w, s in tried]
+            for launch in dict.fromkeys([default] + launches):
+                pa.LAUNCH[kind] = launch
+                try:
+                    table[kernel, launch] = [
+                        triton.testing.do_bench(lambda args=args: pa.paged_attention(*args, num_splits=1),
+                                                warmup=10, rep=40, return_mode="median") for args, _ in batches]
+                except Exception as err:  # out of shared memory, say
+                    print(f"  {kernel} {launch}: failed ({type(err).__name__})")
+            pa.LAUNCH[kind] = default
+        pa.DECODE_KERNEL.update(kernels)
+        best = [min(times[i] for times in table.values()) for i in range(len(shapes))]
+        print(f"\n{cache} cache, 32/32 heads; us per launch (TB/s) for (seqs, ctx) = {shapes}; worst ratio to each "
+              f"shape's best; now taken: {kernels[key]}")
+        ranked = sorted(table.items(), key=lambda kv: max(t / b for t, b in zip(kv[1], best)))
+        for (kernel, launch), times in ranked:
+            cells = " ".join(f"{1e3 * t:7.1f} ({nbytes / t / 1e9:4.2f})" for t, (_, nbytes) in zip(times, batches))
+            mark = " <- default" if launch == defaults[kernel] else ""
+            print(f"  {kernel:7s} n={launch.block_n:3d} w={launch.num_warps} s={launch.num_stages}: {cells}  "
+                  f"worst x{max(t / b for t, b in zip(times, best)):.2f}{mark}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fp8", action="store_true", help="decode batches over an fp8 cache (and their bf16 twins)")
     parser.add_argument("--split", action="store_true", help="small decode batches, split-KV against none")
     parser.add_argument("--small", action="store_true", help="batch-1 decode: the split path's launch candidates")
+    parser.add_argument("--grid", action="store_true", help="unsplit decode: both kernels' launches on the throughput shapes")
     options = parser.parse_args()
+    if options.grid:
+        grid_sweep()
+        return
     if options.small:
         small_sweep()
         return

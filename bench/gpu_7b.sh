@@ -17,6 +17,8 @@
 #   bench/gpu_7b.sh profile     where the batch-1 decode step's GPU time goes, per kernel: bf16, int8_wo, int4_wo,
 #                               with programmatic dependent launch on and off; and the steady steps' timeline
 #                               (the graph, what runs outside it, idle time: bench/step_timeline.py)
+#   bench/gpu_7b.sh fp8_profile where the fp8 throughput runs' GPU time goes (128/128 and 2048/128, kernel
+#                               families per prefill / decode step), and the fp8 GEMM's parts at those sizes
 #   bench/gpu_7b.sh all         every stage above, in that order
 # Writes [BENCHMARK] lines, tables, JSON and PNG plots under $OUT (default bench-results/). Each stage
 # builds the random checkpoint it needs first (~1 min), unless it is already there.
@@ -144,9 +146,19 @@ stage_profile() {  # PROFILE_SCHEMES (default "bf16 int8_wo int4_wo"), PROFILE_P
   done
 }
 
+stage_fp8_profile() {
+  quant_engine fp8
+  python3 bench/fp8_gemm_sweep.py --m 256,512,1024,8192 > "$OUT/fp8_gemm_sweep.txt" 2>&1
+  python3 bench/throughput_profile.py --model "$STORE/b7-fp8" --kv-cache-dtype fp8 --requests 512 \
+    --input-len 128 --output-len 128 > "$OUT/throughput_profile_fp8_128_128.txt" 2>&1
+  python3 bench/throughput_profile.py --model "$STORE/b7-fp8" --kv-cache-dtype fp8 \
+    --requests "${FP8KV_LONG_REQUESTS:-192}" --input-len 2048 --output-len 128 --scheduler-policy guaranteed_no_evict \
+    > "$OUT/throughput_profile_fp8_2048_128.txt" 2>&1
+}
+
 machine | tee "$OUT/machine.txt"
 case "${1:?stage: tests, latency, throughput, long, mixed, quant, gqa or all}" in
   all) for s in tests latency throughput long long_fp8kv mixed quant gqa; do "stage_$s"; done ;;
-  tests|latency|throughput|long|long_fp8kv|mixed|quant|fp8_throughput|fp8_long|gqa|kernels|profile) "stage_$1" ;;
+  tests|latency|throughput|long|long_fp8kv|mixed|quant|fp8_throughput|fp8_long|fp8_profile|gqa|kernels|profile) "stage_$1" ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

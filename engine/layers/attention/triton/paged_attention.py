@@ -26,6 +26,9 @@ context. Such batches split each pair's keys over several programs and merge the
 results (paged_attention_split.py); decode_splits picks how many from the batch's shape and the GPU
 alone, never from context lengths, so a captured decode graph stays valid as contexts grow.
 
+An unsplit decode-only batch over an fp8 cache takes paged_decode.py's kernel instead (the keys as the
+dot's rows: DECODE_KERNEL), faster there at the contexts of most decode steps.
+
 Block sizes and split counts are fixed per batch shape, never autotuned: the kernels are captured in CUDA
 graphs.
 """
@@ -40,6 +43,7 @@ import triton.language as tl
 
 from engine.layers.attention.kv_quant import KV_FP8, check_kv_scales
 from engine.layers.attention.triton.kv_store import check_store_operands
+from engine.layers.attention.triton.paged_decode import launch_decode_by_rows
 from engine.layers.attention.triton.rope_store_kv import rope_store_kv
 from engine.layers.quantization.triton import multiprocessors as cuda_multiprocessors
 from engine.layers.triton import (FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, interpreting,
@@ -76,7 +80,8 @@ class LaunchConfig:
 # have G rows per (sequence, KV head) and 16 is tl.dot's minimum; prefill tiles are taller so each K/V
 # tile read serves more queries.
 LAUNCH: dict[str, LaunchConfig] = {
-    "decode": LaunchConfig(block_m=16, block_n=64, num_warps=4, num_stages=3),
+    # (Session 14's grid on an H200, 128-2112 tokens: 2 stages 1-3% faster than the 3 taken before.)
+    "decode": LaunchConfig(block_m=16, block_n=64, num_warps=4, num_stages=2),
     # A decode batch too small to fill the GPU (decode_splits > 1: batch 1, say) splits its keys
     # (paged_attention_split.py) and each split walks a tile or a few, so latency is what counts: long
     # tiles, issued at once (no pipeline). bench/attention_sweep.py --small on an H100, batch 1, 32 heads,
@@ -88,7 +93,17 @@ LAUNCH: dict[str, LaunchConfig] = {
     # tiles on an H200; the best on an H100 too, 705 us).
     "decode_fp8": LaunchConfig(block_m=16, block_n=128, num_warps=2, num_stages=4),
     "prefill": LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
+    # Unsplit decode with the keys as the dot's rows (paged_decode.py; block_m unused: the group's heads are
+    # the columns): over an fp8 cache, 64-key tiles in 4 stages of 2 warps, never more than 5% off each
+    # shape's best of both kernels (bench/attention_sweep.py --grid, H200), where the tiles above for an fp8
+    # cache lost up to 25% (512 sequences x 192 tokens: 341 against 424 us).
+    "decode_rows": LaunchConfig(block_m=16, block_n=64, num_warps=2, num_stages=3),
+    "decode_rows_fp8": LaunchConfig(block_m=16, block_n=64, num_warps=2, num_stages=4),
 }
+# Which kernel an unsplit decode-only batch takes, by cache kind: "queries" (this module's: the queries
+# as the dot's rows) or "keys" (paged_decode.py: the keys as rows). Over a cache in the model's dtype the
+# two are within 4% (the sweep above), and this module's kernel is the faster.
+DECODE_KERNEL: dict[str, str] = {"fp8": "keys", "model_dtype": "queries"}
 # The interpreter runs each key tile in numpy: smaller tiles make tiles span cache blocks and the
 # context edge at test sizes.
 INTERPRET_BLOCK_N: Final[int] = 32
@@ -224,10 +239,21 @@ def multiprocessors(device: torch.device) -> int:
     return INTERPRET_MULTIPROCESSORS if interpreting() else cuda_multiprocessors(device)
 
 
+def decode_kernel(max_query_len: int, fp8_cache: bool, splits: int) -> str:
+    """The kernel of a batch: "prefill" (this module's, any batch with a longer query), "split"
+    (paged_attention_split.py) or DECODE_KERNEL's for an unsplit decode-only batch."""
+    if max_query_len > 1:
+        return "prefill"
+    return "split" if splits > 1 else DECODE_KERNEL["fp8" if fp8_cache else "model_dtype"]
+
+
 def launch_for(max_query_len: int, fp8_cache: bool = False, splits: int = 1) -> LaunchConfig:
     """Tiles for a batch whose longest query is max_query_len (1: decode only), its keys split `splits` ways."""
-    if max_query_len > 1:
+    kernel = decode_kernel(max_query_len, fp8_cache, splits)
+    if kernel == "prefill":
         return LAUNCH["prefill"]
+    if kernel == "keys":
+        return LAUNCH["decode_rows_fp8" if fp8_cache else "decode_rows"]
     if fp8_cache:
         return LAUNCH["decode_fp8"]
     return LAUNCH["decode_split" if splits > 1 else "decode"]
@@ -330,6 +356,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         split_paged_attention(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale,
                               float(v_scale), splits=num_splits, block_m=launch.block_m, new_kv=new_kv,
                               k_scale=float(k_scale), **kernel_args)
+        return out
+    kernel = decode_kernel(max_query_len, k_cache.dtype == KV_FP8, num_splits)
+    if kernel == "keys":
+        launch_decode_by_rows(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale,
+                              float(v_scale), **kernel_args)
         return out
     grid = (seqs, kv_heads, triton.cdiv(max_query_len * group, launch.block_m))
     _paged_attention_kernel[grid](
