@@ -28,7 +28,7 @@ from engine import Engine, EngineConfig, SamplingParams
 FAMILIES = {
     "gemm (cuBLAS/CUTLASS)": r"gemm|cutlass|xmma|nvjet|sm90_|sm80_|scaled_mm",
     "gemm (Triton w8/w4/dense)": r"_w8a16|_w4a16|_gemv|_gemm",
-    "attention": r"attention|attn|flash|fmha|_split_kv|combine",
+    "attention": r"attention|attn|flash|fmha|_paged_decode",
     "rope + kv store": r"rope|store_kv|kv_store",
     "rms norm (+residual)": r"rms|norm",
     "fp8 activation quant": r"fp8_quant|quantize",
@@ -81,7 +81,8 @@ def tagged_gpu_ops(trace: dict) -> list[dict]:
     starts = [s[0] for s in steps]
     launch_kind = {}
     for e in events:
-        if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {}):
+        # Graph replays launch through the runtime API; cuBLAS and Triton kernels through the driver's.
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {}):
             i = bisect.bisect_right(starts, float(e["ts"])) - 1
             if i >= 0 and float(e["ts"]) <= steps[i][1]:
                 launch_kind[e["args"]["correlation"]] = steps[i][2]
@@ -90,19 +91,26 @@ def tagged_gpu_ops(trace: dict) -> list[dict]:
                    for e in events if e.get("cat") in GPU_CATEGORIES), key=lambda op: op["ts"])
 
 
-def busy_us(ops: list[dict]) -> float:
-    """The union of the ops' intervals (kernels overlap under programmatic dependent launch)."""
-    busy, end = 0.0, float("-inf")
+def mark_exclusive(ops: list[dict]) -> list[dict]:
+    """Each op (in start order) gets "excl": its time not already covered by earlier ops. Under programmatic
+    dependent launch a kernel starts while its predecessor runs and waits for it, so its own duration counts
+    that wait; its exclusive time does not. The exclusive times sum to the GPU's busy time."""
+    end = float("-inf")
     for op in ops:
-        start, stop = max(op["ts"], end), op["ts"] + op["dur"]
-        busy += max(0.0, stop - start)
+        stop = op["ts"] + op["dur"]
+        op["excl"] = max(0.0, stop - max(op["ts"], end))
         end = max(end, stop)
-    return busy
+    return ops
+
+
+def busy_us(ops: list[dict]) -> float:
+    """The union of the ops' intervals."""
+    return sum(op["excl"] for op in mark_exclusive(ops))
 
 
 def report(ops: list[dict], result: dict, output_tokens: int, top: int) -> None:
     span = ops[-1]["ts"] + ops[-1]["dur"] - ops[0]["ts"]
-    busy = busy_us(ops)
+    busy = busy_us(ops)  # marks each op's exclusive time too
     print(f"profiled run: {result['wall_s']:.3f} s wall, {output_tokens / result['wall_s']:,.0f} output tok/s; "
           f"steps {dict(result['steps'])}")
     print(f"GPU: span {span / 1e3:.1f} ms, busy {busy / 1e3:.1f} ms, idle {(span - busy) / 1e3:.1f} ms "
@@ -111,21 +119,24 @@ def report(ops: list[dict], result: dict, output_tokens: int, top: int) -> None:
         mine = [op for op in ops if op["kind"] == kind]
         if not mine:
             continue
-        total = sum(op["dur"] for op in mine)
+        total = sum(op["excl"] for op in mine)
         steps = result["steps"].get(kind, 0)
-        print(f"\n== {kind} steps: {steps}, GPU time {total / 1e3:.1f} ms"
-              + (f" ({total / 1e3 / steps:.2f} ms a step)" if steps else ""))
+        print(f"\n== {kind} steps: {steps}, GPU busy {total / 1e3:.1f} ms"
+              + (f" ({total / 1e3 / steps:.2f} ms a step)" if steps else "")
+              + "; exclusive time (an op's wait under a predecessor counted to that predecessor)")
         by_family: dict[str, list[float]] = collections.defaultdict(list)
         for op in mine:
-            by_family[family(op)].append(op["dur"])
-        for name, durs in sorted(by_family.items(), key=lambda kv: -sum(kv[1])):
-            print(f"  {sum(durs) / 1e3:9.1f} ms {100 * sum(durs) / total:5.1f}%  {len(durs):7d} ops  {name}")
-        by_name: dict[str, list[float]] = collections.defaultdict(list)
+            by_family[family(op)].append(op["excl"])
+        for name, times in sorted(by_family.items(), key=lambda kv: -sum(kv[1])):
+            print(f"  {sum(times) / 1e3:9.1f} ms {100 * sum(times) / total:5.1f}%  {len(times):7d} ops  {name}")
+        by_name: dict[str, list[dict]] = collections.defaultdict(list)
         for op in mine:
-            by_name[op["name"]].append(op["dur"])
-        print(f"  top {top} ops:")
-        for name, durs in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]:
-            print(f"  {sum(durs) / 1e3:9.1f} ms {len(durs):7d} x {sum(durs) / len(durs):8.1f} us  {name[:110]}")
+            by_name[op["name"]].append(op)
+        print(f"  top {top} ops (exclusive, and the ops' own mean duration):")
+        for name, same in sorted(by_name.items(), key=lambda kv: -sum(op["excl"] for op in kv[1]))[:top]:
+            excl = sum(op["excl"] for op in same)
+            print(f"  {excl / 1e3:9.1f} ms {len(same):7d} x {sum(op['dur'] for op in same) / len(same):8.1f} us  "
+                  f"{name[:110]}")
 
 
 def main() -> None:

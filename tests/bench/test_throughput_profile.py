@@ -1,11 +1,12 @@
 """bench/throughput_profile.py's reading of a profiler trace (CPU, a synthetic trace): GPU ops tagged with the
-kind of step whose launch issued them, kernels sorted into families, busy time counted once under overlap."""
+kind of step whose launch issued them, kernels sorted into families, overlapping time counted once, to the
+op that started first."""
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
 
-from throughput_profile import busy_us, family, tagged_gpu_ops  # noqa: E402
+from throughput_profile import busy_us, family, mark_exclusive, tagged_gpu_ops  # noqa: E402
 
 
 def trace() -> dict:
@@ -15,12 +16,12 @@ def trace() -> dict:
     launches = [(1, 10), (2, 60), (3, 120), (4, 170)]  # (correlation, ts): 4 is after both steps
     gpu = [(1, "nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", 200, 40, "kernel"),
            (2, "_fp8_quantize_per_token_kernel", 240, 5, "kernel"),
-           (3, "_split_kv_attention_kernel", 250, 30, "kernel"),
+           (3, "_paged_decode_kernel", 250, 30, "kernel"),
            (3, "_rms_norm_residual_kernel", 270, 20, "kernel"),  # overlaps the attention by 10 us
            (4, "Memcpy DtoH (Device -> Pinned)", 300, 2, "gpu_memcpy")]
     events = [{"cat": "user_annotation", "name": name, "ts": ts, "dur": dur} for name, ts, dur in steps]
-    events += [{"cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 3, "args": {"correlation": c}}
-               for c, ts in launches]
+    events += [{"cat": "cuda_runtime" if c % 2 else "cuda_driver", "name": "cuLaunchKernelEx", "ts": ts, "dur": 3,
+                "args": {"correlation": c}} for c, ts in launches]  # Triton and cuBLAS launch through the driver
     events += [{"cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"correlation": c}}
                for c, name, ts, dur, cat in gpu]
     return {"traceEvents": events}
@@ -29,7 +30,7 @@ def trace() -> dict:
 def test_gpu_ops_take_the_kind_of_the_step_that_launched_them():
     ops = tagged_gpu_ops(trace())
     assert [(op["name"][:12], op["kind"]) for op in ops] == [
-        ("nvjet_tst_12", "prefill"), ("_fp8_quantiz", "prefill"), ("_split_kv_at", "decode"),
+        ("nvjet_tst_12", "prefill"), ("_fp8_quantiz", "prefill"), ("_paged_decod", "decode"),
         ("_rms_norm_re", "decode"), ("Memcpy DtoH ", "untagged")]
 
 
@@ -38,3 +39,10 @@ def test_kernels_fall_into_families_and_overlap_counts_once():
     assert [family(op) for op in ops] == ["gemm (cuBLAS/CUTLASS)", "fp8 activation quant", "attention",
                                          "rms norm (+residual)", "gpu_memcpy"]
     assert busy_us(ops) == 40 + 5 + 40 + 2  # 250..290 once, though two kernels cover 270..280
+
+
+def test_an_op_waiting_under_its_predecessor_counts_only_past_it():
+    """The norm launched early (as under PDL) runs 270..290 beside the attention's 250..280: 10 us its own."""
+    ops = mark_exclusive(tagged_gpu_ops(trace()))
+    assert [op["excl"] for op in ops] == [40, 5, 30, 10, 2]
+    assert sum(op["excl"] for op in ops) == busy_us(ops)

@@ -96,7 +96,7 @@ LAUNCH: dict[str, LaunchConfig] = {
     # Unsplit decode with the keys as the dot's rows (paged_decode.py; block_m unused: the group's heads are
     # the columns): over an fp8 cache, 64-key tiles in 4 stages of 2 warps, never more than 5% off each
     # shape's best of both kernels (bench/attention_sweep.py --grid, H200), where the tiles above for an fp8
-    # cache lost up to 25% (512 sequences x 192 tokens: 341 against 424 us).
+    # cache lost up to 26% (512 sequences x 192 tokens: 342 against 425 us).
     "decode_rows": LaunchConfig(block_m=16, block_n=64, num_warps=2, num_stages=3),
     "decode_rows_fp8": LaunchConfig(block_m=16, block_n=64, num_warps=2, num_stages=4),
 }

@@ -8,9 +8,10 @@ shared memory in the MMA's layout; an fp8 cache must be converted first, so each
 registers -> fp16 -> shared memory -> registers (Nsight Compute, 512 sequences x 192 tokens on an H200:
 250 registers a thread, 8 warps an SM, shared-store bank conflicts). With the cache tiles on the left they
 are converted in the left operand's registers, and only q^T and p^T (16 columns) go through shared memory.
-Measured (bench/attention_sweep.py --grid, H200; docs/benchmarks.md, session 14): over an fp8 cache 4-20%
-faster than paged_attention.py's kernel at its best launch for each shape up to 256 tokens, 2-4% slower at
-1,100-2,100; over a bf16 cache within 4% of it, and slower, so that cache keeps paged_attention.py's.
+Measured (bench/attention_sweep.py --grid, H200; docs/benchmarks.md, session 14): over an fp8 cache 1-20%
+faster than paged_attention.py's kernel with the launch it took there, up to 256 tokens (512 sequences x 192
+tokens: 342 against 425 us), 3-5% slower at 1,100-2,100, and never more than 5% off each shape's best launch
+of either kernel; over a bf16 cache within 4% of paged_attention.py's, and slower, so that cache keeps it.
 Neither gets an fp8 cache past ~2.7 TB/s (bf16: 4.4): the fp8 tiles cost per key row about what bf16
 tiles do, so their half bytes do not halve the time. (A third kernel, on CUDA cores with no dots, did no
 better over fp8, and worse over bf16.)
