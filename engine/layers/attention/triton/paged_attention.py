@@ -90,7 +90,8 @@ LAUNCH: dict[str, LaunchConfig] = {
     "decode_split": LaunchConfig(block_m=16, block_n=128, num_warps=4, num_stages=1),
     # Over an fp8 cache a key tile is half the bytes: longer tiles keep as many bytes in flight
     # (bench/attention_sweep.py --fp8, 192 sequences x 1100 tokens: 639 us against 747 with the decode
-    # tiles on an H200; the best on an H100 too, 705 us).
+    # tiles on an H200; the best on an H100 too, 705 us). Split decode batches take it; unsplit ones over
+    # an fp8 cache take paged_decode.py's kernel (DECODE_KERNEL) with "decode_rows_fp8".
     "decode_fp8": LaunchConfig(block_m=16, block_n=128, num_warps=2, num_stages=4),
     "prefill": LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
     # Unsplit decode with the keys as the dot's rows (paged_decode.py; block_m unused: the group's heads are
