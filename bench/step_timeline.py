@@ -21,8 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from engine import Engine, EngineConfig, SamplingParams
 from profile_step import decode_replay_ms  # bench/, this script's folder
-
-GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+from throughput_profile import GPU_CATEGORIES, busy_us
 
 
 def gpu_ops(trace: dict) -> list[dict]:
@@ -49,11 +48,7 @@ def steps(ops: list[dict]) -> list[list[dict]]:
 def summarize(step: list[dict], next_start: float) -> dict:
     graph = [op for op in step if op["graph"]]
     outside = [op for op in step if not op["graph"]]
-    busy_end, busy = step[0]["ts"], 0.0
-    for op in step:  # union of the ops' intervals (graph kernels overlap under PDL)
-        start, end = max(op["ts"], busy_end), op["ts"] + op["dur"]
-        busy += max(0.0, end - start)
-        busy_end = max(busy_end, end)
+    busy = busy_us(step)  # graph kernels overlap under PDL: their union
     span = next_start - step[0]["ts"]
     return dict(span_us=span, graph_us=graph[-1]["ts"] + graph[-1]["dur"] - graph[0]["ts"] if graph else 0.0,
                 outside_us=sum(op["dur"] for op in outside), idle_us=span - busy,
