@@ -1,10 +1,9 @@
 """The Triton paged-attention kernel against a float64 per-sequence reference. Without CUDA it runs in
 Triton's interpreter on small shapes; bfloat16 runs on CUDA only (the interpreter's bfloat16 is
 unreliable). Every case uses a shuffled block table and leaves garbage (NaN where asked) in the cache
-slots no sequence owns, which the kernel must never read into its output."""
+slots no sequence owns, which the kernel must never read into its output (paged_case.py builds them).
+The unsplit decode kernel of paged_decode.py has its own file, test_triton_paged_decode.py."""
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -20,93 +19,13 @@ from engine.layers.attention.triton.paged_attention import (NewKV, decode_splits
                                                              paged_attention)
 from engine.layers.attention.triton.rope_store_kv import rope_store_kv  # noqa: E402
 from engine.layers.rotary import RotaryEmbedding  # noqa: E402
-
-# Largest error allowed, relative to the largest |output|.
-REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-class Case:
-    """A batch of sequences, each (query_len, context_len), with its K/V already in a paged cache.
-
-    The cache is a view of layer 1 of a two-layer pool (non-zero storage offset), blocks are handed out
-    in a random order, and every slot not holding a sequence's token is filled with `garbage`."""
-
-    def __init__(self, seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int = 64,
-                 block_size: int = 4, dtype: torch.dtype = torch.float32, garbage: float = 1e4, seed: int = 0,
-                 q_layout: str = "contiguous"):
-        g = torch.Generator().manual_seed(seed)
-        self.seqs, self.heads, self.block_size, self.dtype = seqs, heads, block_size, dtype
-        self.scale = 1 / math.sqrt(head_dim)
-        tokens = sum(q for q, _ in seqs)
-        blocks_per_seq = [-(-c // block_size) for _, c in seqs]
-        max_blocks = max(max(blocks_per_seq), 1) + 1  # one padding column
-        num_blocks = sum(blocks_per_seq) + 3  # a few blocks nobody owns
-        pool = torch.full((2, 2, num_blocks, block_size, kv_heads, head_dim), garbage, dtype=dtype)
-        self.k_cache, self.v_cache = pool[1, 0], pool[1, 1]
-        order = torch.randperm(num_blocks, generator=g).tolist()
-        self.block_tables = torch.zeros(len(seqs), max_blocks, dtype=torch.int32)
-        self.keys, self.values = [], []  # per sequence: [context_len, kv_heads, head_dim]
-        for s, (_, ctx) in enumerate(seqs):
-            own = [order.pop() for _ in range(blocks_per_seq[s])]
-            self.block_tables[s, :len(own)] = torch.tensor(own, dtype=torch.int32)
-            keys = torch.randn(ctx, kv_heads, head_dim, generator=g).to(dtype)
-            values = torch.randn(ctx, kv_heads, head_dim, generator=g).to(dtype)
-            for p in range(ctx):
-                self.k_cache[own[p // block_size], p % block_size] = keys[p]
-                self.v_cache[own[p // block_size], p % block_size] = values[p]
-            self.keys.append(keys)
-            self.values.append(values)
-        self.context_lens = torch.tensor([c for _, c in seqs], dtype=torch.int32)
-        self.query_start = torch.tensor([0] + [q for q, _ in seqs], dtype=torch.int32).cumsum(0).to(torch.int32)
-        self.max_query_len = max(q for q, _ in seqs)
-        q = torch.randn(tokens, heads, head_dim, generator=g).to(dtype)
-        if q_layout == "fused_qkv":  # q as the model slices it out of the fused projection's output
-            qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, generator=g).to(dtype)
-            qkv[:, :heads * head_dim] = q.view(tokens, -1)
-            q = qkv[:, :heads * head_dim].view(tokens, heads, head_dim)
-        elif q_layout == "head_stride":  # heads further apart than head_dim
-            wide = torch.randn(tokens, heads, head_dim + 16, generator=g).to(dtype)
-            wide[..., :head_dim] = q
-            q = wide[..., :head_dim]
-        self.q = q
-
-    def run(self, out: torch.Tensor | None = None, num_splits: int | None = None) -> torch.Tensor:
-        args = [t.to(DEVICE) for t in (self.q, self.k_cache, self.v_cache, self.block_tables,
-                                       self.context_lens, self.query_start)]
-        return paged_attention(*args, self.max_query_len, self.scale, out=out, num_splits=num_splits)
-
-    def reference(self) -> torch.Tensor:
-        out = torch.zeros(self.q.shape, dtype=torch.float64)  # [tokens, heads, head_dim]
-        for s, (q_len, ctx) in enumerate(self.seqs):
-            if q_len == 0 or ctx == 0:
-                continue
-            start = int(self.query_start[s])
-            group = self.heads // self.keys[s].shape[1]
-            keys = self.keys[s].double().repeat_interleave(group, dim=1)  # [ctx, heads, head_dim]
-            values = self.values[s].double().repeat_interleave(group, dim=1)
-            q = self.q[start:start + q_len].double()
-            scores = torch.einsum("qhd,khd->hqk", q, keys) * self.scale
-            q_pos = ctx - q_len + torch.arange(q_len)
-            visible = torch.arange(ctx)[None, :] <= q_pos[:, None]  # [q_len, ctx]
-            probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-            out[start:start + q_len] = torch.einsum("hqk,khd->qhd", probs, values)
-        return out
-
-
-def assert_matches(y: torch.Tensor, case: Case) -> None:
-    ref = case.reference()
-    assert y.dtype == case.dtype and y.shape == ref.shape
-    y = y.double().cpu()
-    assert torch.isfinite(y).all()
-    err = (y - ref).abs().max().item()
-    assert err <= REL_TOL[case.dtype] * ref.abs().max().item(), f"max error {err} vs max |ref| {ref.abs().max()}"
-
+from tests.engine.attention.paged_case import (HEADS, PADDING_ROW, REL_TOL, SPLIT_DECODE, Case,  # noqa: E402
+                                               assert_matches, fp8_case, run_fp8)
 
 DECODE = [(1, 1), (1, 5), (1, 16), (1, 37)]  # lengths 5 and 37 end inside a cache block
 PREFILL = [(7, 7), (20, 20)]
 CHUNKED = [(5, 23), (16, 40)]  # earlier chunks already cached
 MIXED = [(1, 9), (12, 12), (1, 33), (6, 30)]
-HEADS = [pytest.param(4, 4, id="mha"), pytest.param(4, 2, id="gqa"), pytest.param(8, 1, id="mqa")]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -236,15 +155,7 @@ def test_rejects_bad_inputs(monkeypatch):
         paged_attention(q.cpu(), kc.cpu(), vc.cpu(), bt.cpu(), cl.cpu(), qs.cpu(), 2, 0.125)
 
 
-# -- split-KV decode (paged_attention_split.py) ------------------------------------------------------------
-
-# Contexts against the interpreter's 32-key tiles (each split takes whole tiles, at least 2): 1, 40 and
-# 64 tokens fit one split (it writes the output itself, no merge); 96 splits 64 + 32; 200 fills 3 splits
-# of 3 tiles, the last partial (and 4 of 16); 500 gives 8 splits keys and leaves the rest of 16 empty.
-# (1, 0) is a padding sequence (its row must be zeros), (0, 0) one without a query (no row).
-SPLIT_DECODE = [(1, 40), (1, 0), (1, 1), (0, 0), (1, 64), (1, 96), (1, 200), (1, 500)]
-PADDING_ROW = 1
-
+# -- split-KV decode (paged_attention_split.py; SPLIT_DECODE's contexts: paged_case.py) --------------------
 
 def assert_split_matches(case: Case, num_splits: int, run=None) -> None:
     """The split path matches the reference and the unsplit kernel, and writes the padding row as zeros."""
@@ -392,22 +303,6 @@ def test_new_kv_is_checked():
 
 # -- fp8 (e4m3) caches: the interpreter loads and widens e4m3 exactly, so these run on CPU too ------------
 
-def fp8_case(case: Case, k_scale: float, v_scale: float) -> Case:
-    """`case` with its caches quantized as the store leaves them (garbage included: NaN stays NaN, 1e4
-    saturates) and its reference keys and values the dequantized cache."""
-    case.k_cache, case.v_cache = quantize_kv(case.k_cache, k_scale), quantize_kv(case.v_cache, v_scale)
-    case.keys = [quantize_kv(k, k_scale).double() * k_scale for k in case.keys]
-    case.values = [quantize_kv(v, v_scale).double() * v_scale for v in case.values]
-    return case
-
-
-def run_fp8(case: Case, k_scale: float, v_scale: float, num_splits: int | None = None) -> torch.Tensor:
-    args = [t.to(DEVICE) for t in (case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens,
-                                   case.query_start)]
-    return paged_attention(*args, case.max_query_len, case.scale, k_scale=k_scale, v_scale=v_scale,
-                           num_splits=num_splits)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k_scale,v_scale", [(1.0, 1.0), (0.3, 2.5)])
 @pytest.mark.parametrize("heads,kv_heads", HEADS)
@@ -445,74 +340,3 @@ def test_fp8_rejects_mixed_caches_and_stray_scales():
         paged_attention(q, kc, vc, bt, cl, qs, 2, 0.125, k_scale=0.5)
     with pytest.raises(ValueError, match=r"^v_scale: must be a Python float"):
         paged_attention(q, kc8, vc8, bt, cl, qs, 2, 0.125, v_scale=torch.tensor(1.0))
-
-
-# -- unsplit decode with the keys as the dot's rows (paged_decode.py) --------------------------------------
-
-@pytest.fixture
-def decode_kernel(monkeypatch) -> list[str]:
-    """Every cache kind takes the keys-as-rows kernel; the list records its launches."""
-    monkeypatch.setitem(paged_attention_module.DECODE_KERNEL, "model_dtype", "keys")
-    monkeypatch.setitem(paged_attention_module.DECODE_KERNEL, "fp8", "keys")
-    launches = []
-    original = paged_attention_module.launch_decode_by_rows
-
-    def spy(*args, **kwargs):
-        launches.append("keys")
-        original(*args, **kwargs)
-
-    monkeypatch.setattr(paged_attention_module, "launch_decode_by_rows", spy)
-    return launches
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads", HEADS)
-def test_decode_kernel_matches_reference(heads, kv_heads, dtype, decode_kernel):
-    """Contexts inside one key tile, across several, none (padding: zeros) and a sequence with no query."""
-    case = Case(SPLIT_DECODE, heads, kv_heads, dtype=dtype, garbage=float("nan"), seed=heads * kv_heads)
-    out = case.run(num_splits=1)
-    assert len(decode_kernel) == 1
-    assert_matches(out, case)
-    assert (out[PADDING_ROW] == 0).all()
-
-
-def test_decode_kernel_writes_only_its_rows(decode_kernel):
-    case = Case(SPLIT_DECODE, 4, 2, garbage=float("nan"), seed=4)
-    wide = torch.full((case.q.shape[0], 4, 80), float("nan"), device=DEVICE)
-    out = wide[..., :64]
-    assert case.run(out=out, num_splits=1) is out and len(decode_kernel) == 1
-    assert_matches(out, case)
-    assert torch.isnan(wide[..., 64:]).all()
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads", HEADS)
-def test_decode_kernel_over_an_fp8_cache(heads, kv_heads, dtype, decode_kernel):
-    """k_scale folded into the scores, v_scale onto the output, NaN in unowned slots never read."""
-    case = fp8_case(Case(SPLIT_DECODE, heads, kv_heads, dtype=dtype, garbage=float("nan"), seed=7), 0.3, 2.5)
-    out = run_fp8(case, 0.3, 2.5, num_splits=1)
-    assert len(decode_kernel) == 1
-    assert_matches(out, case)
-
-
-def test_which_kernel_a_batch_takes(monkeypatch):
-    kernel_of = paged_attention_module.decode_kernel
-    monkeypatch.setitem(paged_attention_module.DECODE_KERNEL, "fp8", "keys")
-    assert kernel_of(1, fp8_cache=True, splits=1) == "keys"
-    assert kernel_of(1, fp8_cache=True, splits=2) == "split"
-    assert kernel_of(2, fp8_cache=True, splits=1) == "prefill"  # a prompt in the batch
-    assert kernel_of(1, fp8_cache=False, splits=1) == paged_attention_module.DECODE_KERNEL["model_dtype"]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("fp8", [False, True], ids=["model_dtype_cache", "fp8_cache"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_decode_kernel_7b_shapes(dtype, fp8, decode_kernel):
-    """Batches too large to split, with the 7B's tiles: MHA and GQA, contexts across several key tiles."""
-    gen = torch.Generator().manual_seed(0)
-    seqs = [(1, int(c)) for c in torch.randint(1, 700, (72,), generator=gen)] + [(1, 0)]
-    for kv_heads in (32, 8):
-        case = Case(seqs, 32, kv_heads, head_dim=128, block_size=16, dtype=dtype, garbage=float("nan"))
-        out = run_fp8(fp8_case(case, 0.02, 0.01), 0.02, 0.01) if fp8 else case.run()
-        assert_matches(out, case)
-    assert len(decode_kernel) == 2
