@@ -248,16 +248,15 @@ def decode_kernel(max_query_len: int, fp8_cache: bool, splits: int) -> str:
     return "split" if splits > 1 else DECODE_KERNEL["fp8" if fp8_cache else "model_dtype"]
 
 
-def launch_for(max_query_len: int, fp8_cache: bool = False, splits: int = 1) -> LaunchConfig:
-    """Tiles for a batch whose longest query is max_query_len (1: decode only), its keys split `splits` ways."""
-    kernel = decode_kernel(max_query_len, fp8_cache, splits)
+def launch_for(kernel: str, fp8_cache: bool = False) -> LaunchConfig:
+    """Tiles for a batch that takes `kernel` (decode_kernel's answer for it)."""
     if kernel == "prefill":
         return LAUNCH["prefill"]
     if kernel == "keys":
         return LAUNCH["decode_rows_fp8" if fp8_cache else "decode_rows"]
     if fp8_cache:
         return LAUNCH["decode_fp8"]
-    return LAUNCH["decode_split" if splits > 1 else "decode"]
+    return LAUNCH["decode_split" if kernel == "split" else "decode"]
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -339,7 +338,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         new_kv = None
     if empty:
         return out
-    launch = launch_for(max_query_len, k_cache.dtype == KV_FP8, num_splits)
+    fp8_cache = k_cache.dtype == KV_FP8
+    kernel = decode_kernel(max_query_len, fp8_cache, num_splits)
+    launch = launch_for(kernel, fp8_cache)
     block_n = INTERPRET_BLOCK_N if interpreting() else launch.block_n
     # float32 tiles are twice the bytes: 3 stages of 64x128 K and V would not fit an H100's shared memory.
     stages = min(launch.num_stages, 2) if q.dtype == torch.float32 else launch.num_stages
@@ -349,16 +350,15 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         # fp32 without TF32 (torch's default), so a float32 model matches its float32 reference.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         WHILE_LOOP=interpreting() and INTERPRET_WITH_WHILE_LOOP,
-        FP16_DOTS=k_cache.dtype == KV_FP8 and q.dtype in (torch.bfloat16, torch.float16),
+        FP16_DOTS=fp8_cache and q.dtype in (torch.bfloat16, torch.float16),
         BLOCK_N=block_n, num_warps=launch.num_warps, num_stages=stages, **pdl_launch(q.device))
-    if num_splits > 1:
+    if kernel == "split":
         # Imported here: that module imports _attend_keys from this one.
         from engine.layers.attention.triton.paged_attention_split import split_paged_attention
         split_paged_attention(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale,
                               float(v_scale), splits=num_splits, block_m=launch.block_m, new_kv=new_kv,
                               k_scale=float(k_scale), **kernel_args)
         return out
-    kernel = decode_kernel(max_query_len, k_cache.dtype == KV_FP8, num_splits)
     if kernel == "keys":
         launch_decode_by_rows(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale,
                               float(v_scale), **kernel_args)
