@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,10 @@ class EngineTokenizers:
     def __init__(self, store: EngineStore):
         self.store = store
         self._cache: dict[str, EngineTokenizer] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._loads: dict[tuple[str, str], asyncio.Future[EngineTokenizer]] = {}  # (name, checksum) -> its load
+        # Loads run one at a time in a thread of their own: transformers imports its classes lazily, and two
+        # threads importing them at once can fail with ImportError ("cannot import name 'AutoTokenizer'").
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer-load")
         self._checksums: dict[str, tuple[tuple[int, int, int], str]] = {}  # name -> (manifest stat, checksum)
         self._manifests: dict[str, str] = {}  # name -> its manifest path, once found (no Path built per request)
 
@@ -58,14 +62,21 @@ class EngineTokenizers:
         cached = self._cache.get(name)
         if cached is not None and cached.checksum == checksum:
             return cached
-        # One load per engine at a time: concurrent first requests wait for it instead of each loading.
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            cached = self._cache.get(name)
-            if cached is None or cached.checksum != checksum:
-                cached = await asyncio.to_thread(self._load, name, checksum)
-                self._cache[name] = cached
-                freeze_long_lived()  # a tokenizer lives as long as its engine: keep it out of full collections
-        return cached
+        # One load per engine version, shared: concurrent first requests wait for it instead of each loading,
+        # and a request that gives up while it runs (cancelled, past its deadline) leaves it to the others.
+        key = (name, checksum)
+        load = self._loads.get(key)
+        if load is None:
+            load = self._loads[key] = asyncio.get_running_loop().run_in_executor(self._loader, self._load, *key)
+            load.add_done_callback(lambda done: self._loaded(key, done))
+        return await asyncio.shield(load)
+
+    def _loaded(self, key: tuple[str, str], load: asyncio.Future[EngineTokenizer]) -> None:
+        del self._loads[key]
+        if load.cancelled() or load.exception() is not None:  # its waiters get the error; the next request retries
+            return
+        self._cache[key[0]] = load.result()
+        freeze_long_lived()  # a tokenizer lives as long as its engine: keep it out of full collections
 
     def _checksum(self, name: str) -> str:
         # A name the store could never hold (path tricks included) is as unknown as a missing one.

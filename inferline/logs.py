@@ -102,4 +102,8 @@ def request_context(request_id: str) -> Iterator[None]:
     try:
         yield
     finally:
-        REQUEST_ID.reset(token)
+        # ValueError: exited in another context than the one it was entered in. That is an async generator
+        # (a streaming handler that grpc stopped while it waited at a yield) closed by the event loop in a
+        # task of its own, whose context ends with it: nothing to restore.
+        with contextlib.suppress(ValueError):
+            REQUEST_ID.reset(token)

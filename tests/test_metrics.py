@@ -11,6 +11,7 @@ from grpc_interceptor.exceptions import InvalidArgument, ResourceExhausted
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from engine.errors import InvalidParameterError
+from inferline.logs import request_context
 from inferline.metrics import (BUILD_BUCKETS, E2E_BUCKETS, ITL_BUCKETS, QUEUE_BUCKETS, TTFT_BUCKETS, count_outcome,
                                log_buckets, start_metrics_server)
 from tests.servers import free_port, scrape_metrics
@@ -113,3 +114,24 @@ def test_a_relayed_deadline_status_is_a_cancellation():
 
     _, cancellations, _ = _outcome(GrpcException("deadline", status_code=grpc.StatusCode.DEADLINE_EXCEEDED))
     assert cancellations == {"DEADLINE_EXCEEDED": 1}
+
+
+def test_a_stream_closed_by_the_event_loop_at_a_yield_is_a_cancellation():
+    # grpc cancels a streaming handler's task while it writes a message: the handler's async generator,
+    # left at its yield, is closed later by the event loop in a task (and context) of its own.
+    registry = CollectorRegistry()
+    rejections = Counter("rejections", "r", ["reason"], registry=registry)
+    cancellations = Counter("cancellations", "c", ["reason"], registry=registry)
+
+    async def handler():
+        with count_outcome(_Context(5.0), rejections, cancellations), request_context("rid-1"):
+            yield "chunk"
+
+    async def scenario() -> None:
+        stream = handler()
+        assert await anext(stream) == "chunk"
+        await asyncio.create_task(stream.aclose())
+
+    asyncio.run(scenario())
+    assert cancellations.labels("CANCELLED")._value.get() == 1
+    assert not [s for m in registry.collect() if m.name == "rejections" for s in m.samples]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,33 @@ def test_a_rebuilt_engine_is_picked_up_and_a_deleted_one_is_not_found(smollm2_di
             await tokenizers.get(MODEL)
 
     asyncio.run(scenario())
+
+
+def test_one_load_serves_every_waiting_request_and_outlives_one_that_gave_up(smollm2_dir, tmp_path):
+    store = EngineStore(tmp_path)
+    tokenizers = EngineTokenizers(store)
+    commit(store, smollm2_dir, 256)
+    loads, release = [], threading.Event()
+    real_load = tokenizers._load
+
+    def gated_load(name: str, checksum: str):
+        loads.append(name)
+        assert release.wait(60)
+        return real_load(name, checksum)
+
+    tokenizers._load = gated_load
+
+    async def scenario() -> None:
+        first = asyncio.create_task(tokenizers.get(MODEL))
+        await asyncio.sleep(0)  # its load starts
+        first.cancel()  # the first caller gives up (cancelled, past its deadline) while the load runs
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        waiting = asyncio.gather(tokenizers.get(MODEL), tokenizers.get(MODEL))
+        release.set()
+        a, b = await waiting
+        assert a is b and a.max_seq_len == 256
+        assert await tokenizers.get(MODEL) is a  # cached
+
+    asyncio.run(scenario())
+    assert loads == [MODEL]  # one load, not one per request
