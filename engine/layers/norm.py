@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.layers.fp8_activations import Fp8Activations
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm, computed in float32 and cast back (as HF Llama does, which exactness needs)."""
@@ -14,16 +16,23 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, fp8_output: bool = False):
         """norm(x) -> out; with `residual`: (norm(x + residual), x + residual). On CUDA the sum is
-        written over x (a branch output nobody reads again); `residual` is never modified."""
+        written over x (a branch output nobody reads again); `residual` is never modified.
+        `fp8_output` (the norm feeds a linear layer that takes_fp8_activations): on CUDA, out comes
+        quantized per token by the norm's kernel, as Fp8Activations."""
         # x, residual: [tokens, dim]
         if x.is_cuda:
-            from engine.layers.triton.rms_norm import fused_add_rms_norm, rms_norm
+            from engine.layers.triton import rms_norm as kernels
 
+            if fp8_output:
+                if residual is None:
+                    return Fp8Activations(*kernels.rms_norm_fp8(x, self.weight, self.eps), x.dtype)
+                quantized, total = kernels.fused_add_rms_norm_fp8(residual, x, self.weight, self.eps)
+                return Fp8Activations(*quantized, x.dtype), total
             if residual is None:
-                return rms_norm(x, self.weight, self.eps)
-            return fused_add_rms_norm(residual, x, self.weight, self.eps)  # its second argument takes the sum
+                return kernels.rms_norm(x, self.weight, self.eps)
+            return kernels.fused_add_rms_norm(residual, x, self.weight, self.eps)  # its second argument takes the sum
         if residual is None:
             return self._norm(x)
         total = x + residual

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.embedding import make_embedding
+from engine.layers.fp8_activations import Fp8Activations
 from engine.layers.attention import ATTENTION_BACKENDS, AttentionMetadata
 from engine.layers.attention.kv_quant import KV_FP8
 from engine.layers.linear import make_linear
@@ -56,7 +57,7 @@ class Attention(nn.Module):
         setattr(self, f"{which}_scale", value)
         self.kv_scales_loaded = True
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+    def forward(self, x: torch.Tensor | Fp8Activations, positions: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         # x: [tokens, hidden]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -79,10 +80,11 @@ class MLP(nn.Module):
                                         quantization=quant)
         self.down_proj = make_linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, quantization=quant)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Activations) -> torch.Tensor:
         # x: [tokens, hidden]
         # silu(gate) * up: at decode sizes the gate_up GEMV's epilogue (engine/layers/triton/activation.py)
-        return self.down_proj(self.gate_up_proj(x, gated=True))
+        act = self.gate_up_proj(x, gated=True, fp8_output=self.down_proj.takes_fp8_activations)
+        return self.down_proj(act)
 
 
 class DecoderLayer(nn.Module):
@@ -99,12 +101,14 @@ class DecoderLayer(nn.Module):
         # x, residual: [tokens, hidden]; the residual stream is x + residual (x alone when residual is
         # None). Returns (mlp output, residual stream before it): their sum is left to the next norm,
         # which adds and normalises in one pass. `residual` is never modified in place.
+        # Each norm hands its projection fp8 activations where that takes them (fp8_activations.py).
+        qkv_fp8, gate_up_fp8 = self.attn.qkv_proj.takes_fp8_activations, self.mlp.gate_up_proj.takes_fp8_activations
         if residual is None:
-            h, residual = self.attn_norm(x), x
+            h, residual = self.attn_norm(x, fp8_output=qkv_fp8), x
         else:
-            h, residual = self.attn_norm(x, residual=residual)
+            h, residual = self.attn_norm(x, residual=residual, fp8_output=qkv_fp8)
         attn_out = self.attn(h, positions, kv_cache, meta)
-        h, residual = self.mlp_norm(attn_out, residual=residual)
+        h, residual = self.mlp_norm(attn_out, residual=residual, fp8_output=gate_up_fp8)
         return self.mlp(h), residual
 
 

@@ -11,8 +11,10 @@ from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's
 
 from engine.layers.norm import RMSNorm  # noqa: E402
 from engine.layers.rotary import RotaryEmbedding  # noqa: E402
-from engine.layers.triton.activation import silu_and_mul  # noqa: E402
-from engine.layers.triton.rms_norm import fused_add_rms_norm, rms_norm  # noqa: E402
+from engine.layers.quantization.triton.fp8_quant import fp8_quantize_per_token  # noqa: E402
+from engine.layers.triton.activation import silu_and_mul, silu_and_mul_fp8  # noqa: E402
+from engine.layers.triton.rms_norm import (fused_add_rms_norm, fused_add_rms_norm_fp8, rms_norm,  # noqa: E402
+                                           rms_norm_fp8)
 from engine.layers.triton.rotary import apply_rope_  # noqa: E402
 
 EPS = 1e-5
@@ -115,11 +117,43 @@ def test_silu_and_mul_matches_torch(inter, dtype):
     assert_matches(silu_and_mul(gate_up), ref, 1e-5)
 
 
+def assert_same_fp8(fused: tuple[torch.Tensor, torch.Tensor], unfused: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The fused kernel's codes and scales have the bits of the unfused kernels' (not only close)."""
+    (q, scales), (ref_q, ref_scales) = fused, unfused
+    assert q.dtype == torch.float8_e4m3fn and q.shape == ref_q.shape and scales.shape == ref_scales.shape
+    assert torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8))
+    assert torch.equal(scales, ref_scales)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [64, 1000])
+def test_rms_norm_fp8_has_the_bits_of_rms_norm_then_fp8_quantization(hidden, dtype):
+    x = randn(6, hidden, dtype=dtype, seed=hidden) * torch.logspace(-2, 2, 6, device=DEVICE)[:, None].to(dtype)
+    residual = randn(6, hidden, dtype=dtype, seed=hidden + 1)
+    w = randn(hidden, dtype=dtype, seed=hidden + 2)
+    assert_same_fp8(rms_norm_fp8(x, w, EPS), fp8_quantize_per_token(rms_norm(x, w, EPS)))
+    fused, fused_residual = fused_add_rms_norm_fp8(x, residual.clone(), w, EPS)
+    out, summed = fused_add_rms_norm(x, residual.clone(), w, EPS)
+    assert_same_fp8(fused, fp8_quantize_per_token(out))
+    assert torch.equal(fused_residual, summed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inter", [64, 100, 300])  # one strip, a partial one, several (the interpreter's 64 wide)
+def test_silu_and_mul_fp8_has_the_bits_of_silu_and_mul_then_fp8_quantization(inter, dtype):
+    wide = randn(5, 2 * inter + 8, dtype=dtype, seed=inter) * 3
+    gate_up = wide[:, :2 * inter]  # strided rows
+    gate_up[0] = 0  # an all-zero row: the floor scale, zero codes
+    assert_same_fp8(silu_and_mul_fp8(gate_up), fp8_quantize_per_token(silu_and_mul(gate_up)))
+
+
 def test_empty_inputs():
     x = randn(0, 64, dtype=torch.float32, seed=0)
     w = randn(64, dtype=torch.float32, seed=1)
     assert rms_norm(x, w, EPS).shape == (0, 64)
     assert silu_and_mul(x).shape == (0, 32)
+    assert [t.shape for t in rms_norm_fp8(x, w, EPS)] == [(0, 64), (0, 1)]
+    assert [t.shape for t in silu_and_mul_fp8(x)] == [(0, 32), (0, 1)]
     apply_rope_(x.view(0, 1, 64), x.view(0, 1, 64), torch.empty(0, dtype=torch.int64, device=DEVICE),
                 torch.ones(4, 64, device=DEVICE), torch.ones(4, 64, device=DEVICE))
 
@@ -139,6 +173,10 @@ def test_rejects_bad_inputs():
         fused_add_rms_norm(x, x[:2], w, EPS)
     with pytest.raises(ValueError, match=r"^gate_up: .*even"):
         silu_and_mul(x[:, :63])
+    with pytest.raises(ValueError, match=r"^gate_up: .*even"):
+        silu_and_mul_fp8(x[:, :63])
+    with pytest.raises(ValueError, match=r"^residual: .*shape"):
+        fused_add_rms_norm_fp8(x, x[:2], w, EPS)
     q, k = x.view(3, 1, 64), x.view(3, 1, 64)
     table = torch.ones(8, 64, device=DEVICE)
     pos = torch.arange(3, device=DEVICE)

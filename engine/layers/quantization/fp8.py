@@ -1,6 +1,7 @@
 """FP8 (W8A8, e4m3): weights in float8_e4m3fn with one scale per tensor or per output channel,
 activations quantized to e4m3 per token at run time (one Triton kernel on CUDA,
-triton/fp8_quant.py; quantize_per_token here is its reference); torch._scaled_mm multiplies. Hopper and Ada
+triton/fp8_quant.py; quantize_per_token here is its reference; or, handed over as Fp8Activations, by the
+RMSNorm or SiLU-and-mul kernel that produced them); torch._scaled_mm multiplies. Hopper and Ada
 (CUDA compute capability >= 8.9) only: check_device says so clearly anywhere else.
 
 Stored: `qweight` float8_e4m3fn [out, in], `scales` float32 [out] (per-tensor granularity stores the
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import InvalidParameterError
+from engine.layers.fp8_activations import Fp8Activations
 from engine.layers.linear_base import LinearBase
 from engine.layers.quantization.config import QuantizationConfig
 
@@ -54,6 +56,8 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Fp8Linear(LinearBase):
+    takes_fp8_activations = True  # on CUDA, from the RMSNorm or SiLU-and-mul kernel before it
+
     def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantizationConfig):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -61,16 +65,19 @@ class Fp8Linear(LinearBase):
         self.scales = nn.Parameter(torch.empty(out_features, dtype=torch.float32), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor | Fp8Activations) -> torch.Tensor:
         # x: [tokens, in] -> [tokens, out]; row-wise scaled matmul (per-token x per-channel scales)
-        if not x.is_cuda:  # only the builder's scoring on a CPU gets here: engines refuse fp8 off CUDA
+        if isinstance(x, Fp8Activations):
+            xq, x_scales, dtype = x
+        elif not x.is_cuda:  # only the builder's scoring on a CPU gets here: engines refuse fp8 off CUDA
             return self.reference(x)
-        from engine.layers.quantization.triton.fp8_quant import fp8_quantize_per_token
+        else:
+            from engine.layers.quantization.triton.fp8_quant import fp8_quantize_per_token
 
-        xq, x_scales = fp8_quantize_per_token(x)  # quantize_per_token's result, in one kernel
-        out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+            (xq, x_scales), dtype = fp8_quantize_per_token(x), x.dtype  # quantize_per_token's result, in one kernel
+        out_dtype = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         y = torch._scaled_mm(xq, self.qweight.t(), scale_a=x_scales, scale_b=self.scales.float()[None, :],
-                             out_dtype=out_dtype).to(x.dtype)
+                             out_dtype=out_dtype).to(dtype)
         return y if self.bias is None else y + self.bias
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

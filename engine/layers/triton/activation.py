@@ -8,6 +8,9 @@ program covers a BLOCK-wide column strip of one row, so the grid is independent 
 At decode sizes the gate_up projection's GEMV does this itself, as its epilogue (`gated_rows`,
 `store_rows`): a program computes the gate and the up rows of the same outputs, so one launch and one
 round trip through memory less per layer, with the same bits.
+
+Before an fp8 down projection, `silu_and_mul_fp8` also quantizes each row per token (one program per
+row: the scale needs the whole row), with the bits of silu_and_mul then fp8_quantize_per_token.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.layers.quantization.triton.fp8_quant import fp8_codes, fp8_scale
 from engine.layers.triton import FLOAT_DTYPES, check_last_dim_contiguous, check_tensor, interpreting
 from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
@@ -89,20 +93,62 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, I, BLOCK: tl.cons
     tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _silu_and_mul_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, I, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    # x: [tokens, 2 * I] (gate, then up); q: [tokens, I] e4m3; s: [tokens] float32. Two passes over the row:
+    # its amax, then its codes (the second reads hit L2).
+    row = tl.program_id(0).to(tl.int64)
+    dtype = x_ptr.dtype.element_ty
+    wait_for_previous(USE_PDL)
+    amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    for c0 in range(0, I, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        ok = cols < I
+        gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + row * stride_x + I + cols, mask=ok, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(silu_mul(gate, up, dtype).to(dtype).to(tl.float32)))
+    scale = fp8_scale(tl.max(amax, axis=0))
+    for c0 in range(0, I, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        ok = cols < I
+        gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + row * stride_x + I + cols, mask=ok, other=0.0).to(tl.float32)
+        out = silu_mul(gate, up, dtype).to(dtype).to(tl.float32)
+        tl.store(q_ptr + row * stride_q + cols, fp8_codes(out, scale), mask=ok)
+    tl.store(s_ptr + row, scale)
+
+
+def _check_gate_up(gate_up: torch.Tensor) -> int:
+    check_tensor("gate_up", gate_up, FLOAT_DTYPES, 2)
+    check_last_dim_contiguous("gate_up", gate_up)
+    if gate_up.shape[1] % 2:
+        raise ValueError(f"gate_up: last dim must be even ([gate, up]), got {gate_up.shape[1]}")
+    return gate_up.shape[1] // 2
+
+
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up: [tokens, 2 * I] (rows may be strided) -> silu(gate_up[:, :I]) * gate_up[:, I:]: a new
     [tokens, I] tensor in gate_up's dtype."""
-    check_tensor("gate_up", gate_up, FLOAT_DTYPES, 2)
-    check_last_dim_contiguous("gate_up", gate_up)
-    tokens, width = gate_up.shape
-    if width % 2:
-        raise ValueError(f"gate_up: last dim must be even ([gate, up]), got {width}")
-    inter = width // 2
-    out = torch.empty((tokens, inter), dtype=gate_up.dtype, device=gate_up.device)
+    inter = _check_gate_up(gate_up)
+    out = torch.empty((gate_up.shape[0], inter), dtype=gate_up.dtype, device=gate_up.device)
     if out.numel() == 0:
         return out
     block = INTERPRET_BLOCK if interpreting() else BLOCK
-    _silu_and_mul_kernel[(tokens, triton.cdiv(inter, block))](gate_up, out, gate_up.stride(0), out.stride(0),
-                                                              inter, BLOCK=block, num_warps=4,
-                                                              **pdl_launch(gate_up.device))
+    _silu_and_mul_kernel[(gate_up.shape[0], triton.cdiv(inter, block))](gate_up, out, gate_up.stride(0),
+                                                                        out.stride(0), inter, BLOCK=block,
+                                                                        num_warps=4, **pdl_launch(gate_up.device))
     return out
+
+
+def silu_and_mul_fp8(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gate_up: [tokens, 2 * I] (rows may be strided) -> silu_and_mul(gate_up) quantized per token:
+    (float8_e4m3fn [tokens, I], float32 scales [tokens, 1]), the bits of fp8_quantize_per_token of it."""
+    inter = _check_gate_up(gate_up)
+    tokens = gate_up.shape[0]
+    q = torch.empty((tokens, inter), dtype=torch.float8_e4m3fn, device=gate_up.device)
+    scales = torch.empty((tokens, 1), dtype=torch.float32, device=gate_up.device)
+    if tokens:
+        block = INTERPRET_BLOCK if interpreting() else BLOCK
+        _silu_and_mul_fp8_kernel[(tokens,)](gate_up, q, scales, gate_up.stride(0), q.stride(0), inter, BLOCK=block,
+                                            num_warps=4, **pdl_launch(gate_up.device))
+    return q, scales

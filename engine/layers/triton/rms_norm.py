@@ -8,7 +8,9 @@ multiplies two half tensors). 1 / sqrt is computed correctly rounded (sqrt_rn, d
 the approximate rsqrt, so the only difference left is the summation order of the mean.
 
 A whole row (hidden <= 8192) fits one program's registers, so the row is read once and the reduction
-needs no second pass or atomics.
+needs no second pass or atomics. That also lets the kernel quantize its output per token for an fp8
+linear layer (`rms_norm_fp8`, `fused_add_rms_norm_fp8`): the bits of the plain kernel followed by
+fp8_quantize_per_token, without writing and reading the row in between.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.layers.quantization.triton.fp8_quant import fp8_codes, fp8_scale
 from engine.layers.triton import FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, next_power_of_2
 from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
@@ -23,13 +26,15 @@ MAX_HIDDEN = 8192  # one row per program: wider rows would spill registers
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, stride_out, N, eps,
-                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, scale_ptr, stride_x, stride_res, stride_out, N, eps,
+                     HAS_RESIDUAL: tl.constexpr, FP8_OUT: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     # x, res, out: [rows, N] with row strides; w: [N]. With HAS_RESIDUAL, res is read and overwritten
-    # with x + res (the next layer's residual).
+    # with x + res (the next layer's residual). FP8_OUT: out is e4m3 and scale_ptr [rows] gets each
+    # row's scale.
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
+    dtype = x_ptr.dtype.element_ty
     w = tl.load(w_ptr + cols, mask=ok, other=0.0)  # a weight: read before the wait (pdl.py)
     wait_for_previous(USE_PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
@@ -37,14 +42,20 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, strid
         res_ptrs = res_ptr + row * stride_res + cols
         r = tl.load(res_ptrs, mask=ok, other=0.0)
         # Rounded to the dtype before the norm reads it, as the unfused model's `x + residual` is.
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(dtype)
         tl.store(res_ptrs, x, mask=ok)
     x32 = x.to(tl.float32)
     var = tl.sum(x32 * x32, axis=0) / N
     rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
-    y = (x32 * rstd).to(x_ptr.dtype.element_ty)
-    out = w.to(tl.float32) * y.to(tl.float32)
-    tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=ok)
+    y = (x32 * rstd).to(dtype)
+    out = (w.to(tl.float32) * y.to(tl.float32)).to(dtype)
+    if FP8_OUT:  # masked columns hold 0: they leave the amax alone
+        out = out.to(tl.float32)
+        scale = fp8_scale(tl.max(tl.abs(out), axis=0))
+        tl.store(out_ptr + row * stride_out + cols, fp8_codes(out, scale), mask=ok)
+        tl.store(scale_ptr + row, scale)
+    else:
+        tl.store(out_ptr + row * stride_out + cols, out, mask=ok)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
@@ -60,17 +71,28 @@ def _check(x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
 
 
 def _launch(x: torch.Tensor, res: torch.Tensor | None, weight: torch.Tensor, out: torch.Tensor,
-            eps: float) -> None:
+            scales: torch.Tensor | None, eps: float) -> None:
     rows, hidden = x.shape
     if rows == 0 or hidden == 0:
         return
     block = next_power_of_2(hidden)
     # About 8 elements per thread: 576 (SmolLM2) -> 2 warps, 4096 (7B) -> 8 warps.
     num_warps = min(max(block // 256, 1), 8)
-    _rms_norm_kernel[(rows,)](x, res if res is not None else x, weight, out, x.stride(0),
-                              res.stride(0) if res is not None else 0, out.stride(0), hidden, float(eps),
-                              HAS_RESIDUAL=res is not None, BLOCK=block, num_warps=num_warps,
-                              **pdl_launch(x.device))
+    _rms_norm_kernel[(rows,)](x, res if res is not None else x, weight, out, scales if scales is not None else out,
+                              x.stride(0), res.stride(0) if res is not None else 0, out.stride(0), hidden, float(eps),
+                              HAS_RESIDUAL=res is not None, FP8_OUT=scales is not None, BLOCK=block,
+                              num_warps=num_warps, **pdl_launch(x.device))
+
+
+def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> None:
+    check_tensor("residual", residual, (x.dtype,), 2, like=x)
+    check_shape("residual", residual, tuple(x.shape), "x's shape")
+    check_last_dim_contiguous("residual", residual)
+
+
+def _fp8_out(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device),
+            torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -78,7 +100,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     -> weight * (x * rsqrt(mean(x^2) + eps)): a new [tokens, hidden] tensor in x's dtype."""
     _check(x, weight, eps)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _launch(x, None, weight, out, eps)
+    _launch(x, None, weight, out, None, eps)
     return out
 
 
@@ -89,9 +111,26 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     `residual` is updated in place with x + residual (rounded to the dtype) and is the second value
     returned; the first is a new tensor. x may be the same tensor as residual."""
     _check(x, weight, eps)
-    check_tensor("residual", residual, (x.dtype,), 2, like=x)
-    check_shape("residual", residual, tuple(x.shape), "x's shape")
-    check_last_dim_contiguous("residual", residual)
+    _check_residual(x, residual)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _launch(x, residual, weight, out, eps)
+    _launch(x, residual, weight, out, None, eps)
     return out, residual
+
+
+def rms_norm_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm(x, weight, eps) quantized per token: (float8_e4m3fn [tokens, hidden], float32 scales
+    [tokens, 1]), the bits of fp8_quantize_per_token(rms_norm(...))."""
+    _check(x, weight, eps)
+    out, scales = _fp8_out(x)
+    _launch(x, None, weight, out, scales, eps)
+    return out, scales
+
+
+def fused_add_rms_norm_fp8(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """fused_add_rms_norm with its first value quantized per token, as rms_norm_fp8's."""
+    _check(x, weight, eps)
+    _check_residual(x, residual)
+    out, scales = _fp8_out(x)
+    _launch(x, residual, weight, out, scales, eps)
+    return (out, scales), residual

@@ -8,6 +8,8 @@ import importlib.util
 import pytest
 import torch
 
+from engine.layers.fp8_activations import Fp8Activations
+from engine.layers.norm import RMSNorm
 from engine.layers.quantization import int4
 from tests.engine.quantization.test_formats import make_layer
 
@@ -33,6 +35,26 @@ def test_cuda_layer_equals_its_dequantized_reference(scheme, shape, dtype, token
     torch.testing.assert_close(got.float(), want.float(), atol=0.02 * scale, rtol=0.02)
     exact = (x.float() @ weight.cuda().T) + layer.bias.float()
     assert (got.float() - exact).norm() / exact.norm() < 0.1  # and it is still the layer it quantized
+
+
+@pytest.mark.parametrize("tokens", [1, 64])
+def test_fp8_mlp_fed_quantized_activations_has_the_bits_of_each_layer_quantizing_its_input(tokens):
+    """RMSNorm -> fp8 gate_up -> SiLU-and-mul -> fp8 down, the norm and SiLU kernels handing over their
+    outputs quantized (Fp8Activations), against each fp8 layer quantizing its own input."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability >= 8.9")
+    gate_up, _, _, _ = make_layer("fp8", 576, 2 * 1536, torch.bfloat16, bias=False, device="cuda")
+    down, _, _, _ = make_layer("fp8", 1536, 576, torch.bfloat16, bias=False, seed=1, device="cuda")
+    norm = RMSNorm(576, 1e-5).to("cuda", torch.bfloat16)
+    x, residual = torch.randn(2, tokens, 576, device="cuda", dtype=torch.bfloat16)
+
+    def mlp(fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        h, summed = norm(x.clone(), residual=residual, fp8_output=fp8)  # the sum is written over its input
+        assert isinstance(h, Fp8Activations) == fp8
+        return down(gate_up(h, gated=True, fp8_output=fp8)), summed
+
+    (fused, fused_sum), (unfused, unfused_sum) = mlp(True), mlp(False)
+    assert torch.equal(fused, unfused) and torch.equal(fused_sum, unfused_sum)
 
 
 def test_cuda_int4_layer_holds_the_kernel_order_and_exports_the_stored_one():

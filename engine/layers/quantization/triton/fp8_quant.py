@@ -4,6 +4,8 @@ fp8.py's eager version is ~8 kernels (abs, amax, float, divide, clamp, cast, eac
 activations) before every fp8 linear; this is one launch that reads each row twice (the second pass
 hits L2) and writes the e4m3 row and its scale. Exactly the eager result on CUDA: the amax is taken
 in float32 from the same values, and the division is IEEE round-to-nearest (div_rn), as torch's.
+`fp8_scale` and `fp8_codes` are those numerics for kernels that quantize a row they produced themselves
+(RMSNorm, SiLU-and-mul: engine/layers/triton/), so their fp8 output has this kernel's bits.
 """
 from __future__ import annotations
 
@@ -18,6 +20,19 @@ BLOCK_K = 1024
 
 
 @triton.jit
+def fp8_scale(amax):
+    """A row's scale from its float32 amax, as fp8.quantize_per_token computes it: amax.clamp(min=1e-12) / 448."""
+    return tl.math.div_rn(tl.maximum(amax, 1e-12), 448.0)
+
+
+@triton.jit
+def fp8_codes(x, scale):
+    """float32 values -> their e4m3 codes under `scale`: x / scale (IEEE division, as torch's), clamped to
+    +-448."""
+    return tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0).to(tl.float8e4nv)
+
+
+@triton.jit
 def _fp8_quant_kernel(x_ptr, q_ptr, s_ptr, stride_xm, stride_qm, K: tl.constexpr, BLOCK_K: tl.constexpr,
                       USE_PDL: tl.constexpr):
     row = tl.program_id(0)
@@ -28,12 +43,11 @@ def _fp8_quant_kernel(x_ptr, q_ptr, s_ptr, stride_xm, stride_qm, K: tl.constexpr
     for k0 in range(0, K, BLOCK_K):
         x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
-    scale = tl.math.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), 448.0)  # torch: amax.clamp(min=1e-12) / 448
+    scale = fp8_scale(tl.max(amax, axis=0))
     for k0 in range(0, K, BLOCK_K):
         k_ok = k0 + offs < K
         x = tl.load(x_row + k0 + offs, mask=k_ok, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
-        tl.store(q_ptr + row * stride_qm + k0 + offs, q.to(tl.float8e4nv), mask=k_ok)
+        tl.store(q_ptr + row * stride_qm + k0 + offs, fp8_codes(x, scale), mask=k_ok)
     tl.store(s_ptr + row, scale)
 
 
