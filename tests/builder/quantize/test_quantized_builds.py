@@ -20,8 +20,8 @@ from tests.worker.processes import ServiceProcess, one_torch_thread, start_worke
 from tests.worker.test_worker_startup import EXIT_ENGINE_UNAVAILABLE, error_line
 from tests.worker.workload import collect_events, enqueue
 
-# Building six engines takes ~7.5 min on CI's two cores, more when they are shared: above the default
-# 600 s per-test timeout the module fixture would otherwise run under.
+# Building six engines takes ~3 min on a 2-core machine (170 s measured in session 15), several times that
+# on slower or shared ones: past the default 600 s per-test timeout the module fixture would run under.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SERVED = ("int8_wo", "int4_wo", "awq", "gptq", "smoothquant")
