@@ -94,27 +94,31 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, I, BLOCK: tl.cons
 
 
 @triton.jit
+def _silu_mul_strip(x_row, cols, I, dtype: tl.constexpr):
+    """silu(gate) * up of the columns `cols` of one gate_up row (x_row: its start), rounded to dtype and
+    held in float32; columns past I hold 0."""
+    ok = cols < I
+    gate = tl.load(x_row + cols, mask=ok, other=0.0).to(tl.float32)
+    up = tl.load(x_row + I + cols, mask=ok, other=0.0).to(tl.float32)
+    return silu_mul(gate, up, dtype).to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _silu_and_mul_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, I, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     # x: [tokens, 2 * I] (gate, then up); q: [tokens, I] e4m3; s: [tokens] float32. Two passes over the row:
     # its amax, then its codes (the second reads hit L2).
     row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_x
     dtype = x_ptr.dtype.element_ty
     wait_for_previous(USE_PDL)
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
     for c0 in range(0, I, BLOCK):
-        cols = c0 + tl.arange(0, BLOCK)
-        ok = cols < I
-        gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
-        up = tl.load(x_ptr + row * stride_x + I + cols, mask=ok, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(silu_mul(gate, up, dtype).to(dtype).to(tl.float32)))
+        amax = tl.maximum(amax, tl.abs(_silu_mul_strip(x_row, c0 + tl.arange(0, BLOCK), I, dtype)))
     scale = fp8_scale(tl.max(amax, axis=0))
     for c0 in range(0, I, BLOCK):
         cols = c0 + tl.arange(0, BLOCK)
-        ok = cols < I
-        gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
-        up = tl.load(x_ptr + row * stride_x + I + cols, mask=ok, other=0.0).to(tl.float32)
-        out = silu_mul(gate, up, dtype).to(dtype).to(tl.float32)
-        tl.store(q_ptr + row * stride_q + cols, fp8_codes(out, scale), mask=ok)
+        codes = fp8_codes(_silu_mul_strip(x_row, cols, I, dtype), scale)
+        tl.store(q_ptr + row * stride_q + cols, codes, mask=cols < I)
     tl.store(s_ptr + row, scale)
 
 
