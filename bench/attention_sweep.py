@@ -113,17 +113,20 @@ GRID_SHAPES = {"fp8": [(512, 128), (512, 192), (512, 256), (256, 192), (112, 110
                "bf16": [(256, 128), (256, 192), (256, 256), (128, 192), (64, 1100), (64, 2112)]}
 
 
-# Unsplit decode kernels (paged_attention.DECODE_KERNEL) -> the launches tried: the best of each one's full
-# (block_n, num_warps, num_stages) grid on an H200 in session 14, besides its default.
+# Unsplit decode kernels (paged_attention.DECODE_KERNEL) -> the launches tried, (block_n, num_warps,
+# num_stages, kv_heads_per_program): the best of each one's full grid on an H200 in session 14 (one KV head
+# a program), besides its default; and (session 15, not yet measured) the keys kernel with 2 or 4 KV heads
+# a program, whose key rows are 2-4x as wide (over an fp8 cache as wide as one bf16 head's, or wider).
 KERNEL_LAUNCHES = {
-    "queries": [(64, 2, 2), (32, 2, 2), (128, 2, 1), (64, 4, 2), (64, 4, 3)],
-    "keys": [(64, 2, 4), (64, 2, 3), (64, 2, 2), (128, 4, 1), (64, 4, 2)],
+    "queries": [(64, 2, 2, 1), (32, 2, 2, 1), (128, 2, 1, 1), (64, 4, 2, 1), (64, 4, 3, 1)],
+    "keys": [(64, 2, 4, 1), (64, 2, 3, 1), (64, 2, 2, 1), (128, 4, 1, 1), (64, 4, 2, 1),
+             (64, 2, 4, 2), (32, 2, 4, 2), (64, 4, 3, 2), (32, 4, 3, 2), (64, 4, 2, 4), (32, 4, 3, 4), (32, 2, 3, 4)],
 }
 
 
 def grid_sweep() -> None:
     """The unsplit decode kernels (paged_attention.DECODE_KERNEL: the queries or the keys as the dot's rows)
-    over their launches (block_n, num_warps, num_stages) on every throughput shape, as a matrix:
+    over their launches (block_n, num_warps, num_stages, KV heads a program) on every throughput shape, as a matrix:
     a captured decode graph keeps one launch while its contexts grow, so the launch to take is the one
     that is never far from each shape's best, not the best of one shape."""
     print(torch.cuda.get_device_name())
@@ -138,7 +141,8 @@ def grid_sweep() -> None:
             pa.DECODE_KERNEL[key] = kernel
             kind = {"queries": "decode", "keys": "decode_rows"}[kernel] + suffix
             defaults[kernel] = default = pa.LAUNCH[kind]
-            launches = [pa.LaunchConfig(block_m=16, block_n=n, num_warps=w, num_stages=s) for n, w, s in tried]
+            launches = [pa.LaunchConfig(block_m=16, block_n=n, num_warps=w, num_stages=s, kv_heads_per_program=p)
+                        for n, w, s, p in tried]
             for launch in dict.fromkeys([default] + launches):
                 pa.LAUNCH[kind] = launch
                 try:
@@ -156,7 +160,8 @@ def grid_sweep() -> None:
         for (kernel, launch), times in ranked:
             cells = " ".join(f"{1e3 * t:7.1f} ({nbytes / t / 1e9:4.2f})" for t, (_, nbytes) in zip(times, batches))
             mark = " <- default" if launch == defaults[kernel] else ""
-            print(f"  {kernel:7s} n={launch.block_n:3d} w={launch.num_warps} s={launch.num_stages}: {cells}  "
+            print(f"  {kernel:7s} n={launch.block_n:3d} w={launch.num_warps} s={launch.num_stages} "
+                  f"p={launch.kv_heads_per_program}: {cells}  "
                   f"worst x{max(t / b for t, b in zip(times, best)):.2f}{mark}")
 
 
