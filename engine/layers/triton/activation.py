@@ -81,19 +81,6 @@ def store_rows(y, y_ptr, M, N, stride_ym, offs_m, offs_n, mask, GATED: tl.conste
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, I, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    # x: [tokens, 2 * I] (gate, then up); out: [tokens, I]
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = cols < I
-    wait_for_previous(USE_PDL)
-    gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
-    up = tl.load(x_ptr + row * stride_x + I + cols, mask=ok, other=0.0).to(tl.float32)
-    out = silu_mul(gate, up, out_ptr.dtype.element_ty)
-    tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
 def _silu_mul_strip(x_row, cols, I, dtype: tl.constexpr):
     """silu(gate) * up of the columns `cols` of one gate_up row (x_row: its start), rounded to dtype and
     held in float32; columns past I hold 0."""
@@ -101,6 +88,16 @@ def _silu_mul_strip(x_row, cols, I, dtype: tl.constexpr):
     gate = tl.load(x_row + cols, mask=ok, other=0.0).to(tl.float32)
     up = tl.load(x_row + I + cols, mask=ok, other=0.0).to(tl.float32)
     return silu_mul(gate, up, dtype).to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, I, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    # x: [tokens, 2 * I] (gate, then up); out: [tokens, I]
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    wait_for_previous(USE_PDL)
+    out = _silu_mul_strip(x_ptr + row * stride_x, cols, I, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=cols < I)
 
 
 @triton.jit
