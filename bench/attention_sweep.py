@@ -29,17 +29,20 @@ BLOCK_SIZE = 16
 
 
 def make_batch(seqs: int, ctx: int, q_len: int, heads: int, kv_heads: int, head_dim: int = 128,
-               cache_dtype: torch.dtype = torch.bfloat16):
+               cache_dtype: torch.dtype = torch.bfloat16, block_size: int = BLOCK_SIZE, head_major: bool = False):
+    """head_major: each block holds a KV head's slots together ([block, kv_head, slot, dim] in memory, the
+    kernels see the same [block, slot, kv_head, dim] shape through strides) instead of a slot's heads."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    blocks_per_seq = -(-ctx // BLOCK_SIZE)
+    blocks_per_seq = -(-ctx // block_size)
     num_blocks = seqs * blocks_per_seq
-    cache = torch.randn(2, num_blocks, BLOCK_SIZE, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16,
-                        generator=gen)
+    dims = (2, num_blocks, kv_heads, block_size, head_dim) if head_major else (2, num_blocks, block_size, kv_heads, head_dim)
+    cache = torch.randn(*dims, device="cuda", dtype=torch.bfloat16, generator=gen).to(cache_dtype)
+    if head_major:
+        cache = cache.transpose(2, 3)
     tables = torch.randperm(num_blocks, device="cuda", generator=gen).view(seqs, blocks_per_seq).int()
     q = torch.randn(seqs * q_len, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
     context_lens = torch.full((seqs,), ctx, dtype=torch.int32, device="cuda")
     query_start = torch.arange(0, seqs * q_len + 1, q_len, dtype=torch.int32, device="cuda")
-    cache = cache.to(cache_dtype)
     kv_bytes = 2 * seqs * ctx * kv_heads * head_dim * cache.element_size()
     return (q, cache[0], cache[1], tables, context_lens, query_start, q_len, head_dim ** -0.5), kv_bytes
 
@@ -113,36 +116,34 @@ GRID_SHAPES = {"fp8": [(512, 128), (512, 192), (512, 256), (256, 192), (112, 110
                "bf16": [(256, 128), (256, 192), (256, 256), (128, 192), (64, 1100), (64, 2112)]}
 
 
-# Unsplit decode kernels (paged_attention.DECODE_KERNEL) -> the launches tried, (block_n, num_warps,
-# num_stages, kv_heads_per_program): the best of each one's full grid on an H200 in session 14 (one KV head
-# a program), besides its default; and (session 15, not yet measured) the keys kernel with 2 or 4 KV heads
-# a program, whose key rows are 2-4x as wide (over an fp8 cache as wide as one bf16 head's, or wider).
+# Unsplit decode kernels (paged_attention.DECODE_KERNEL) -> the launches tried: the best of each one's full
+# (block_n, num_warps, num_stages) grid on an H200 in session 14, besides its default.
 KERNEL_LAUNCHES = {
-    "queries": [(64, 2, 2, 1), (32, 2, 2, 1), (128, 2, 1, 1), (64, 4, 2, 1), (64, 4, 3, 1)],
-    "keys": [(64, 2, 4, 1), (64, 2, 3, 1), (64, 2, 2, 1), (128, 4, 1, 1), (64, 4, 2, 1),
-             (64, 2, 4, 2), (32, 2, 4, 2), (64, 4, 3, 2), (32, 4, 3, 2), (64, 4, 2, 4), (32, 4, 3, 4), (32, 2, 3, 4)],
+    "queries": [(64, 2, 2), (32, 2, 2), (128, 2, 1), (64, 4, 2), (64, 4, 3)],
+    "keys": [(64, 2, 4), (64, 2, 3), (64, 2, 2), (128, 4, 1), (64, 4, 2), (128, 2, 3), (128, 4, 2)],
 }
 
 
-def grid_sweep() -> None:
+def grid_sweep(block_size: int = BLOCK_SIZE, head_major: bool = False) -> None:
     """The unsplit decode kernels (paged_attention.DECODE_KERNEL: the queries or the keys as the dot's rows)
-    over their launches (block_n, num_warps, num_stages, KV heads a program) on every throughput shape, as a matrix:
+    over their launches (block_n, num_warps, num_stages) on every throughput shape, as a matrix:
     a captured decode graph keeps one launch while its contexts grow, so the launch to take is the one
     that is never far from each shape's best, not the best of one shape."""
-    print(torch.cuda.get_device_name())
+    print(torch.cuda.get_device_name(), f"block size {block_size},", "head-major" if head_major else "slot-major",
+          "cache layout")
     kernels = dict(pa.DECODE_KERNEL)
     for cache, shapes in GRID_SHAPES.items():
         dtype = torch.float8_e4m3fn if cache == "fp8" else torch.bfloat16
         key, suffix = ("fp8", "_fp8") if cache == "fp8" else ("model_dtype", "")
-        batches = [make_batch(seqs, ctx, 1, 32, 32, cache_dtype=dtype) for seqs, ctx in shapes]
+        batches = [make_batch(seqs, ctx, 1, 32, 32, cache_dtype=dtype, block_size=block_size, head_major=head_major)
+                   for seqs, ctx in shapes]
         table: dict[tuple[str, pa.LaunchConfig], list[float]] = {}
         defaults = {}
         for kernel, tried in KERNEL_LAUNCHES.items():
             pa.DECODE_KERNEL[key] = kernel
             kind = {"queries": "decode", "keys": "decode_rows"}[kernel] + suffix
             defaults[kernel] = default = pa.LAUNCH[kind]
-            launches = [pa.LaunchConfig(block_m=16, block_n=n, num_warps=w, num_stages=s, kv_heads_per_program=p)
-                        for n, w, s, p in tried]
+            launches = [pa.LaunchConfig(block_m=16, block_n=n, num_warps=w, num_stages=s) for n, w, s in tried]
             for launch in dict.fromkeys([default] + launches):
                 pa.LAUNCH[kind] = launch
                 try:
@@ -160,8 +161,7 @@ def grid_sweep() -> None:
         for (kernel, launch), times in ranked:
             cells = " ".join(f"{1e3 * t:7.1f} ({nbytes / t / 1e9:4.2f})" for t, (_, nbytes) in zip(times, batches))
             mark = " <- default" if launch == defaults[kernel] else ""
-            print(f"  {kernel:7s} n={launch.block_n:3d} w={launch.num_warps} s={launch.num_stages} "
-                  f"p={launch.kv_heads_per_program}: {cells}  "
+            print(f"  {kernel:7s} n={launch.block_n:3d} w={launch.num_warps} s={launch.num_stages}: {cells}  "
                   f"worst x{max(t / b for t, b in zip(times, best)):.2f}{mark}")
 
 
@@ -171,9 +171,12 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="small decode batches, split-KV against none")
     parser.add_argument("--small", action="store_true", help="batch-1 decode: the split path's launch candidates")
     parser.add_argument("--grid", action="store_true", help="unsplit decode: both kernels' launches on the throughput shapes")
+    parser.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="--grid: tokens per KV block")
+    parser.add_argument("--head-major", action="store_true",
+                        help="--grid: blocks hold each KV head's slots together (see make_batch)")
     options = parser.parse_args()
     if options.grid:
-        grid_sweep()
+        grid_sweep(options.block_size, options.head_major)
         return
     if options.small:
         small_sweep()

@@ -74,9 +74,6 @@ class LaunchConfig:
     block_n: int  # key positions per tile
     num_warps: int
     num_stages: int  # pipeline depth of the K/V loads (float32 gets at most 2: twice the bytes per tile)
-    # paged_decode.py's kernel only: KV heads per program, their key rows side by side in one tile (a
-    # cache slot holds the KV heads of a token next to each other), so a tile row is P x head_dim values.
-    kv_heads_per_program: int = 1
 
 
 # Per batch kind, chosen by bench/attention_sweep.py on an H200 (see docs/benchmarks.md). Decode batches
@@ -364,7 +361,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         return out
     if kernel == "keys":
         launch_decode_by_rows(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale,
-                              float(v_scale), kv_heads_per_program=launch.kv_heads_per_program, **kernel_args)
+                              float(v_scale), **kernel_args)
         return out
     grid = (seqs, kv_heads, triton.cdiv(max_query_len * group, launch.block_m))
     _paged_attention_kernel[grid](

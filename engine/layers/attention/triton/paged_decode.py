@@ -16,12 +16,6 @@ Neither gets an fp8 cache past ~2.7 TB/s (bf16: 4.4): the fp8 tiles cost per key
 tiles do, so their half bytes do not halve the time. (A third kernel, on CUDA cores with no dots, did no
 better over fp8, and worse over bf16.)
 
-A program may take P adjacent KV heads (LaunchConfig.kv_heads_per_program; 1 unless set): a cache slot
-holds a token's KV heads side by side, so the tile's key rows become P x head_dim wide (an fp8 row of two
-heads is a bf16 row's 256 bytes) and each block-table lookup and row address serves P heads. q^T is then
-block-diagonal, so one dot scores all P * G heads at P times the dot's work, which a memory-bound decode
-has to spare. Whether it is faster is not measured yet: bench/attention_sweep.py --grid tries it.
-
 The online softmax runs down the columns (one per head of the group) in float32 with exp2, as in
 paged_attention.py; keys at or past a sequence's context length are masked in the loads (other=0) and
 the scores, and a sequence with no context (padding) gets zeros. An fp8 cache's k_scale is folded into
@@ -37,17 +31,16 @@ from engine.layers.triton.pdl import wait_for_previous
 
 @triton.jit
 def _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, qk_scale,
-                      stride_kb, stride_ks, stride_vb, stride_vs, k_dims, v_dims, d_ok,
+                      stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
                       BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     # One online-softmax step over key positions start .. start + BLOCK_N - 1.
-    # q_t: [BLOCK_D, BLOCK_G]; m_i, l_i: [BLOCK_G]; acc_t: [BLOCK_D, BLOCK_G]; k_dims, v_dims: [BLOCK_D],
-    # each tile row's offset within a cache slot (its KV head's and dim's)
+    # q_t: [BLOCK_D, BLOCK_G]; m_i, l_i: [BLOCK_G]; acc_t: [BLOCK_D, BLOCK_G]
     pos = start + tl.arange(0, BLOCK_N)
     pos_ok = pos < ctx
     block = tl.load(bt_row + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
     slot = pos % BLOCK_SIZE
     # Masked slots load as 0, never as what the cache holds there (maybe NaN).
-    k = tl.load(k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + k_dims[None, :],
+    k = tl.load(k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + dims[None, :],
                 mask=pos_ok[:, None] & d_ok[None, :], other=0.0).to(q_t.dtype)  # [BLOCK_N, BLOCK_D]
     s_t = tl.dot(k, q_t, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_G], base 2
     s_t = tl.where(pos_ok[:, None], s_t, float("-inf"))
@@ -55,7 +48,7 @@ def _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, 
     alpha = tl.exp2(m_i - m_new)
     p_t = tl.exp2(s_t - m_new[None, :])
     l_i = l_i * alpha + tl.sum(p_t, axis=0)
-    v_t = tl.load(v_head + block[None, :] * stride_vb + slot[None, :] * stride_vs + v_dims[:, None],
+    v_t = tl.load(v_head + block[None, :] * stride_vb + slot[None, :] * stride_vs + dims[:, None],
                   mask=d_ok[:, None] & pos_ok[None, :], other=0.0).to(q_t.dtype)  # [BLOCK_D, BLOCK_N]
     acc_t = tl.dot(v_t, p_t.to(v_t.dtype), acc_t * alpha[None, :], input_precision=DOT_PRECISION)
     return m_new, l_i, acc_t
@@ -68,33 +61,23 @@ def _paged_decode_kernel(
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
         G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
         DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, FP16_DOTS: tl.constexpr, BLOCK_G: tl.constexpr,
-        BLOCK_N: tl.constexpr, P: tl.constexpr, USE_PDL: tl.constexpr):
+        BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
     # q, out: [tokens, heads, HEAD_DIM]; k, v: [num_blocks, BLOCK_SIZE, kv_heads, HEAD_DIM];
-    # block_tables: [seqs, max_blocks]; context_lens: [seqs]; query_start: [seqs + 1], at most one query each.
-    # P KV heads per program: the tile's rows are their dims side by side (BLOCK_D >= P * HEAD_DIM), its
-    # columns their P * G query heads, and q^T is block-diagonal (column c holds its head's q in the rows of
-    # its KV head, zeros elsewhere), so one dot scores every head; each column's output is read from the
-    # rows of its own KV head.
+    # block_tables: [seqs, max_blocks]; context_lens: [seqs]; query_start: [seqs + 1], at most one query each
     seq = tl.program_id(0)
-    kv_head = tl.program_id(1) * P  # the first of the program's KV heads
+    kv_head = tl.program_id(1)
     g = tl.arange(0, BLOCK_G)
     head = kv_head * G + g
     dims = tl.arange(0, BLOCK_D)
-    d_ok = dims < P * HEAD_DIM
-    if P == 1:
-        d_in, k_dims, v_dims = dims, dims, dims
-        mask_t = d_ok[:, None] & (g < G)[None, :]  # [BLOCK_D, BLOCK_G]
-    else:
-        d_kv, d_in = dims // HEAD_DIM, dims % HEAD_DIM
-        k_dims, v_dims = d_kv * stride_kh + d_in, d_kv * stride_vh + d_in
-        mask_t = d_ok[:, None] & (g < P * G)[None, :] & (d_kv[:, None] == (g // G)[None, :])
+    d_ok = dims < HEAD_DIM
     wait_for_previous(USE_PDL)
     tok = tl.load(query_start_ptr + seq)
     if tl.load(query_start_ptr + seq + 1) == tok:  # no query for this sequence
         return
     ctx = tl.load(context_lens_ptr + seq)
     tok = tok.to(tl.int64)
-    q_t = tl.load(q_ptr + tok * stride_qt + head[None, :] * stride_qh + d_in[:, None], mask=mask_t, other=0.0)
+    mask_t = d_ok[:, None] & (g < G)[None, :]  # [BLOCK_D, BLOCK_G]
+    q_t = tl.load(q_ptr + tok * stride_qt + head[None, :] * stride_qh + dims[:, None], mask=mask_t, other=0.0)
     if FP16_DOTS:  # an fp8 cache under a bf16 / fp16 model: fp16 dots (paged_attention.py says why)
         q_t = q_t.to(tl.float16)
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
@@ -107,33 +90,29 @@ def _paged_decode_kernel(
         start = ctx * 0
         while start < ctx:
             m_i, l_i, acc_t = _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, qk_scale,
-                                                stride_kb, stride_ks, stride_vb, stride_vs, k_dims, v_dims, d_ok,
+                                                stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
                                                 BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
             start += BLOCK_N
     else:
         for start in range(0, ctx, BLOCK_N):
             m_i, l_i, acc_t = _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, qk_scale,
-                                                stride_kb, stride_ks, stride_vb, stride_vs, k_dims, v_dims, d_ok,
+                                                stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
                                                 BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
     out_t = acc_t / tl.where(l_i > 0, l_i, 1.0)[None, :] * v_scale  # no key (padding): 0, not 0 / 0
-    tl.store(out_ptr + tok * stride_ot + head[None, :] * stride_oh + d_in[:, None],
+    tl.store(out_ptr + tok * stride_ot + head[None, :] * stride_oh + dims[:, None],
              out_t.to(out_ptr.dtype.element_ty), mask=mask_t)
 
 
 def launch_decode_by_rows(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale: float,
-                          v_scale: float, kv_heads_per_program: int = 1, **kernel_args) -> None:
-    """One program per (sequence, kv_heads_per_program KV heads) of a decode-only batch (one per KV head
-    where kv_heads_per_program does not divide the KV heads); kernel_args as paged_attention builds them
-    (G, BLOCK_SIZE, HEAD_DIM, BLOCK_D, DOT_PRECISION, WHILE_LOOP, FP16_DOTS, BLOCK_N, num_warps, num_stages
-    and the PDL launch). The operands were checked by paged_attention."""
-    kv_heads = k_cache.shape[2]
-    per_program = kv_heads_per_program if kv_heads % kv_heads_per_program == 0 else 1
-    if per_program > 1:  # the P heads' dims side by side
-        kernel_args = {**kernel_args, "BLOCK_D": triton.next_power_of_2(per_program * kernel_args["HEAD_DIM"])}
-    grid = (block_tables.shape[0], kv_heads // per_program)
+                          v_scale: float, **kernel_args) -> None:
+    """One program per (sequence, KV head) of a decode-only batch; kernel_args as paged_attention builds
+    them (G, BLOCK_SIZE, HEAD_DIM, BLOCK_D, DOT_PRECISION, WHILE_LOOP, FP16_DOTS, BLOCK_N, num_warps,
+    num_stages and the PDL launch). The operands were checked by paged_attention."""
+    grid = (block_tables.shape[0], k_cache.shape[2])
     _paged_decode_kernel[grid](
         q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale, v_scale,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        BLOCK_G=max(16, triton.next_power_of_2(per_program * kernel_args["G"])), P=per_program, **kernel_args)
+        BLOCK_G=max(16, triton.next_power_of_2(kernel_args["G"])), **kernel_args)
+
