@@ -43,8 +43,9 @@ class TorchPagedAttention:
 
         n_seqs = meta.block_tables.shape[0]
         ctx = meta.max_context_len
-        keys = k_cache[meta.block_tables].view(n_seqs, -1, self.num_kv_heads, self.head_dim)[:, :ctx].to(q.dtype)
-        values = v_cache[meta.block_tables].view(n_seqs, -1, self.num_kv_heads, self.head_dim)[:, :ctx].to(q.dtype)
+        # (reshape: the gathered blocks keep the cache's stride order, which need not be slot-major)
+        keys = k_cache[meta.block_tables].reshape(n_seqs, -1, self.num_kv_heads, self.head_dim)[:, :ctx].to(q.dtype)
+        values = v_cache[meta.block_tables].reshape(n_seqs, -1, self.num_kv_heads, self.head_dim)[:, :ctx].to(q.dtype)
         # Slots past a sequence's end (block padding, reused blocks) may hold anything, NaN included;
         # a masked NaN still poisons softmax(QK^T)V, so they are zeroed, not just masked.
         keys = keys.masked_fill(~masks["key_valid"], 0.0)
@@ -61,10 +62,12 @@ class TorchPagedAttention:
         return out * v_scale if v_scale != 1.0 else out
 
     def _store(self, cache: torch.Tensor, new: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-        # cache: [num_blocks, block_size, kv_heads, head_dim]; new: [tokens, kv_heads, head_dim], cache's dtype
-        if cache.dtype == KV_FP8:  # index_copy_ has no float8 kernel on CPU: the bytes are copied instead
+        # cache: [num_blocks, block_size, kv_heads, head_dim], any strides (kv_cache.py's blocks are
+        # head-major); new: [tokens, kv_heads, head_dim], cache's dtype
+        if cache.dtype == KV_FP8:  # index_put_ has no float8 kernel on CPU: the bytes are copied instead
             cache, new = cache.view(torch.uint8), new.view(torch.uint8)
-        cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slot_mapping, new)
+        block_size = cache.shape[1]
+        cache.index_put_((slot_mapping // block_size, slot_mapping % block_size), new)
 
 
 def _masks(meta: AttentionMetadata) -> dict[str, torch.Tensor]:
