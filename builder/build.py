@@ -69,7 +69,7 @@ class BuildSpec:
     def parse(cls, *, source: str, name: str, dtype: str = "", quantization: str = "", max_batch_size: int,
               max_seq_len: int = 0, group_size: int = 0, quantize_lm_head: bool = False,
               quantize_embedding: bool = False, smoothquant_alpha: float | None = None, gptq_act_order: bool | None = None,
-              fp8_granularity: str = "") -> BuildSpec:
+              fp8_granularity: str = "", fp8_activations: str = "") -> BuildSpec:
         if not NAME_PATTERN.match(name or ""):
             raise BuildInputError("name", f"{name!r} must match {NAME_PATTERN.pattern}")
         if dtype and dtype not in DTYPES:
@@ -89,7 +89,9 @@ class BuildSpec:
                     scheme=quantization, group_size=group_size or 128, lm_head=quantize_lm_head,
                     embedding=quantize_embedding,
                     alpha=0.5 if smoothquant_alpha is None else smoothquant_alpha, act_order=True if gptq_act_order is None else gptq_act_order,
-                    fp8_granularity=fp8_granularity or "channel")
+                    # static activation scales need per-tensor weights: the default then
+                    fp8_granularity=fp8_granularity or ("tensor" if fp8_activations == "tensor" else "channel"),
+                    fp8_activations=fp8_activations or "token")
             except InvalidParameterError as e:
                 raise BuildInputError(f"quantization_options.{e.field}", e.problem) from e
         elif quantize_embedding:
@@ -103,7 +105,7 @@ def fingerprint(identity: dict, dtype: str, spec: BuildSpec, quantize: QuantizeS
               "dtype": dtype, "quantization": spec.scheme, "max_batch_size": spec.max_batch_size,
               "max_seq_len": spec.max_seq_len}
     if spec.quantization is not None:  # what decides the quantized values and the quality report
-        inputs["quantization"] = {**spec.quantization.to_dict(), **quantize.identity(spec.quantization.scheme)}
+        inputs["quantization"] = {**spec.quantization.to_dict(), **quantize.identity(spec.quantization.calibrated)}
     canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

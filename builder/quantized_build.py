@@ -23,7 +23,7 @@ from builder.quantize import quantize_model
 from builder.quantize.calibration import calibration_ids, evaluation_ids, fingerprint
 from builder.quantize.settings import QuantizeSettings
 from engine.config import DTYPES
-from engine.layers.quantization import CALIBRATED, QuantizationConfig
+from engine.layers.quantization import QuantizationConfig
 from engine.loader import Checkpoint
 from engine.loader.export import export_model
 from engine.model_runner import load_model
@@ -52,7 +52,7 @@ def convert_quantized(*, name: str, source: str, source_identity: dict, ckpt: Ch
                                       lambda: score_reference(model, tokenizer, eval_ids, settings.evaluation))
         calibration = None
         calibration_fp = ""
-        if config.scheme in CALIBRATED:
+        if config.calibrated:
             calibration = calibration_ids(tokenizer, settings.calibration)
             calibration_fp = fingerprint(settings.calibration)
         config = QuantizationConfig.from_dict({**config.to_dict(), "calibration": calibration_fp})
@@ -98,7 +98,7 @@ def _stored_weight_bytes(folder: Path) -> int:
 
 def _cached_reference(store: EngineStore, source_identity: dict, settings: QuantizeSettings,
                       compute: Callable[[], ModelScores]) -> ModelScores:
-    key = hashlib.sha256(json.dumps({"source": source_identity, "evaluation": settings.identity("none")["evaluation"],
+    key = hashlib.sha256(json.dumps({"source": source_identity, "evaluation": settings.identity(False)["evaluation"],
                                      "device": settings.device}, sort_keys=True).encode()).hexdigest()
     file = store.root / ".cache" / f"reference-{key}.json"
     try:

@@ -67,7 +67,8 @@ def engine_record(manifest: Manifest, path: Path, checksum: str, status: str) ->
         record.quantization_options.CopyFrom(pb.QuantizationOptions(
             group_size=quant["group_size"], quantize_lm_head=quant["lm_head"],
             quantize_embedding=quant.get("embedding", False), smoothquant_alpha=quant["alpha"],
-            gptq_act_order=quant["act_order"], fp8_granularity=quant["fp8_granularity"]))
+            gptq_act_order=quant["act_order"], fp8_granularity=quant["fp8_granularity"],
+            fp8_activations=quant.get("fp8_activations", "token")))
         record.quality.CopyFrom(pb.QualityReport(**quant["quality"]))
     return record
 
@@ -80,7 +81,7 @@ def build_spec(request: pb.BuildEngineRequest) -> BuildSpec:
         quantize_lm_head=options.quantize_lm_head, quantize_embedding=options.quantize_embedding,
         smoothquant_alpha=options.smoothquant_alpha if options.HasField("smoothquant_alpha") else None,
         gptq_act_order=options.gptq_act_order if options.HasField("gptq_act_order") else None,
-        fp8_granularity=options.fp8_granularity)
+        fp8_granularity=options.fp8_granularity, fp8_activations=options.fp8_activations)
 
 
 class BuilderService(builder_pb2_grpc.BuilderServiceServicer):

@@ -10,12 +10,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from builder.quantize import awq, gptq, rtn, smoothquant
+from builder.quantize import awq, fp8, gptq, rtn, smoothquant
 from builder.quantize.common import to_quantized
 from engine.model_runner import default_dtype
 from builder.quantize.layerwise import Batch, make_batch, run_layer
 from engine.layers.embedding import Int8Embedding
-from engine.layers.quantization import CALIBRATED, QuantizationConfig, int8_wo
+from engine.layers.quantization import QuantizationConfig, int8_wo
 
 # (decoder layer, its input x [N*L, hidden] or None, the batch or None, config) -> None; in place.
 LayerQuantizer = Callable[[nn.Module, "torch.Tensor | None", "Batch | None", QuantizationConfig], None]
@@ -23,7 +23,7 @@ LayerQuantizer = Callable[[nn.Module, "torch.Tensor | None", "Batch | None", Qua
 QUANTIZERS: dict[str, LayerQuantizer] = {
     "int8_wo": rtn.quantize_layer,
     "int4_wo": rtn.quantize_layer,
-    "fp8": rtn.quantize_layer,
+    "fp8": fp8.quantize_layer,
     "smoothquant": smoothquant.quantize_layer,
     "awq": awq.quantize_layer,
     "gptq": gptq.quantize_layer,
@@ -33,10 +33,12 @@ QUANTIZERS: dict[str, LayerQuantizer] = {
 @torch.no_grad()
 def quantize_model(model: nn.Module, config: QuantizationConfig, calibration_ids: torch.Tensor | None,
                    progress: Callable[[int, int], None] = lambda done, total: None) -> None:
-    """`calibration_ids` [N, L] token ids, needed by the calibrated schemes (awq, gptq, smoothquant)."""
+    """`calibration_ids` [N, L] token ids, needed by the calibrated schemes (awq, gptq, smoothquant; fp8
+    with static activation scales)."""
     quantize_layer = QUANTIZERS[config.scheme]
     total = len(model.layers)
-    if config.scheme in CALIBRATED:
+    x = None  # with calibration: the residual stream after the last layer
+    if config.calibrated:
         if calibration_ids is None:
             raise ValueError(f"{config.scheme} needs calibration data")
         device = model.device
@@ -56,7 +58,10 @@ def quantize_model(model: nn.Module, config: QuantizationConfig, calibration_ids
             head = nn.Linear(head.in_features, head.out_features, bias=False, device=head.weight.device,
                              dtype=head.weight.dtype)
             head.weight.copy_(model.embed_tokens.weight)
-        model.lm_head = to_quantized(head, config)
+        if config.static_fp8_inputs:
+            model.lm_head = fp8.quantized_with_input_scale(head, model.norm(x), config)
+        else:
+            model.lm_head = to_quantized(head, config)
         model.lm_head_quantized = True
     if config.embedding:  # after the head: a tied head copies the float table
         model.embed_tokens = int8_embedding(model.embed_tokens)

@@ -8,7 +8,6 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from builder.quantize.calibration import EVALUATION_FILE, CalibrationSettings, fingerprint
-from engine.layers.quantization import CALIBRATED
 
 
 @dataclass(frozen=True)
@@ -25,8 +24,8 @@ class QuantizeSettings:
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
 
-    def identity(self, scheme: str) -> dict:
+    def identity(self, calibrated: bool) -> dict:
         evaluation = hashlib.sha256(json.dumps(asdict(self.evaluation), sort_keys=True).encode())
         evaluation.update(EVALUATION_FILE.read_bytes())
-        return {"calibration": fingerprint(self.calibration) if scheme in CALIBRATED else "",
+        return {"calibration": fingerprint(self.calibration) if calibrated else "",
                 "evaluation": evaluation.hexdigest()}

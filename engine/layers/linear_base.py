@@ -12,15 +12,17 @@ class LinearBase(nn.Module):
     """A layer implements `project` (x @ W^T + b, by whatever kernel its format takes) and, where its
     decode GEMV can compute silu(gate) * up as its epilogue, `gated_gemv`."""
 
-    # Whether `project` takes Fp8Activations (on CUDA) as well as a tensor: then the layer producing its
-    # input quantizes it (fp8_activations.py).
-    takes_fp8_activations = False
+    def fp8_input(self) -> bool | torch.Tensor:
+        """What the layer producing this one's input hands over (fp8_activations.py): False, the
+        activations; True, Fp8Activations quantized per token; a float32 tensor of one element (the
+        layer's static input scale), Fp8Activations quantized under that scale. Passed on as `fp8_output`."""
+        return False
 
     def forward(self, x: torch.Tensor | Fp8Activations, gated: bool = False,
-                fp8_output: bool = False) -> torch.Tensor | Fp8Activations:
+                fp8_output: bool | torch.Tensor = False) -> torch.Tensor | Fp8Activations:
         """x: [tokens, in] -> [tokens, out]; gated (out = [gate, up], Llama's fused gate/up projection):
         silu(gate) * up, [tokens, out / 2], in one launch where the layer's GEMV does it (the same bits);
-        with `fp8_output` (for a next layer that takes_fp8_activations), silu_and_mul quantizes it."""
+        with `fp8_output` (the next layer's fp8_input()), silu_and_mul quantizes it."""
         if not gated:
             return self.project(x)
         fused = self.gated_gemv(x)

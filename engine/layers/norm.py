@@ -16,19 +16,20 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, fp8_output: bool = False):
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, fp8_output: bool | torch.Tensor = False):
         """norm(x) -> out; with `residual`: (norm(x + residual), x + residual). On CUDA the sum is
         written over x (a branch output nobody reads again); `residual` is never modified.
-        `fp8_output` (the norm feeds a linear layer that takes_fp8_activations): on CUDA, out comes
-        quantized per token by the norm's kernel, as Fp8Activations."""
+        `fp8_output` (the fp8_input() of the linear layer the norm feeds): on CUDA, out comes quantized
+        by the norm's kernel, as Fp8Activations: per token (True) or under that static scale (a tensor)."""
         # x, residual: [tokens, dim]
         if x.is_cuda:
             from engine.layers.triton import rms_norm as kernels
 
-            if fp8_output:
+            if fp8_output is not False:  # (not truthiness: a scale tensor's would sync the GPU)
+                static = fp8_output if isinstance(fp8_output, torch.Tensor) else None
                 if residual is None:
-                    return Fp8Activations(*kernels.rms_norm_fp8(x, self.weight, self.eps), x.dtype)
-                quantized, total = kernels.fused_add_rms_norm_fp8(residual, x, self.weight, self.eps)
+                    return Fp8Activations(*kernels.rms_norm_fp8(x, self.weight, self.eps, static), x.dtype)
+                quantized, total = kernels.fused_add_rms_norm_fp8(residual, x, self.weight, self.eps, static)
                 return Fp8Activations(*quantized, x.dtype), total
             if residual is None:
                 return kernels.rms_norm(x, self.weight, self.eps)

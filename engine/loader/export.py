@@ -94,7 +94,11 @@ def export_model(model: torch.nn.Module, tokenizer: Any | None, dest: Path, dtyp
         module, _, leaf = rest.rpartition(".")
         prefix = f"model.layers.{index}."
         if module in _UNFUSED:
-            for hf, part in zip(_UNFUSED[module], tensor.split(split_rows[module])):
+            # A static input scale belongs to the fused input, which every part shares (modelopt's
+            # convention: each of q/k/v_proj carries it; loading takes their max).
+            parts = ([tensor.clone() for _ in _UNFUSED[module]] if leaf == "input_scale"
+                     else tensor.split(split_rows[module]))
+            for hf, part in zip(_UNFUSED[module], parts):
                 tensors[f"{prefix}{hf}.{leaf}"] = part.contiguous()
         else:
             tensors[f"{prefix}{_HF_NAMES.get(module, module)}.{leaf}"] = tensor
@@ -108,7 +112,7 @@ def export_model(model: torch.nn.Module, tokenizer: Any | None, dest: Path, dtyp
 
 
 def _stored(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if name.endswith("scales"):
+    if name.endswith(("scales", "input_scale")):
         return tensor.float().contiguous()
     if tensor.is_floating_point() and tensor.dtype.itemsize > 1:  # not int8/uint8/fp8 payloads
         return tensor.to(dtype).contiguous()

@@ -83,7 +83,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor | Fp8Activations) -> torch.Tensor:
         # x: [tokens, hidden]
         # silu(gate) * up: at decode sizes the gate_up GEMV's epilogue (engine/layers/triton/activation.py)
-        act = self.gate_up_proj(x, gated=True, fp8_output=self.down_proj.takes_fp8_activations)
+        act = self.gate_up_proj(x, gated=True, fp8_output=self.down_proj.fp8_input())
         return self.down_proj(act)
 
 
@@ -102,7 +102,7 @@ class DecoderLayer(nn.Module):
         # None). Returns (mlp output, residual stream before it): their sum is left to the next norm,
         # which adds and normalises in one pass. `residual` is never modified in place.
         # Each norm hands its projection fp8 activations where that takes them (fp8_activations.py).
-        qkv_fp8, gate_up_fp8 = self.attn.qkv_proj.takes_fp8_activations, self.mlp.gate_up_proj.takes_fp8_activations
+        qkv_fp8, gate_up_fp8 = self.attn.qkv_proj.fp8_input(), self.mlp.gate_up_proj.fp8_input()
         if residual is None:
             h, residual = self.attn_norm(x, fp8_output=qkv_fp8), x
         else:
@@ -191,6 +191,9 @@ class LlamaForCausalLM(nn.Module):
             with torch.no_grad():
                 if shard is None:
                     param.copy_(tensor.view_as(param))
+                elif name.endswith(".input_scale"):  # one per fused input, carried by every part: their max
+                    first = not any(f"{name}#{i}" in loaded for i in range(3))
+                    param.copy_(tensor.view_as(param) if first else torch.maximum(param, tensor.view_as(param)))
                 else:
                     offset, size = self._shard_range(name, shard)
                     param.narrow(0, offset, size).copy_(tensor)

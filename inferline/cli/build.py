@@ -31,6 +31,8 @@ def build(
     smoothquant_alpha: Annotated[Optional[float], typer.Option(help="smoothquant migration strength (0.5).")] = None,
     gptq_act_order: Annotated[bool, typer.Option(help="gptq: quantize columns by decreasing Hessian diagonal.")] = True,
     fp8_granularity: Annotated[str, typer.Option(help="fp8 weight scales: channel or tensor.")] = "",
+    fp8_activations: Annotated[str, typer.Option(
+        help="fp8 activation scales: token (per token at run time) or tensor (static, calibrated).")] = "",
     max_batch_size: Annotated[int, typer.Option(help="Most sequences the engine runs at once.")] = 16,
     max_seq_len: Annotated[int, typer.Option(help="Longest prompt + output; 0 = the model's context.")] = 0,
     store_dir: Annotated[Path, typer.Option(help="Local engine store (without --builder).")] = Path("engines"),
@@ -47,7 +49,7 @@ def build(
         max_seq_len=max_seq_len, quantization_options=builder_pb2.QuantizationOptions(
             group_size=group_size, quantize_lm_head=quantize_lm_head, quantize_embedding=quantize_embedding,
             gptq_act_order=gptq_act_order,
-            fp8_granularity=fp8_granularity, smoothquant_alpha=smoothquant_alpha))
+            fp8_granularity=fp8_granularity, fp8_activations=fp8_activations, smoothquant_alpha=smoothquant_alpha))
     if builder:
         with _progress(name) as progress:
             record = _remote(builder, request, progress)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainferline/v1/builder.proto\x12\x0cinferline.v1\"\xc5\x01\n\x12\x42uildEngineRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x14\n\x0cquantization\x18\x03 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x05 \x01(\r\x12\x0c\n\x04name\x18\x06 \x01(\t\x12?\n\x14quantization_options\x18\x07 \x01(\x0b\x32!.inferline.v1.QuantizationOptions\"\xde\x01\n\x13QuantizationOptions\x12\x12\n\ngroup_size\x18\x01 \x01(\r\x12\x18\n\x10quantize_lm_head\x18\x02 \x01(\x08\x12\x1e\n\x11smoothquant_alpha\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0egptq_act_order\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x17\n\x0f\x66p8_granularity\x18\x05 \x01(\t\x12\x1a\n\x12quantize_embedding\x18\x06 \x01(\x08\x42\x14\n\x12_smoothquant_alphaB\x11\n\x0f_gptq_act_order\"\x9d\x02\n\rQualityReport\x12\x12\n\nperplexity\x18\x01 \x01(\x01\x12\x1c\n\x14reference_perplexity\x18\x02 \x01(\x01\x12\x19\n\x11perplexity_change\x18\x03 \x01(\x01\x12\x18\n\x10greedy_agreement\x18\x04 \x01(\x01\x12\x13\n\x0b\x65val_tokens\x18\x05 \x01(\r\x12\x14\n\x0cweight_bytes\x18\x06 \x01(\x04\x12\x1e\n\x16reference_weight_bytes\x18\x07 \x01(\x04\x12\x1f\n\x17peak_build_memory_bytes\x18\x08 \x01(\x04\x12\x1f\n\x17\x63\x61libration_fingerprint\x18\t \x01(\t\x12\x18\n\x10quantize_seconds\x18\n \x01(\x01\"j\n\nBuildEvent\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\x06\x65ngine\x18\x04 \x01(\x0b\x32\x1a.inferline.v1.EngineRecord\"\xe0\x02\n\x0c\x45ngineRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x14\n\x0cquantization\x18\x07 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\x12\x13\n\x0bmax_seq_len\x18\t \x01(\r\x12\x14\n\x0c\x61rchitecture\x18\n \x01(\t\x12\x12\n\nsize_bytes\x18\x0b \x01(\x04\x12\x12\n\ncreated_at\x18\x0c \x01(\x01\x12?\n\x14quantization_options\x18\r \x01(\x0b\x32!.inferline.v1.QuantizationOptions\x12,\n\x07quality\x18\x0e \x01(\x0b\x32\x1b.inferline.v1.QualityReport\" \n\x10GetEngineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12ListEnginesRequest\"B\n\x13ListEnginesResponse\x12+\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x1a.inferline.v1.EngineRecord\"#\n\x13\x44\x65leteEngineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x14\x44\x65leteEngineResponse\x12*\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x1a.inferline.v1.EngineRecord2\xd1\x02\n\x0e\x42uilderService\x12K\n\x0b\x42uildEngine\x12 .inferline.v1.BuildEngineRequest\x1a\x18.inferline.v1.BuildEvent0\x01\x12G\n\tGetEngine\x12\x1e.inferline.v1.GetEngineRequest\x1a\x1a.inferline.v1.EngineRecord\x12R\n\x0bListEngines\x12 .inferline.v1.ListEnginesRequest\x1a!.inferline.v1.ListEnginesResponse\x12U\n\x0c\x44\x65leteEngine\x12!.inferline.v1.DeleteEngineRequest\x1a\".inferline.v1.DeleteEngineResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainferline/v1/builder.proto\x12\x0cinferline.v1\"\xc5\x01\n\x12\x42uildEngineRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x14\n\x0cquantization\x18\x03 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x05 \x01(\r\x12\x0c\n\x04name\x18\x06 \x01(\t\x12?\n\x14quantization_options\x18\x07 \x01(\x0b\x32!.inferline.v1.QuantizationOptions\"\xf7\x01\n\x13QuantizationOptions\x12\x12\n\ngroup_size\x18\x01 \x01(\r\x12\x18\n\x10quantize_lm_head\x18\x02 \x01(\x08\x12\x1e\n\x11smoothquant_alpha\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0egptq_act_order\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x17\n\x0f\x66p8_granularity\x18\x05 \x01(\t\x12\x1a\n\x12quantize_embedding\x18\x06 \x01(\x08\x12\x17\n\x0f\x66p8_activations\x18\x07 \x01(\tB\x14\n\x12_smoothquant_alphaB\x11\n\x0f_gptq_act_order\"\x9d\x02\n\rQualityReport\x12\x12\n\nperplexity\x18\x01 \x01(\x01\x12\x1c\n\x14reference_perplexity\x18\x02 \x01(\x01\x12\x19\n\x11perplexity_change\x18\x03 \x01(\x01\x12\x18\n\x10greedy_agreement\x18\x04 \x01(\x01\x12\x13\n\x0b\x65val_tokens\x18\x05 \x01(\r\x12\x14\n\x0cweight_bytes\x18\x06 \x01(\x04\x12\x1e\n\x16reference_weight_bytes\x18\x07 \x01(\x04\x12\x1f\n\x17peak_build_memory_bytes\x18\x08 \x01(\x04\x12\x1f\n\x17\x63\x61libration_fingerprint\x18\t \x01(\t\x12\x18\n\x10quantize_seconds\x18\n \x01(\x01\"j\n\nBuildEvent\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\x06\x65ngine\x18\x04 \x01(\x0b\x32\x1a.inferline.v1.EngineRecord\"\xe0\x02\n\x0c\x45ngineRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x14\n\x0cquantization\x18\x07 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\x12\x13\n\x0bmax_seq_len\x18\t \x01(\r\x12\x14\n\x0c\x61rchitecture\x18\n \x01(\t\x12\x12\n\nsize_bytes\x18\x0b \x01(\x04\x12\x12\n\ncreated_at\x18\x0c \x01(\x01\x12?\n\x14quantization_options\x18\r \x01(\x0b\x32!.inferline.v1.QuantizationOptions\x12,\n\x07quality\x18\x0e \x01(\x0b\x32\x1b.inferline.v1.QualityReport\" \n\x10GetEngineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12ListEnginesRequest\"B\n\x13ListEnginesResponse\x12+\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x1a.inferline.v1.EngineRecord\"#\n\x13\x44\x65leteEngineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x14\x44\x65leteEngineResponse\x12*\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x1a.inferline.v1.EngineRecord2\xd1\x02\n\x0e\x42uilderService\x12K\n\x0b\x42uildEngine\x12 .inferline.v1.BuildEngineRequest\x1a\x18.inferline.v1.BuildEvent0\x01\x12G\n\tGetEngine\x12\x1e.inferline.v1.GetEngineRequest\x1a\x1a.inferline.v1.EngineRecord\x12R\n\x0bListEngines\x12 .inferline.v1.ListEnginesRequest\x1a!.inferline.v1.ListEnginesResponse\x12U\n\x0c\x44\x65leteEngine\x12!.inferline.v1.DeleteEngineRequest\x1a\".inferline.v1.DeleteEngineResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUILDENGINEREQUEST']._serialized_start=45
   _globals['_BUILDENGINEREQUEST']._serialized_end=242
   _globals['_QUANTIZATIONOPTIONS']._serialized_start=245
-  _globals['_QUANTIZATIONOPTIONS']._serialized_end=467
-  _globals['_QUALITYREPORT']._serialized_start=470
-  _globals['_QUALITYREPORT']._serialized_end=755
-  _globals['_BUILDEVENT']._serialized_start=757
-  _globals['_BUILDEVENT']._serialized_end=863
-  _globals['_ENGINERECORD']._serialized_start=866
-  _globals['_ENGINERECORD']._serialized_end=1218
-  _globals['_GETENGINEREQUEST']._serialized_start=1220
-  _globals['_GETENGINEREQUEST']._serialized_end=1252
-  _globals['_LISTENGINESREQUEST']._serialized_start=1254
-  _globals['_LISTENGINESREQUEST']._serialized_end=1274
-  _globals['_LISTENGINESRESPONSE']._serialized_start=1276
-  _globals['_LISTENGINESRESPONSE']._serialized_end=1342
-  _globals['_DELETEENGINEREQUEST']._serialized_start=1344
-  _globals['_DELETEENGINEREQUEST']._serialized_end=1379
-  _globals['_DELETEENGINERESPONSE']._serialized_start=1381
-  _globals['_DELETEENGINERESPONSE']._serialized_end=1447
-  _globals['_BUILDERSERVICE']._serialized_start=1450
-  _globals['_BUILDERSERVICE']._serialized_end=1787
+  _globals['_QUANTIZATIONOPTIONS']._serialized_end=492
+  _globals['_QUALITYREPORT']._serialized_start=495
+  _globals['_QUALITYREPORT']._serialized_end=780
+  _globals['_BUILDEVENT']._serialized_start=782
+  _globals['_BUILDEVENT']._serialized_end=888
+  _globals['_ENGINERECORD']._serialized_start=891
+  _globals['_ENGINERECORD']._serialized_end=1243
+  _globals['_GETENGINEREQUEST']._serialized_start=1245
+  _globals['_GETENGINEREQUEST']._serialized_end=1277
+  _globals['_LISTENGINESREQUEST']._serialized_start=1279
+  _globals['_LISTENGINESREQUEST']._serialized_end=1299
+  _globals['_LISTENGINESRESPONSE']._serialized_start=1301
+  _globals['_LISTENGINESRESPONSE']._serialized_end=1367
+  _globals['_DELETEENGINEREQUEST']._serialized_start=1369
+  _globals['_DELETEENGINEREQUEST']._serialized_end=1404
+  _globals['_DELETEENGINERESPONSE']._serialized_start=1406
+  _globals['_DELETEENGINERESPONSE']._serialized_end=1472
+  _globals['_BUILDERSERVICE']._serialized_start=1475
+  _globals['_BUILDERSERVICE']._serialized_end=1812
 # @@protoc_insertion_point(module_scope)

@@ -25,20 +25,22 @@ class BuildEngineRequest(_message.Message):
     def __init__(self, source: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., name: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationOptions, _Mapping]] = ...) -> None: ...
 
 class QuantizationOptions(_message.Message):
-    __slots__ = ("group_size", "quantize_lm_head", "smoothquant_alpha", "gptq_act_order", "fp8_granularity", "quantize_embedding")
+    __slots__ = ("group_size", "quantize_lm_head", "smoothquant_alpha", "gptq_act_order", "fp8_granularity", "quantize_embedding", "fp8_activations")
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_LM_HEAD_FIELD_NUMBER: _ClassVar[int]
     SMOOTHQUANT_ALPHA_FIELD_NUMBER: _ClassVar[int]
     GPTQ_ACT_ORDER_FIELD_NUMBER: _ClassVar[int]
     FP8_GRANULARITY_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    FP8_ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     group_size: int
     quantize_lm_head: bool
     smoothquant_alpha: float
     gptq_act_order: bool
     fp8_granularity: str
     quantize_embedding: bool
-    def __init__(self, group_size: _Optional[int] = ..., quantize_lm_head: _Optional[bool] = ..., smoothquant_alpha: _Optional[float] = ..., gptq_act_order: _Optional[bool] = ..., fp8_granularity: _Optional[str] = ..., quantize_embedding: _Optional[bool] = ...) -> None: ...
+    fp8_activations: str
+    def __init__(self, group_size: _Optional[int] = ..., quantize_lm_head: _Optional[bool] = ..., smoothquant_alpha: _Optional[float] = ..., gptq_act_order: _Optional[bool] = ..., fp8_granularity: _Optional[str] = ..., quantize_embedding: _Optional[bool] = ..., fp8_activations: _Optional[str] = ...) -> None: ...
 
 class QualityReport(_message.Message):
     __slots__ = ("perplexity", "reference_perplexity", "perplexity_change", "greedy_agreement", "eval_tokens", "weight_bytes", "reference_weight_bytes", "peak_build_memory_bytes", "calibration_fingerprint", "quantize_seconds")

@@ -11,7 +11,7 @@ from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's
 
 from engine.layers.norm import RMSNorm  # noqa: E402
 from engine.layers.rotary import RotaryEmbedding  # noqa: E402
-from engine.layers.quantization.triton.fp8_quant import fp8_quantize_per_token  # noqa: E402
+from engine.layers.quantization.triton.fp8_quant import fp8_quantize_per_token, fp8_quantize_static  # noqa: E402
 from engine.layers.triton.activation import silu_and_mul, silu_and_mul_fp8  # noqa: E402
 from engine.layers.triton.rms_norm import (fused_add_rms_norm, fused_add_rms_norm_fp8, rms_norm,  # noqa: E402
                                            rms_norm_fp8)
@@ -147,6 +147,36 @@ def test_silu_and_mul_fp8_has_the_bits_of_silu_and_mul_then_fp8_quantization(int
     assert_same_fp8(silu_and_mul_fp8(gate_up), fp8_quantize_per_token(silu_and_mul(gate_up)))
 
 
+def half_the_range(x: torch.Tensor) -> torch.Tensor:
+    """A static scale under which x's loudest values saturate."""
+    return (x.abs().amax().float() / 448 / 2).reshape(1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [64, 1000])
+def test_rms_norm_fp8_with_a_static_scale_has_the_bits_of_rms_norm_then_static_quantization(hidden, dtype):
+    x = randn(6, hidden, dtype=dtype, seed=hidden) * torch.logspace(-2, 2, 6, device=DEVICE)[:, None].to(dtype)
+    residual = randn(6, hidden, dtype=dtype, seed=hidden + 1)
+    w = randn(hidden, dtype=dtype, seed=hidden + 2)
+    out = rms_norm(x, w, EPS)
+    scale = half_the_range(out)
+    assert_same_fp8(rms_norm_fp8(x, w, EPS, scale), (fp8_quantize_static(out, scale), scale))
+    fused, fused_residual = fused_add_rms_norm_fp8(x, residual.clone(), w, EPS, scale)
+    out, summed = fused_add_rms_norm(x, residual.clone(), w, EPS)
+    assert_same_fp8(fused, (fp8_quantize_static(out, scale), scale))
+    assert fused[1] is scale and torch.equal(fused_residual, summed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inter", [64, 100, 300])
+def test_silu_and_mul_fp8_with_a_static_scale_has_the_bits_of_silu_and_mul_then_static_quantization(inter, dtype):
+    wide = randn(5, 2 * inter + 8, dtype=dtype, seed=inter) * 3
+    gate_up = wide[:, :2 * inter]  # strided rows
+    out = silu_and_mul(gate_up)
+    scale = half_the_range(out)
+    assert_same_fp8(silu_and_mul_fp8(gate_up, scale), (fp8_quantize_static(out, scale), scale))
+
+
 def test_empty_inputs():
     x = randn(0, 64, dtype=torch.float32, seed=0)
     w = randn(64, dtype=torch.float32, seed=1)
@@ -177,6 +207,11 @@ def test_rejects_bad_inputs():
         silu_and_mul_fp8(x[:, :63])
     with pytest.raises(ValueError, match=r"^residual: .*shape"):
         fused_add_rms_norm_fp8(x, x[:2], w, EPS)
+    for bad in (torch.ones(3, device=DEVICE), torch.ones(1, dtype=torch.float64, device=DEVICE)):
+        with pytest.raises(ValueError, match=r"^static_scale: must be a float32 tensor of one element"):
+            rms_norm_fp8(x, w, EPS, bad)
+        with pytest.raises(ValueError, match=r"^static_scale: "):
+            silu_and_mul_fp8(x, bad)
     q, k = x.view(3, 1, 64), x.view(3, 1, 64)
     table = torch.ones(8, 64, device=DEVICE)
     pos = torch.arange(3, device=DEVICE)

@@ -13,6 +13,9 @@ WEIGHT_FORMATS = {"int8_wo": "int8_wo", "int4_wo": "int4", "awq": "int4", "gptq"
 SCHEMES = tuple(WEIGHT_FORMATS)
 CALIBRATED = ("awq", "gptq", "smoothquant")  # schemes that look at activations
 FP8_GRANULARITIES = ("tensor", "channel")
+# fp8 activation scales: "token", one per token computed at run time (dynamic); "tensor", one per layer
+# input calibrated by the builder (static, TensorRT-LLM's fp8 recipe: cuBLASLt's tensor-wise fp8 GEMM).
+FP8_ACTIVATIONS = ("token", "tensor")
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class QuantizationConfig:
     alpha: float = 0.5  # smoothquant: migration strength, 0 (all on activations) .. 1 (all on weights)
     act_order: bool = True  # gptq: quantize columns in order of decreasing Hessian diagonal (static groups)
     fp8_granularity: str = "channel"  # fp8 weights: one scale per tensor or per output channel
+    fp8_activations: str = "token"  # fp8 activations: FP8_ACTIVATIONS
     calibration: str = ""  # fingerprint of the calibration data and settings ("" when uncalibrated)
 
     def __post_init__(self) -> None:
@@ -39,6 +43,21 @@ class QuantizationConfig:
         check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
         check(self.fp8_granularity in FP8_GRANULARITIES, "fp8_granularity",
               f"must be one of {FP8_GRANULARITIES}, got {self.fp8_granularity!r}")
+        check(self.fp8_activations in FP8_ACTIVATIONS, "fp8_activations",
+              f"must be one of {FP8_ACTIVATIONS}, got {self.fp8_activations!r}")
+        # A tensor-wise GEMM scales its whole output by one number: the weights need one scale too.
+        check(not self.static_fp8_inputs or self.fp8_granularity == "tensor", "fp8_activations",
+              f"'tensor' (static activation scales) needs fp8_granularity 'tensor', got {self.fp8_granularity!r}")
+
+    @property
+    def static_fp8_inputs(self) -> bool:
+        """fp8 linears take one calibrated scale per input (quantization/fp8.py)."""
+        return self.scheme == "fp8" and self.fp8_activations == "tensor"
+
+    @property
+    def calibrated(self) -> bool:
+        """The builder runs calibration samples through the model to quantize it."""
+        return self.scheme in CALIBRATED or self.static_fp8_inputs
 
     @property
     def weight_format(self) -> str:

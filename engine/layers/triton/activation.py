@@ -10,7 +10,8 @@ At decode sizes the gate_up projection's GEMV does this itself, as its epilogue 
 round trip through memory less per layer, with the same bits.
 
 Before an fp8 down projection, `silu_and_mul_fp8` also quantizes each row per token (one program per
-row: the scale needs the whole row), with the bits of silu_and_mul then fp8_quantize_per_token.
+row: the scale needs the whole row), with the bits of silu_and_mul then fp8_quantize_per_token; or,
+given the layer's static input scale, each strip as fp8_quantize_static would (the plain kernel's grid).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton.fp8_quant import fp8_codes, fp8_scale
+from engine.layers.quantization.triton.fp8_quant import check_static_scale, fp8_codes, fp8_scale
 from engine.layers.triton import FLOAT_DTYPES, check_last_dim_contiguous, check_tensor, interpreting
 from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
@@ -91,12 +92,18 @@ def _silu_mul_strip(x_row, cols, I, dtype: tl.constexpr):
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, I, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    # x: [tokens, 2 * I] (gate, then up); out: [tokens, I]
+def _silu_and_mul_kernel(x_ptr, out_ptr, s_ptr, stride_x, stride_out, I, BLOCK: tl.constexpr,
+                         STATIC_FP8: tl.constexpr, USE_PDL: tl.constexpr):
+    # x: [tokens, 2 * I] (gate, then up); out: [tokens, I] in x's dtype, or with STATIC_FP8 e4m3 codes
+    # under the one scale at s_ptr
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    if STATIC_FP8:
+        scale = tl.load(s_ptr)  # a constant of the layer: read before the wait (pdl.py)
     wait_for_previous(USE_PDL)
-    out = _silu_mul_strip(x_ptr + row * stride_x, cols, I, out_ptr.dtype.element_ty)
+    out = _silu_mul_strip(x_ptr + row * stride_x, cols, I, x_ptr.dtype.element_ty)
+    if STATIC_FP8:
+        out = fp8_codes(out, scale)
     tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=cols < I)
 
 
@@ -131,22 +138,30 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up: [tokens, 2 * I] (rows may be strided) -> silu(gate_up[:, :I]) * gate_up[:, I:]: a new
     [tokens, I] tensor in gate_up's dtype."""
     inter = _check_gate_up(gate_up)
-    out = torch.empty((gate_up.shape[0], inter), dtype=gate_up.dtype, device=gate_up.device)
+    return _strips(gate_up, torch.empty((gate_up.shape[0], inter), dtype=gate_up.dtype, device=gate_up.device), None)
+
+
+def _strips(gate_up: torch.Tensor, out: torch.Tensor, static_scale: torch.Tensor | None) -> torch.Tensor:
     if out.numel() == 0:
         return out
     block = INTERPRET_BLOCK if interpreting() else BLOCK
-    _silu_and_mul_kernel[(gate_up.shape[0], triton.cdiv(inter, block))](gate_up, out, gate_up.stride(0),
-                                                                        out.stride(0), inter, BLOCK=block,
-                                                                        num_warps=4, **pdl_launch(gate_up.device))
+    _silu_and_mul_kernel[(gate_up.shape[0], triton.cdiv(out.shape[1], block))](
+        gate_up, out, static_scale if static_scale is not None else out, gate_up.stride(0), out.stride(0), out.shape[1],
+        BLOCK=block, STATIC_FP8=static_scale is not None, num_warps=4, **pdl_launch(gate_up.device))
     return out
 
 
-def silu_and_mul_fp8(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def silu_and_mul_fp8(gate_up: torch.Tensor,
+                     static_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """gate_up: [tokens, 2 * I] (rows may be strided) -> silu_and_mul(gate_up) quantized per token:
-    (float8_e4m3fn [tokens, I], float32 scales [tokens, 1]), the bits of fp8_quantize_per_token of it."""
+    (float8_e4m3fn [tokens, I], float32 scales [tokens, 1]), the bits of fp8_quantize_per_token of it;
+    with `static_scale` (float32, one element): (fp8_quantize_static of it, static_scale)."""
     inter = _check_gate_up(gate_up)
     tokens = gate_up.shape[0]
     q = torch.empty((tokens, inter), dtype=torch.float8_e4m3fn, device=gate_up.device)
+    if static_scale is not None:  # no row-wide amax: the plain kernel's column strips, storing codes
+        check_static_scale(static_scale, gate_up)
+        return _strips(gate_up, q, static_scale), static_scale
     scales = torch.empty((tokens, 1), dtype=torch.float32, device=gate_up.device)
     if tokens:
         block = INTERPRET_BLOCK if interpreting() else BLOCK

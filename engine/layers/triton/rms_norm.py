@@ -10,7 +10,8 @@ the approximate rsqrt, so the only difference left is the summation order of the
 A whole row (hidden <= 8192) fits one program's registers, so the row is read once and the reduction
 needs no second pass or atomics. That also lets the kernel quantize its output per token for an fp8
 linear layer (`rms_norm_fp8`, `fused_add_rms_norm_fp8`): the bits of the plain kernel followed by
-fp8_quantize_per_token, without writing and reading the row in between.
+fp8_quantize_per_token, without writing and reading the row in between; or, given the layer's static
+input scale, by fp8_quantize_static.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton.fp8_quant import fp8_codes, fp8_scale
+from engine.layers.quantization.triton.fp8_quant import check_static_scale, fp8_codes, fp8_scale
 from engine.layers.triton import FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, next_power_of_2
 from engine.layers.triton.pdl import pdl_launch, wait_for_previous
 
@@ -27,10 +28,11 @@ MAX_HIDDEN = 8192  # one row per program: wider rows would spill registers
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, scale_ptr, stride_x, stride_res, stride_out, N, eps,
-                     HAS_RESIDUAL: tl.constexpr, FP8_OUT: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+                     HAS_RESIDUAL: tl.constexpr, FP8_OUT: tl.constexpr, STATIC_SCALE: tl.constexpr,
+                     BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     # x, res, out: [rows, N] with row strides; w: [N]. With HAS_RESIDUAL, res is read and overwritten
     # with x + res (the next layer's residual). FP8_OUT: out is e4m3 and scale_ptr [rows] gets each
-    # row's scale.
+    # row's scale, or with STATIC_SCALE holds the one scale to quantize with.
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
@@ -49,11 +51,14 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, scale_ptr, stride_x, stride
     rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
     y = (x32 * rstd).to(dtype)
     out = (w.to(tl.float32) * y.to(tl.float32)).to(dtype)
-    if FP8_OUT:  # masked columns hold 0: they leave the amax alone
+    if FP8_OUT:
         out = out.to(tl.float32)
-        scale = fp8_scale(tl.max(tl.abs(out), axis=0))
+        if STATIC_SCALE:
+            scale = tl.load(scale_ptr)
+        else:  # masked columns hold 0: they leave the amax alone
+            scale = fp8_scale(tl.max(tl.abs(out), axis=0))
+            tl.store(scale_ptr + row, scale)
         tl.store(out_ptr + row * stride_out + cols, fp8_codes(out, scale), mask=ok)
-        tl.store(scale_ptr + row, scale)
     else:
         tl.store(out_ptr + row * stride_out + cols, out, mask=ok)
 
@@ -71,7 +76,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
 
 
 def _launch(x: torch.Tensor, res: torch.Tensor | None, weight: torch.Tensor, out: torch.Tensor,
-            scales: torch.Tensor | None, eps: float) -> None:
+            scales: torch.Tensor | None, eps: float, static: bool = False) -> None:
     rows, hidden = x.shape
     if rows == 0 or hidden == 0:
         return
@@ -80,7 +85,8 @@ def _launch(x: torch.Tensor, res: torch.Tensor | None, weight: torch.Tensor, out
     num_warps = min(max(block // 256, 1), 8)
     _rms_norm_kernel[(rows,)](x, res if res is not None else x, weight, out, scales if scales is not None else out,
                               x.stride(0), res.stride(0) if res is not None else 0, out.stride(0), hidden, float(eps),
-                              HAS_RESIDUAL=res is not None, FP8_OUT=scales is not None, BLOCK=block,
+                              HAS_RESIDUAL=res is not None, FP8_OUT=scales is not None, STATIC_SCALE=static,
+                              BLOCK=block,
                               num_warps=num_warps, **pdl_launch(x.device))
 
 
@@ -90,7 +96,11 @@ def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> None:
     check_last_dim_contiguous("residual", residual)
 
 
-def _fp8_out(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _fp8_out(x: torch.Tensor, static_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The e4m3 output and its scales: a new one per row, or the static scale given (checked)."""
+    if static_scale is not None:
+        check_static_scale(static_scale, x)
+        return torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device), static_scale
     return (torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device),
             torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device))
 
@@ -117,20 +127,23 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     return out, residual
 
 
-def rms_norm_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rms_norm_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 static_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """rms_norm(x, weight, eps) quantized per token: (float8_e4m3fn [tokens, hidden], float32 scales
-    [tokens, 1]), the bits of fp8_quantize_per_token(rms_norm(...))."""
+    [tokens, 1]), the bits of fp8_quantize_per_token(rms_norm(...)); with `static_scale` (float32, one
+    element): (fp8_quantize_static(rms_norm(...), static_scale), static_scale)."""
     _check(x, weight, eps)
-    out, scales = _fp8_out(x)
-    _launch(x, None, weight, out, scales, eps)
+    out, scales = _fp8_out(x, static_scale)
+    _launch(x, None, weight, out, scales, eps, static=static_scale is not None)
     return out, scales
 
 
-def fused_add_rms_norm_fp8(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                           eps: float) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """fused_add_rms_norm with its first value quantized per token, as rms_norm_fp8's."""
+def fused_add_rms_norm_fp8(
+        x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+        static_scale: torch.Tensor | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """fused_add_rms_norm with its first value quantized as rms_norm_fp8's (per token, or by `static_scale`)."""
     _check(x, weight, eps)
     _check_residual(x, residual)
-    out, scales = _fp8_out(x)
-    _launch(x, residual, weight, out, scales, eps)
+    out, scales = _fp8_out(x, static_scale)
+    _launch(x, residual, weight, out, scales, eps, static=static_scale is not None)
     return (out, scales), residual

@@ -11,9 +11,11 @@ import torch
 from engine.layers.fp8_activations import Fp8Activations
 from engine.layers.norm import RMSNorm
 from engine.layers.quantization import int4
+from engine.layers.quantization.fp8 import calibrated_input_scale
 from tests.engine.quantization.test_formats import make_layer
 
 pytestmark = pytest.mark.gpu
+STATIC = {"fp8_granularity": "tensor", "fp8_activations": "tensor"}  # fp8 with static activation scales
 
 
 # (in, out), dtype, tokens: few enough that Triton's autotuning (one per shape, dtype and row bucket)
@@ -37,21 +39,45 @@ def test_cuda_layer_equals_its_dequantized_reference(scheme, shape, dtype, token
     assert (got.float() - exact).norm() / exact.norm() < 0.1  # and it is still the layer it quantized
 
 
-@pytest.mark.parametrize("tokens", [1, 64])
-def test_fp8_mlp_fed_quantized_activations_has_the_bits_of_each_layer_quantizing_its_input(tokens):
-    """RMSNorm -> fp8 gate_up -> SiLU-and-mul -> fp8 down, the norm and SiLU kernels handing over their
-    outputs quantized (Fp8Activations), against each fp8 layer quantizing its own input."""
+@pytest.mark.parametrize("shape,dtype,tokens", CASES)
+def test_cuda_fp8_layer_with_a_static_input_scale_equals_its_reference(shape, dtype, tokens):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs compute capability >= 8.9")
-    gate_up, _, _, _ = make_layer("fp8", 576, 2 * 1536, torch.bfloat16, bias=False, device="cuda")
-    down, _, _, _ = make_layer("fp8", 1536, 576, torch.bfloat16, bias=False, seed=1, device="cuda")
+    layer, weight, _, _ = make_layer("fp8", *shape, dtype, device="cuda", **STATIC)
+    x = torch.randn(tokens, shape[0], device="cuda", dtype=dtype)
+    with torch.no_grad():
+        layer.input_scale.copy_(calibrated_input_scale(x))
+    got, want = layer(x), layer.reference(x)
+    assert got.dtype == dtype and got.shape == (tokens, shape[1])
+    scale = want.float().abs().max().item()
+    torch.testing.assert_close(got.float(), want.float(), atol=0.02 * scale, rtol=0.02)
+    exact = (x.float() @ weight.cuda().T) + layer.bias.float()
+    assert (got.float() - exact).norm() / exact.norm() < 0.1
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["per-token", "static"])
+@pytest.mark.parametrize("tokens", [1, 64])
+def test_fp8_mlp_fed_quantized_activations_has_the_bits_of_each_layer_quantizing_its_input(tokens, static):
+    """RMSNorm -> fp8 gate_up -> SiLU-and-mul -> fp8 down, the norm and SiLU kernels handing over their
+    outputs quantized (Fp8Activations, per token or under each layer's static input scale), against each
+    fp8 layer quantizing its own input."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability >= 8.9")
+    options = STATIC if static else {}
+    gate_up, _, _, _ = make_layer("fp8", 576, 2 * 1536, torch.bfloat16, bias=False, device="cuda", **options)
+    down, _, _, _ = make_layer("fp8", 1536, 576, torch.bfloat16, bias=False, seed=1, device="cuda", **options)
     norm = RMSNorm(576, 1e-5).to("cuda", torch.bfloat16)
     x, residual = torch.randn(2, tokens, 576, device="cuda", dtype=torch.bfloat16)
+    if static:  # scales under which some inputs saturate
+        with torch.no_grad():
+            gate_up.input_scale.fill_(0.01)
+            down.input_scale.fill_(0.002)
 
     def mlp(fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        h, summed = norm(x.clone(), residual=residual, fp8_output=fp8)  # the sum is written over its input
+        # (the sum is written over the norm's input)
+        h, summed = norm(x.clone(), residual=residual, fp8_output=fp8 and gate_up.fp8_input())
         assert isinstance(h, Fp8Activations) == fp8
-        return down(gate_up(h, gated=True, fp8_output=fp8)), summed
+        return down(gate_up(h, gated=True, fp8_output=fp8 and down.fp8_input())), summed
 
     (fused, fused_sum), (unfused, unfused_sum) = mlp(True), mlp(False)
     assert torch.equal(fused, unfused) and torch.equal(fused_sum, unfused_sum)

@@ -9,6 +9,7 @@ from engine.errors import InvalidParameterError
 from engine.layers.quantization import (QuantizationConfig, check_device, dequantize_weight, quantize_weight,
                                         quantized_linear)
 from engine.layers.quantization import int4
+from engine.layers.quantization.fp8 import calibrated_input_scale
 from engine.model_runner import default_dtype
 
 SCHEMES = ["int8_wo", "int4_wo", "smoothquant", "fp8"]
@@ -122,12 +123,38 @@ def test_fp8_is_refused_off_cuda_with_the_reason():
 
 
 @pytest.mark.parametrize("field,value,says", [("scheme", "int3", "unknown scheme"), ("group_size", 48, "multiple of 32"),
-                                              ("alpha", 1.5, "[0, 1]"), ("fp8_granularity", "row", "tensor")])
+                                              ("alpha", 1.5, "[0, 1]"), ("fp8_granularity", "row", "tensor"),
+                                              ("fp8_activations", "row", "'token', 'tensor'")])
 def test_bad_configs_name_the_field(field, value, says):
     options = {"scheme": "int4_wo", field: value}
     with pytest.raises(InvalidParameterError) as info:
         QuantizationConfig(**options)
     assert says in str(info.value)
+
+
+def test_static_fp8_activations_need_per_tensor_weights_and_calibration():
+    with pytest.raises(InvalidParameterError) as info:
+        QuantizationConfig(scheme="fp8", fp8_activations="tensor")
+    assert info.value.field == "fp8_activations" and "needs fp8_granularity 'tensor'" in info.value.problem
+    static = QuantizationConfig(scheme="fp8", fp8_granularity="tensor", fp8_activations="tensor")
+    assert static.static_fp8_inputs and static.calibrated
+    assert not QuantizationConfig(scheme="fp8", fp8_granularity="tensor").calibrated
+    assert QuantizationConfig(scheme="awq").calibrated and not QuantizationConfig(scheme="int8_wo").calibrated
+
+
+def test_fp8_layer_with_a_static_input_scale_saturates_past_its_calibrated_range():
+    layer, weight, _, _ = make_layer("fp8", 256, 64, torch.float32, bias=False, fp8_granularity="tensor",
+                                     fp8_activations="tensor")
+    x = torch.randn(16, 256)
+    with torch.no_grad():
+        layer.input_scale.copy_(calibrated_input_scale(x))
+    exact = x @ weight.T
+    assert (layer(x) - exact).norm() / exact.norm() < 0.1  # within the calibrated range: the float layer's
+    amax = x.abs().max()
+    loud = 4 * x
+    # Beyond it the codes saturate at 448 x the scale (not inf, not wrapped): as if clipped to the range.
+    assert torch.equal(layer(loud), layer(loud.clamp(-amax, amax)))
+    assert not torch.equal(layer(loud), 4 * layer(x))
 
 
 def test_config_round_trips_through_its_dict():

@@ -11,8 +11,8 @@ import torch
 
 from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
 
-from engine.layers.quantization.fp8 import quantize_per_token  # noqa: E402
-from engine.layers.quantization.triton.fp8_quant import fp8_quantize_per_token  # noqa: E402
+from engine.layers.quantization.fp8 import quantize_per_token, quantize_static  # noqa: E402
+from engine.layers.quantization.triton.fp8_quant import fp8_quantize_per_token, fp8_quantize_static  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -34,6 +34,23 @@ def test_matches_the_eager_reference(m, k, dtype):
         assert ((ours - ref).abs() <= ref.abs() / 2 + 2 ** -9).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 64), (5, 100), (3, 2500)])
+def test_a_static_scale_matches_the_eager_reference_and_saturates(m, k, dtype):
+    g = torch.Generator().manual_seed(m * 17 + k)
+    x = (torch.randn(m, k, generator=g) * 3).to(dtype).to(DEVICE)
+    scale = (x.abs().amax().float() / 448 / 2).reshape(1)  # the loudest values lie past the range
+    xq = fp8_quantize_static(x, scale)
+    ref = quantize_static(x, scale)
+    assert xq.dtype == torch.float8_e4m3fn and xq.shape == (m, k)
+    ours, want = xq.float().cpu(), ref.float().cpu()
+    beyond = (x.float() / scale).abs().cpu() >= 448
+    assert beyond.any() and torch.equal(ours[beyond].abs(), torch.full((int(beyond.sum()),), 448.0))
+    assert (ours * want >= 0).all()
+    step = 8 if DEVICE == "cuda" else 2  # one e4m3 step on CUDA; the interpreter's fp8 cast (module doc)
+    assert ((ours - want).abs() <= want.abs() / step + 2 ** -9).all()
+
+
 def test_an_all_zero_row_gets_the_floor_scale_and_zeros():
     x = torch.zeros(2, 32, device=DEVICE)
     xq, scales = fp8_quantize_per_token(x)
@@ -47,3 +64,7 @@ def test_bad_inputs():
         fp8_quantize_per_token(torch.zeros(2, 8, dtype=torch.int32, device=DEVICE))
     with pytest.raises(ValueError, match=r"^x: must be 2-D"):
         fp8_quantize_per_token(torch.zeros(8, device=DEVICE))
+    x = torch.zeros(2, 8, device=DEVICE)
+    for bad in (torch.ones(2, device=DEVICE), torch.ones(1, dtype=torch.float16, device=DEVICE), 0.5):
+        with pytest.raises(ValueError, match=r"^static_scale: must be a float32 tensor of one element"):
+            fp8_quantize_static(x, bad)

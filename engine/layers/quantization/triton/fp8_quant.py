@@ -6,6 +6,9 @@ hits L2) and writes the e4m3 row and its scale. Exactly the eager result on CUDA
 in float32 from the same values, and the division is IEEE round-to-nearest (div_rn), as torch's.
 `fp8_scale` and `fp8_codes` are those numerics for kernels that quantize a row they produced themselves
 (RMSNorm, SiLU-and-mul: engine/layers/triton/), so their fp8 output has this kernel's bits.
+
+`fp8_quantize_static` takes a scale instead (a layer's calibrated input scale: fp8.py): one pass, x / scale
+clamped to +-448, as fp8.quantize_static computes it.
 """
 from __future__ import annotations
 
@@ -34,33 +37,61 @@ def fp8_codes(x, scale):
 
 @triton.jit
 def _fp8_quant_kernel(x_ptr, q_ptr, s_ptr, stride_xm, stride_qm, K: tl.constexpr, BLOCK_K: tl.constexpr,
-                      USE_PDL: tl.constexpr):
+                      STATIC_SCALE: tl.constexpr, USE_PDL: tl.constexpr):
+    # STATIC_SCALE: s_ptr holds the one scale to use; else each row's scale is computed and stored there.
     row = tl.program_id(0)
-    wait_for_previous(USE_PDL)
     offs = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row * stride_xm
-    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
-    scale = fp8_scale(tl.max(amax, axis=0))
+    if STATIC_SCALE:
+        scale = tl.load(s_ptr)  # a weight-like constant: read before the wait (pdl.py)
+        wait_for_previous(USE_PDL)
+    else:
+        wait_for_previous(USE_PDL)
+        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(x))
+        scale = fp8_scale(tl.max(amax, axis=0))
+        tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         k_ok = k0 + offs < K
         x = tl.load(x_row + k0 + offs, mask=k_ok, other=0.0).to(tl.float32)
         tl.store(q_ptr + row * stride_qm + k0 + offs, fp8_codes(x, scale), mask=k_ok)
-    tl.store(s_ptr + row, scale)
+
+
+def check_static_scale(scale: torch.Tensor, like: torch.Tensor) -> None:
+    """A calibrated input scale as the kernels take it: float32, one element, on the activations' device."""
+    if not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32 or scale.numel() != 1:
+        raise ValueError(f"static_scale: must be a float32 tensor of one element, got "
+                         f"{scale.dtype if isinstance(scale, torch.Tensor) else type(scale).__name__} "
+                         f"{tuple(getattr(scale, 'shape', ()))}")
+    if scale.device != like.device:
+        raise ValueError(f"static_scale: on {scale.device}, the activations on {like.device}")
 
 
 def fp8_quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [M, K] float16/bfloat16/float32 on CUDA (or under TRITON_INTERPRET=1) -> (float8_e4m3fn
     [M, K], float32 scales [M, 1]) with x ~ xq * scales."""
     check_activations(x)
+    scales = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    return _launch(x, scales, static=False), scales
+
+
+def fp8_quantize_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x: [M, K] float16/bfloat16/float32, scale: float32 of one element on x's device -> float8_e4m3fn
+    [M, K]: x / scale clamped to +-448 (x ~ xq * scale)."""
+    check_activations(x)
+    check_static_scale(scale, x)
+    return _launch(x, scale, static=True)
+
+
+def _launch(x: torch.Tensor, scales: torch.Tensor, static: bool) -> torch.Tensor:
     if x.stride(1) != 1:
         x = x.contiguous()
     m, k = x.shape
     xq = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
-    scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m:
         block = max(16, min(BLOCK_K, triton.next_power_of_2(k)))
-        _fp8_quant_kernel[(m,)](x, xq, scales, x.stride(0), xq.stride(0), k, block, num_warps=4, **pdl_launch(x.device))
-    return xq, scales
+        _fp8_quant_kernel[(m,)](x, xq, scales, x.stride(0), xq.stride(0), k, block, STATIC_SCALE=static, num_warps=4,
+                                **pdl_launch(x.device))
+    return xq
