@@ -193,7 +193,8 @@ class LlamaForCausalLM(nn.Module):
                     param.copy_(tensor.view_as(param))
                 elif name.endswith(".input_scale"):  # one per fused input, carried by every part: their max
                     first = not any(f"{name}#{i}" in loaded for i in range(3))
-                    param.copy_(tensor.view_as(param) if first else torch.maximum(param, tensor.view_as(param)))
+                    scale = tensor.to(param.device).view_as(param)
+                    param.copy_(scale if first else torch.maximum(param, scale))
                 else:
                     offset, size = self._shard_range(name, shard)
                     param.narrow(0, offset, size).copy_(tensor)
