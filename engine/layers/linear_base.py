@@ -31,6 +31,11 @@ class LinearBase(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [tokens, in] -> float32 [tokens, out]: the lm_head's scores for the sampler, rounded to the
+        layer's dtype first (as HF computes them) unless the layer's GEMM writes float32 itself."""
+        return self.project(x).float()
+
     def gated_gemv(self, x: torch.Tensor) -> torch.Tensor | None:
         """silu(gate) * up of the projection in one launch, or None where x takes no such path."""
         return None

@@ -67,8 +67,10 @@ class Attention(nn.Module):
         # The scales describe an fp8 cache; a cache in the model's dtype holds K and V as they are.
         k_scale, v_scale = (self.k_scale, self.v_scale) if kv_cache.dtype == KV_FP8 else (1.0, 1.0)
         # RoPE is applied by the attention backend: the Triton one rotates q and k as it stores K/V.
-        out = self.attn(q, k, v, kv_cache, meta, k_scale, v_scale, rotary=self.rotary,
-                        positions=positions)  # [tokens, heads, head_dim]
+        out = self.attn(q, k, v, kv_cache, meta, k_scale, v_scale, rotary=self.rotary, positions=positions,
+                        fp8_output=self.o_proj.fp8_input())  # [tokens, heads, head_dim], maybe quantized
+        if isinstance(out, Fp8Activations):
+            return self.o_proj(out._replace(q=out.q.reshape(-1, self.q_size)))
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
@@ -154,7 +156,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [seqs, hidden] -> [seqs, vocab] float32
-        return self.lm_head(hidden).float()
+        return self.lm_head.logits(hidden)
 
     # -- loading -------------------------------------------------------------------------------
 

@@ -53,6 +53,10 @@ def test_cuda_fp8_layer_with_a_static_input_scale_equals_its_reference(shape, dt
     torch.testing.assert_close(got.float(), want.float(), atol=0.02 * scale, rtol=0.02)
     exact = (x.float() @ weight.cuda().T) + layer.bias.float()
     assert (got.float() - exact).norm() / exact.norm() < 0.1
+    logits = layer.logits(x)  # as an lm_head: float32 from the GEMM itself, not the rounded output widened
+    assert logits.dtype == torch.float32 and logits.shape == got.shape
+    torch.testing.assert_close(logits.to(dtype), got, atol=0.01 * scale, rtol=0.01)
+    assert not torch.equal(logits, got.float())
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["per-token", "static"])

@@ -37,26 +37,34 @@ def fp8_codes(x, scale):
 
 @triton.jit
 def _fp8_quant_kernel(x_ptr, q_ptr, s_ptr, stride_xm, stride_qm, K: tl.constexpr, BLOCK_K: tl.constexpr,
-                      STATIC_SCALE: tl.constexpr, USE_PDL: tl.constexpr):
-    # STATIC_SCALE: s_ptr holds the one scale to use; else each row's scale is computed and stored there.
+                      USE_PDL: tl.constexpr):
     row = tl.program_id(0)
+    wait_for_previous(USE_PDL)
     offs = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row * stride_xm
-    if STATIC_SCALE:
-        scale = tl.load(s_ptr)  # a weight-like constant: read before the wait (pdl.py)
-        wait_for_previous(USE_PDL)
-    else:
-        wait_for_previous(USE_PDL)
-        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(x))
-        scale = fp8_scale(tl.max(amax, axis=0))
-        tl.store(s_ptr + row, scale)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    scale = fp8_scale(tl.max(amax, axis=0))
     for k0 in range(0, K, BLOCK_K):
         k_ok = k0 + offs < K
         x = tl.load(x_row + k0 + offs, mask=k_ok, other=0.0).to(tl.float32)
         tl.store(q_ptr + row * stride_qm + k0 + offs, fp8_codes(x, scale), mask=k_ok)
+    tl.store(s_ptr + row, scale)
+
+
+@triton.jit
+def _fp8_quant_static_kernel(x_ptr, q_ptr, s_ptr, stride_xm, stride_qm, K, BLOCK_K: tl.constexpr,
+                             USE_PDL: tl.constexpr):
+    # One program per BLOCK_K columns of a row: with the scale given, no row-wide amax to wait for.
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    scale = tl.load(s_ptr)  # a constant of the layer: read before the wait (pdl.py)
+    wait_for_previous(USE_PDL)
+    ok = cols < K
+    x = tl.load(x_ptr + row * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(q_ptr + row * stride_qm + cols, fp8_codes(x, scale), mask=ok)
 
 
 def check_static_scale(scale: torch.Tensor, like: torch.Tensor) -> None:
@@ -73,8 +81,13 @@ def fp8_quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     """x: [M, K] float16/bfloat16/float32 on CUDA (or under TRITON_INTERPRET=1) -> (float8_e4m3fn
     [M, K], float32 scales [M, 1]) with x ~ xq * scales."""
     check_activations(x)
-    scales = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
-    return _launch(x, scales, static=False), scales
+    x, xq = _operands(x)
+    m, k = x.shape
+    scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    if m:
+        block = max(16, min(BLOCK_K, triton.next_power_of_2(k)))
+        _fp8_quant_kernel[(m,)](x, xq, scales, x.stride(0), xq.stride(0), k, block, num_warps=4, **pdl_launch(x.device))
+    return xq, scales
 
 
 def fp8_quantize_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -82,16 +95,16 @@ def fp8_quantize_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     [M, K]: x / scale clamped to +-448 (x ~ xq * scale)."""
     check_activations(x)
     check_static_scale(scale, x)
-    return _launch(x, scale, static=True)
-
-
-def _launch(x: torch.Tensor, scales: torch.Tensor, static: bool) -> torch.Tensor:
-    if x.stride(1) != 1:
-        x = x.contiguous()
+    x, xq = _operands(x)
     m, k = x.shape
-    xq = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
-    if m:
+    if m and k:
         block = max(16, min(BLOCK_K, triton.next_power_of_2(k)))
-        _fp8_quant_kernel[(m,)](x, xq, scales, x.stride(0), xq.stride(0), k, block, STATIC_SCALE=static, num_warps=4,
-                                **pdl_launch(x.device))
+        _fp8_quant_static_kernel[(m, triton.cdiv(k, block))](x, xq, scale, x.stride(0), xq.stride(0), k, block,
+                                                            num_warps=4, **pdl_launch(x.device))
     return xq
+
+
+def _operands(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x with unit column stride, and the e4m3 tensor to write."""
+    x = x if x.stride(1) == 1 else x.contiguous()
+    return x, torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
