@@ -18,6 +18,7 @@ from engine.layers.fp8_activations import Fp8Activations
 from engine.layers.attention import ATTENTION_BACKENDS, AttentionMetadata
 from engine.layers.attention.kv_quant import KV_FP8
 from engine.layers.linear import make_linear
+from engine.layers.linear_base import LinearBase
 from engine.layers.quantization import QuantizationConfig
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
@@ -156,7 +157,9 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [seqs, hidden] -> [seqs, vocab] float32
-        return self.lm_head.logits(hidden)
+        if isinstance(self.lm_head, LinearBase):
+            return self.lm_head.logits(hidden)
+        return self.lm_head(hidden).float()  # a plain nn.Linear (the builder's float models may hold one)
 
     # -- loading -------------------------------------------------------------------------------
 
