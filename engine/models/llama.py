@@ -68,10 +68,8 @@ class Attention(nn.Module):
         # The scales describe an fp8 cache; a cache in the model's dtype holds K and V as they are.
         k_scale, v_scale = (self.k_scale, self.v_scale) if kv_cache.dtype == KV_FP8 else (1.0, 1.0)
         # RoPE is applied by the attention backend: the Triton one rotates q and k as it stores K/V.
-        out = self.attn(q, k, v, kv_cache, meta, k_scale, v_scale, rotary=self.rotary, positions=positions,
-                        fp8_output=self.o_proj.fp8_input())  # [tokens, heads, head_dim], maybe quantized
-        if isinstance(out, Fp8Activations):
-            return self.o_proj(out._replace(q=out.q.reshape(-1, self.q_size)))
+        out = self.attn(q, k, v, kv_cache, meta, k_scale, v_scale, rotary=self.rotary,
+                        positions=positions)  # [tokens, heads, head_dim]
         return self.o_proj(out.reshape(-1, self.q_size))
 
 

@@ -78,7 +78,7 @@ class FakeQuantized:
     def __init__(self, layer_attn: torch.nn.Module):
         self.backend, self.layer = layer_attn.attn, layer_attn
 
-    def __call__(self, q, k, v, cache, meta, k_scale, v_scale, rotary, positions, fp8_output=False):
+    def __call__(self, q, k, v, cache, meta, k_scale, v_scale, rotary, positions):
         ks, vs = self.layer.k_scale, self.layer.v_scale
         q, k = rotary(positions, q, k)  # the cache holds rotated keys
         return self.backend(q, quantize_kv(k, ks).float() * ks, quantize_kv(v, vs).float() * vs, cache, meta)

@@ -26,10 +26,8 @@ class TorchPagedAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                  meta: AttentionMetadata, k_scale: float = 1.0, v_scale: float = 1.0,
-                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None,
-                 fp8_output: bool | torch.Tensor = False) -> torch.Tensor:
-        # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]; positions: [tokens];
-        # fp8_output (the o_proj's fp8_input()) is left to the o_proj: the output is q's dtype
+                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]; positions: [tokens]
         # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim], q's dtype or KV_FP8 (scaled by k/v_scale)
         check_kv_scales(kv_cache.dtype, k_scale, v_scale)
         if rotary is not None:

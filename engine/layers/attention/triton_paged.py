@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from engine.layers.attention.metadata import AttentionMetadata
-from engine.layers.fp8_activations import Fp8Activations
 from engine.layers.rotary import RotaryEmbedding
 
 
@@ -30,19 +29,14 @@ class TritonPagedAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                  meta: AttentionMetadata, k_scale: float = 1.0, v_scale: float = 1.0,
-                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None,
-                 fp8_output: bool | torch.Tensor = False) -> torch.Tensor | Fp8Activations:
+                 rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]; positions: [tokens]
         # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim], q's dtype or fp8 (scaled by k/v_scale)
-        # fp8_output: the o_proj's fp8_input(); a static scale is applied by the decode kernel that can
-        # (paged_decode.py), which then hands over Fp8Activations ([tokens, heads, head_dim] codes)
         new_kv = None
         if rotary is None:
             self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, k_scale, v_scale)
         else:  # RoPE and the store inside the split decode kernel, else in one kernel before attention
             new_kv = self._new_kv(k, v, meta.slot_mapping, positions, rotary.cos, rotary.sin)
-        out_scale = fp8_output if isinstance(fp8_output, torch.Tensor) else None
-        out = self._paged_attention(q, kv_cache[0], kv_cache[1], meta.block_tables, meta.context_lens,
-                                    meta.query_start, meta.max_query_len, self.scale,
-                                    k_scale=k_scale, v_scale=v_scale, new_kv=new_kv, out_scale=out_scale)
-        return Fp8Activations(out, out_scale, q.dtype) if out.dtype != q.dtype else out
+        return self._paged_attention(q, kv_cache[0], kv_cache[1], meta.block_tables, meta.context_lens,
+                                     meta.query_start, meta.max_query_len, self.scale,
+                                     k_scale=k_scale, v_scale=v_scale, new_kv=new_kv)

@@ -9,8 +9,6 @@ import torch
 from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
 
 from engine.layers.attention.triton import paged_attention as paged_attention_module  # noqa: E402
-from engine.layers.attention.triton.paged_attention import paged_attention  # noqa: E402
-from engine.layers.quantization.triton.fp8_quant import fp8_quantize_static  # noqa: E402
 from tests.engine.attention.paged_case import (HEADS, PADDING_ROW, SPLIT_DECODE, Case, assert_matches,  # noqa: E402
                                                fp8_case, run_fp8)
 
@@ -59,33 +57,6 @@ def test_decode_kernel_over_an_fp8_cache(heads, kv_heads, dtype, decode_kernel):
     out = run_fp8(case, 0.3, 2.5, num_splits=1)
     assert len(decode_kernel) == 1
     assert_matches(out, case)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_decode_kernel_quantizes_its_output_under_a_static_scale(dtype, decode_kernel):
-    """out_scale (the o_proj's static fp8 input scale): the keys kernel writes e4m3 codes with the bits of
-    its own output quantized by fp8_quantize_static, saturating beyond the scale's range."""
-    case = fp8_case(Case(SPLIT_DECODE, 4, 2, dtype=dtype, garbage=float("nan"), seed=11), 0.3, 2.5)
-    plain = run_fp8(case, 0.3, 2.5, num_splits=1)
-    scale = (plain.abs().amax().float() / 448 / 2).reshape(1)  # the loudest outputs saturate
-    codes = run_fp8(case, 0.3, 2.5, num_splits=1, out_scale=scale)
-    assert len(decode_kernel) == 2 and codes.dtype == torch.float8_e4m3fn and codes.shape == plain.shape
-    want = fp8_quantize_static(plain.view(plain.shape[0], -1), scale).view(plain.shape)
-    assert torch.equal(codes.view(torch.uint8), want.view(torch.uint8))
-    assert (codes.float().abs() == 448).any()
-
-
-def test_a_static_out_scale_leaves_other_kernels_output_alone():
-    case = Case([(3, 5), (1, 9)], 4, 2, seed=12)  # a prefill in the batch: not the keys kernel
-    scale = torch.ones(1, device=DEVICE)
-    out = paged_attention(*case.device_args(), case.max_query_len, case.scale, out_scale=scale)
-    assert out.dtype == case.q.dtype
-    assert_matches(out, case)
-    with pytest.raises(ValueError, match=r"^out_scale: .*out must be None"):
-        paged_attention(*case.device_args(), case.max_query_len, case.scale, out=torch.empty_like(out),
-                        out_scale=scale)
-    with pytest.raises(ValueError, match=r"^static_scale: "):
-        paged_attention(*case.device_args(), case.max_query_len, case.scale, out_scale=torch.ones(2, device=DEVICE))
 
 
 def test_which_kernel_a_batch_takes(monkeypatch):

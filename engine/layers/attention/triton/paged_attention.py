@@ -46,7 +46,6 @@ from engine.layers.attention.triton.kv_store import check_store_operands
 from engine.layers.attention.triton.paged_decode import launch_decode_by_rows
 from engine.layers.attention.triton.rope_store_kv import rope_store_kv
 from engine.layers.quantization.triton import multiprocessors as cuda_multiprocessors
-from engine.layers.quantization.triton.fp8_quant import check_static_scale
 from engine.layers.triton import (FLOAT_DTYPES, check_last_dim_contiguous, check_shape, check_tensor, interpreting,
                                   next_power_of_2)
 from engine.layers.triton.pdl import pdl_launch, wait_for_previous
@@ -262,8 +261,7 @@ def launch_for(kernel: str, fp8_cache: bool = False) -> LaunchConfig:
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
            context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
-           out: torch.Tensor | None, k_scale: float, v_scale: float, num_splits: int | None,
-           out_scale: torch.Tensor | None) -> None:
+           out: torch.Tensor | None, k_scale: float, v_scale: float, num_splits: int | None) -> None:
     check_tensor("q", q, FLOAT_DTYPES, 3)
     check_tensor("k_cache", k_cache, (q.dtype, KV_FP8), 4, like=q)
     check_tensor("v_cache", v_cache, (k_cache.dtype,), 4, like=q)
@@ -292,10 +290,6 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_
         check_tensor("out", out, (q.dtype,), 3, like=q)
         check_shape("out", out, tuple(q.shape), "q's shape")
         check_last_dim_contiguous("out", out)
-    if out_scale is not None:
-        if out is not None:
-            raise ValueError("out_scale: the output is allocated in fp8 where it applies, so out must be None")
-        check_static_scale(out_scale, q)
     if num_splits is not None:
         if isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
             raise ValueError(f"num_splits: must be None or a Python int from 1 to {MAX_SPLITS}, got {num_splits!r}")
@@ -307,8 +301,7 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
                     out: torch.Tensor | None = None, k_scale: float = 1.0, v_scale: float = 1.0,
-                    num_splits: int | None = None, new_kv: NewKV | None = None,
-                    out_scale: torch.Tensor | None = None) -> torch.Tensor:
+                    num_splits: int | None = None, new_kv: NewKV | None = None) -> torch.Tensor:
     """Causal attention of each sequence's queries over its cached keys and values.
 
     q: [tokens, heads, head_dim]; k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim] holding
@@ -321,17 +314,17 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     an int from 1 (no split) to MAX_SPLITS forces it (tests, benchmarks). Returns out ([tokens, heads,
     head_dim], new unless given): rows of sequences with context_len 0 are zeros; rows at or past
     query_start[-1] are left unwritten. new_kv: this step's K/V, uncached, and q unrotated (NewKV); q is
-    then left rotated or as it was. out_scale (the next layer's static fp8 input scale, float32, one element):
-    where the batch takes the keys-as-rows decode kernel, out comes back float8_e4m3fn, the output
-    quantized under it (fp8_quantize_static's bits); other batches ignore it.
+    then left rotated or as it was.
     """
     _check(q, k_cache, v_cache, block_tables, context_lens, query_start, max_query_len, scale, out, k_scale, v_scale,
-           num_splits, out_scale)
+           num_splits)
     if new_kv is not None:
         if not isinstance(new_kv, NewKV):
             raise ValueError(f"new_kv: must be a NewKV, got {type(new_kv).__name__}")
         check_rope_operands(q, new_kv.k, new_kv.positions, new_kv.cos, new_kv.sin)
         check_store_operands(new_kv.k, new_kv.v, k_cache, v_cache, new_kv.slot_mapping)
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     tokens, heads, head_dim = q.shape
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = heads // kv_heads
@@ -343,13 +336,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         rope_store_kv(q, new_kv.k, new_kv.v, k_cache, v_cache, new_kv.slot_mapping, new_kv.positions, new_kv.cos,
                       new_kv.sin, k_scale, v_scale)
         new_kv = None
-    fp8_cache = k_cache.dtype == KV_FP8
-    kernel = decode_kernel(max_query_len, fp8_cache, num_splits)
-    out_scale = out_scale if kernel == "keys" and not empty else None
-    if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype if out_scale is None else torch.float8_e4m3fn, device=q.device)
     if empty:
         return out
+    fp8_cache = k_cache.dtype == KV_FP8
+    kernel = decode_kernel(max_query_len, fp8_cache, num_splits)
     launch = launch_for(kernel, fp8_cache)
     block_n = INTERPRET_BLOCK_N if interpreting() else launch.block_n
     # float32 tiles are twice the bytes: 3 stages of 64x128 K and V would not fit an H100's shared memory.
@@ -371,7 +361,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         return out
     if kernel == "keys":
         launch_decode_by_rows(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale,
-                              float(v_scale), out_scale=out_scale, **kernel_args)
+                              float(v_scale), **kernel_args)
         return out
     grid = (seqs, kv_heads, triton.cdiv(max_query_len * group, launch.block_m))
     _paged_attention_kernel[grid](

@@ -20,16 +20,12 @@ The online softmax runs down the columns (one per head of the group) in float32 
 paged_attention.py; keys at or past a sequence's context length are masked in the loads (other=0) and
 the scores, and a sequence with no context (padding) gets zeros. An fp8 cache's k_scale is folded into
 qk_scale and v_scale applied to the output, as there.
-
-Given the o_proj's static fp8 input scale (paged_attention's out_scale), the kernel writes its output as
-e4m3 codes under it, so the o_proj's input needs no quantizing launch of its own (fp8_activations.py).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from engine.layers.quantization.triton.fp8_quant import fp8_codes
 from engine.layers.triton.pdl import wait_for_previous
 
 
@@ -60,15 +56,14 @@ def _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, 
 
 @triton.jit
 def _paged_decode_kernel(
-        q_ptr, k_ptr, v_ptr, out_ptr, out_scale_ptr, block_tables_ptr, context_lens_ptr, query_start_ptr, qk_scale,
-        v_scale, stride_qt, stride_qh, stride_ot, stride_oh,
+        q_ptr, k_ptr, v_ptr, out_ptr, block_tables_ptr, context_lens_ptr, query_start_ptr, qk_scale, v_scale,
+        stride_qt, stride_qh, stride_ot, stride_oh,
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
         G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
         DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, FP16_DOTS: tl.constexpr, BLOCK_G: tl.constexpr,
-        BLOCK_N: tl.constexpr, FP8_OUT: tl.constexpr, USE_PDL: tl.constexpr):
+        BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
     # q, out: [tokens, heads, HEAD_DIM]; k, v: [num_blocks, BLOCK_SIZE, kv_heads, HEAD_DIM];
-    # block_tables: [seqs, max_blocks]; context_lens: [seqs]; query_start: [seqs + 1], at most one query each.
-    # FP8_OUT: out holds e4m3 codes of the output (rounded to q's dtype first) under the scale at out_scale_ptr.
+    # block_tables: [seqs, max_blocks]; context_lens: [seqs]; query_start: [seqs + 1], at most one query each
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     g = tl.arange(0, BLOCK_G)
@@ -104,24 +99,20 @@ def _paged_decode_kernel(
                                                 stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
                                                 BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
     out_t = acc_t / tl.where(l_i > 0, l_i, 1.0)[None, :] * v_scale  # no key (padding): 0, not 0 / 0
-    if FP8_OUT:  # the next layer's input quantized here: the bits of storing, then fp8_quantize_static
-        out_t = fp8_codes(out_t.to(q_ptr.dtype.element_ty).to(tl.float32), tl.load(out_scale_ptr))
     tl.store(out_ptr + tok * stride_ot + head[None, :] * stride_oh + dims[:, None],
              out_t.to(out_ptr.dtype.element_ty), mask=mask_t)
 
 
 def launch_decode_by_rows(q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale: float,
-                          v_scale: float, out_scale=None, **kernel_args) -> None:
+                          v_scale: float, **kernel_args) -> None:
     """One program per (sequence, KV head) of a decode-only batch; kernel_args as paged_attention builds
     them (G, BLOCK_SIZE, HEAD_DIM, BLOCK_D, DOT_PRECISION, WHILE_LOOP, FP16_DOTS, BLOCK_N, num_warps,
-    num_stages and the PDL launch). out_scale: out is float8_e4m3fn, the output quantized under it. The
-    operands were checked by paged_attention."""
+    num_stages and the PDL launch). The operands were checked by paged_attention."""
     grid = (block_tables.shape[0], k_cache.shape[2])
     _paged_decode_kernel[grid](
-        q, k_cache, v_cache, out, out if out_scale is None else out_scale, block_tables, context_lens, query_start,
-        qk_scale, v_scale,
+        q, k_cache, v_cache, out, block_tables, context_lens, query_start, qk_scale, v_scale,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        BLOCK_G=max(16, triton.next_power_of_2(kernel_args["G"])), FP8_OUT=out_scale is not None, **kernel_args)
+        BLOCK_G=max(16, triton.next_power_of_2(kernel_args["G"])), **kernel_args)
 
