@@ -78,14 +78,16 @@ stage_mixed() {
     --max-batch-size 64 --runs 3 --plot-dir "$OUT"
 }
 
-quant_engine() {  # quant_engine SCHEME: builds $STORE/b7-SCHEME unless it is there
+quant_engine() {  # quant_engine SCHEME [NAME BUILD_OPTION...]: builds $STORE/b7-NAME (NAME: SCHEME) unless it is there
+  local scheme=$1 name=${2:-$1}
+  shift $(( $# < 2 ? $# : 2 ))
   checkpoint baichuan2-7b "$MHA"
   # The lm_head too: at batch 1 its 1 GB of bf16 is read every token; and the embedding as int8 rows
   # (its 1 GB is only looked up, but counts in the footprint). Tiny calibration and scoring: the
   # weights are random, only the engine's speed and size matter here.
-  [ -d "$STORE/b7-$1" ] || inferline build --source "$MHA" --name "b7-$1" --quantization "$1" \
+  [ -d "$STORE/b7-$name" ] || inferline build --source "$MHA" --name "b7-$name" --quantization "$scheme" "$@" \
     --quantize-lm-head --quantize-embedding --dtype bfloat16 --device cuda --store-dir "$STORE" \
-    --calibration-samples 8 --eval-windows 2 --json > "$OUT/build_$1.json" 2> "$OUT/build_$1.err"
+    --calibration-samples 8 --eval-windows 2 --json > "$OUT/build_$name.json" 2> "$OUT/build_$name.err"
 }
 
 stage_quant() {
@@ -99,17 +101,21 @@ stage_quant() {
   case " ${QUANT_SCHEMES:-fp8} " in *" fp8 "*) stage_fp8_throughput ;; esac
 }
 
-stage_fp8_throughput() {  # fp8 weights and activations with an fp8 KV cache, as TensorRT-LLM's fp8 numbers run
-  quant_engine fp8
-  bench throughput_fp8 --model "$STORE/b7-fp8" --kv-cache-dtype fp8 --batch-size 256,512 \
+# fp8 as TensorRT-LLM's fp8 numbers run: static per-tensor activation scales (calibrated by the build) and
+# per-tensor weights, an fp8 KV cache.
+fp8_static_engine() { quant_engine fp8 fp8-static --fp8-activations tensor; }
+
+stage_fp8_throughput() {
+  fp8_static_engine
+  bench throughput_fp8 --model "$STORE/b7-fp8-static" --kv-cache-dtype fp8 --batch-size 256,512 \
     --input-output-len "128,128" --runs 3
   stage_fp8_long
 }
 
 stage_fp8_long() {
-  quant_engine fp8
+  fp8_static_engine
   # As many long requests as the fp8 pool holds whole for 128/2048 on an H200 (~205; an H100 80GB: ~100).
-  bench throughput_fp8_long --model "$STORE/b7-fp8" --kv-cache-dtype fp8 --batch-size "${FP8KV_LONG_REQUESTS:-192}" \
+  bench throughput_fp8_long --model "$STORE/b7-fp8-static" --kv-cache-dtype fp8 --batch-size "${FP8KV_LONG_REQUESTS:-192}" \
     --input-output-len "128,2048;2048,128" --scheduler-policy guaranteed_no_evict --warmup 0 --runs 2
 }
 
@@ -149,11 +155,11 @@ stage_profile() {  # PROFILE_SCHEMES (default "bf16 int8_wo int4_wo"), PROFILE_P
 }
 
 stage_fp8_profile() {
-  quant_engine fp8
+  fp8_static_engine
   python3 bench/fp8_gemm_sweep.py --m 256,512,1024,8192 > "$OUT/fp8_gemm_sweep.txt" 2>&1
-  python3 bench/throughput_profile.py --model "$STORE/b7-fp8" --kv-cache-dtype fp8 --requests 512 \
+  python3 bench/throughput_profile.py --model "$STORE/b7-fp8-static" --kv-cache-dtype fp8 --requests 512 \
     --input-len 128 --output-len 128 > "$OUT/throughput_profile_fp8_128_128.txt" 2>&1
-  python3 bench/throughput_profile.py --model "$STORE/b7-fp8" --kv-cache-dtype fp8 \
+  python3 bench/throughput_profile.py --model "$STORE/b7-fp8-static" --kv-cache-dtype fp8 \
     --requests "${FP8KV_LONG_REQUESTS:-192}" --input-len 2048 --output-len 128 --scheduler-policy guaranteed_no_evict \
     > "$OUT/throughput_profile_fp8_2048_128.txt" 2>&1
 }
