@@ -83,6 +83,13 @@ class Fp8Linear(LinearBase):
         if self.static_input:
             self.input_scale = nn.Parameter(torch.ones(1, dtype=torch.float32), requires_grad=False)
 
+    def prepare(self) -> None:
+        """Once loaded: a tensor-wise GEMM scales by one weight scale, so a static layer's entries (a fused
+        layer's parts) must all hold the same one, as the builder writes them."""
+        if self.static_input and not bool((self.scales == self.scales[0]).all()):
+            raise ValueError("fp8 with static activation scales needs one weight scale per layer; this "
+                             "checkpoint's fused q/k/v or gate/up parts have different ones")
+
     def fp8_input(self) -> bool | torch.Tensor:
         # On CUDA the RMSNorm or SiLU-and-mul kernel before this layer quantizes its input.
         return self.input_scale if self.static_input else True

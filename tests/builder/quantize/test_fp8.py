@@ -81,6 +81,18 @@ def test_loading_takes_the_largest_of_the_parts_scales(quantized, tmp_path):
     assert loaded.layers[0].attn.qkv_proj.input_scale.item() == 5.0
 
 
+def test_parts_with_different_weight_scales_are_refused(quantized, tmp_path):
+    _, twin = quantized
+    export_model(twin, None, tmp_path, torch.float32, STATIC)
+    ckpt = open_checkpoint(str(tmp_path))
+    loaded = LlamaForCausalLM(ckpt.config, max_positions=64, quantization=ckpt.quantization)
+    loaded.load_weights((name, tensor * 2 if name == "model.layers.0.self_attn.v_proj.scales" else tensor)
+                        for name, tensor in ckpt.read_weights())
+    loaded.layers[1].attn.qkv_proj.prepare()  # untouched: fine
+    with pytest.raises(ValueError, match="one weight scale per layer"):
+        loaded.layers[0].attn.qkv_proj.prepare()
+
+
 def test_the_static_model_stays_close_to_the_float_one(quantized):
     model, twin = quantized
     ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
