@@ -86,8 +86,7 @@ def _launch(x: torch.Tensor, res: torch.Tensor | None, weight: torch.Tensor, out
     _rms_norm_kernel[(rows,)](x, res if res is not None else x, weight, out, scales if scales is not None else out,
                               x.stride(0), res.stride(0) if res is not None else 0, out.stride(0), hidden, float(eps),
                               HAS_RESIDUAL=res is not None, FP8_OUT=scales is not None, STATIC_SCALE=static,
-                              BLOCK=block,
-                              num_warps=num_warps, **pdl_launch(x.device))
+                              BLOCK=block, num_warps=num_warps, **pdl_launch(x.device))
 
 
 def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> None:
