@@ -125,12 +125,16 @@ def assert_same_fp8(fused: tuple[torch.Tensor, torch.Tensor], unfused: tuple[tor
     assert torch.equal(scales, ref_scales)
 
 
+def norm_inputs(hidden: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (rows from 0.01 to 100 in magnitude), residual [6, hidden] and a norm weight [hidden]."""
+    x = randn(6, hidden, dtype=dtype, seed=hidden) * torch.logspace(-2, 2, 6, device=DEVICE)[:, None].to(dtype)
+    return x, randn(6, hidden, dtype=dtype, seed=hidden + 1), randn(hidden, dtype=dtype, seed=hidden + 2)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hidden", [64, 1000])
 def test_rms_norm_fp8_has_the_bits_of_rms_norm_then_fp8_quantization(hidden, dtype):
-    x = randn(6, hidden, dtype=dtype, seed=hidden) * torch.logspace(-2, 2, 6, device=DEVICE)[:, None].to(dtype)
-    residual = randn(6, hidden, dtype=dtype, seed=hidden + 1)
-    w = randn(hidden, dtype=dtype, seed=hidden + 2)
+    x, residual, w = norm_inputs(hidden, dtype)
     assert_same_fp8(rms_norm_fp8(x, w, EPS), fp8_quantize_per_token(rms_norm(x, w, EPS)))
     fused, fused_residual = fused_add_rms_norm_fp8(x, residual.clone(), w, EPS)
     out, summed = fused_add_rms_norm(x, residual.clone(), w, EPS)
@@ -155,9 +159,7 @@ def half_the_range(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hidden", [64, 1000])
 def test_rms_norm_fp8_with_a_static_scale_has_the_bits_of_rms_norm_then_static_quantization(hidden, dtype):
-    x = randn(6, hidden, dtype=dtype, seed=hidden) * torch.logspace(-2, 2, 6, device=DEVICE)[:, None].to(dtype)
-    residual = randn(6, hidden, dtype=dtype, seed=hidden + 1)
-    w = randn(hidden, dtype=dtype, seed=hidden + 2)
+    x, residual, w = norm_inputs(hidden, dtype)
     out = rms_norm(x, w, EPS)
     scale = half_the_range(out)
     assert_same_fp8(rms_norm_fp8(x, w, EPS, scale), (fp8_quantize_static(out, scale), scale))
