@@ -7,6 +7,7 @@ paged_attention.py's LAUNCH table holds the chosen ones.
     python bench/attention_sweep.py --split    # small decode batches: split-KV against none
     python bench/attention_sweep.py --small    # batch 1: the split path's launch candidates, in a graph
     python bench/attention_sweep.py --grid     # unsplit decode: both kernels' launches on the throughput shapes
+    python bench/attention_sweep.py --prefill  # whole prompts: bf16 and fp8 caches against flash SDPA
 
 --split times whole decode launches (split and merge kernels together) in a CUDA graph, as the engine
 replays them, since at batch 1 launch gaps are a fair part of the few microseconds at stake; it prints
@@ -124,7 +125,8 @@ KERNEL_LAUNCHES = {
 }
 
 
-def grid_sweep(block_size: int = BLOCK_SIZE, head_major: bool = False) -> None:
+def grid_sweep(block_size: int = BLOCK_SIZE, head_major: bool = False,
+               caches: tuple[str, ...] = ("fp8", "bf16")) -> None:
     """The unsplit decode kernels (paged_attention.DECODE_KERNEL: the queries or the keys as the dot's rows)
     over their launches (block_n, num_warps, num_stages) on every throughput shape, as a matrix:
     a captured decode graph keeps one launch while its contexts grow, so the launch to take is the one
@@ -133,6 +135,8 @@ def grid_sweep(block_size: int = BLOCK_SIZE, head_major: bool = False) -> None:
           "cache layout")
     kernels = dict(pa.DECODE_KERNEL)
     for cache, shapes in GRID_SHAPES.items():
+        if cache not in caches:
+            continue
         dtype = torch.float8_e4m3fn if cache == "fp8" else torch.bfloat16
         key, suffix = ("fp8", "_fp8") if cache == "fp8" else ("model_dtype", "")
         batches = [make_batch(seqs, ctx, 1, 32, 32, cache_dtype=dtype, block_size=block_size, head_major=head_major)
@@ -165,6 +169,28 @@ def grid_sweep(block_size: int = BLOCK_SIZE, head_major: bool = False) -> None:
                   f"worst x{max(t / b for t, b in zip(times, best)):.2f}{mark}")
 
 
+PREFILL_SHAPES = [(4, 2048), (64, 128)]  # one 8,192-token step of the 2048/128 and 128/128 runs
+
+
+def prefill_sweep() -> None:
+    """Whole-prompt prefill steps (no cached prefix) over a cache in the model's dtype and an fp8 one, each
+    over the prefill launch grid, against torch's flash SDPA on the same q, k, v as the attainable rate.
+    TFLOP/s counts the causal half: 2 dots of 2 * q_len^2 / 2 * head_dim per head."""
+    print(torch.cuda.get_device_name())
+    grid = {"block_m": [64, 128], "block_n": [32, 64, 128], "num_warps": [4, 8], "num_stages": [2, 3, 4]}
+    for seqs, q_len in PREFILL_SHAPES:
+        flops = 2 * 2 * seqs * 32 * q_len * q_len / 2 * 128
+        q = torch.randn(seqs, 32, q_len, 128, device="cuda", dtype=torch.bfloat16)
+        ms = triton.testing.do_bench(lambda: torch.nn.functional.scaled_dot_product_attention(
+            q, q, q, is_causal=True), warmup=20, rep=100, return_mode="median")
+        print(f"\nprefill {seqs} x {q_len}: flash SDPA {1e3 * ms:.1f} us, {flops / ms / 1e9:.0f} TFLOP/s")
+        for dtype in (torch.bfloat16, torch.float8_e4m3fn):
+            args, _ = make_batch(seqs, q_len, q_len, 32, 32, cache_dtype=dtype, head_major=True)
+            kind = "prefill_fp8" if dtype == torch.float8_e4m3fn else "prefill"
+            sweep(kind, f"prefill {seqs} x {q_len}, {dtype} cache ('TB/s' column: TFLOP/s)", args,
+                  int(flops), grid)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fp8", action="store_true", help="decode batches over an fp8 cache (and their bf16 twins)")
@@ -174,9 +200,14 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="--grid: tokens per KV block")
     parser.add_argument("--head-major", action="store_true",
                         help="--grid: blocks hold each KV head's slots together (see make_batch)")
+    parser.add_argument("--cache", choices=("fp8", "bf16"), help="--grid: only this cache's shapes")
+    parser.add_argument("--prefill", action="store_true", help="whole-prompt prefill: bf16 / fp8 caches vs flash SDPA")
     options = parser.parse_args()
+    if options.prefill:
+        prefill_sweep()
+        return
     if options.grid:
-        grid_sweep(options.block_size, options.head_major)
+        grid_sweep(options.block_size, options.head_major, (options.cache,) if options.cache else ("fp8", "bf16"))
         return
     if options.small:
         small_sweep()

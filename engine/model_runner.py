@@ -148,5 +148,6 @@ class ModelRunner:
 
         meta = AttentionMetadata(slot_mapping=put(inputs.slot_mapping), block_tables=put(inputs.block_tables()),
                                  context_lens=put(inputs.context_lens), query_start=put(inputs.query_start),
-                                 max_query_len=inputs.max_query_len, max_context_len=inputs.max_context_len)
+                                 max_query_len=inputs.max_query_len, max_context_len=inputs.max_context_len,
+                                 leading_decodes=inputs.leading_decodes)
         return put(inputs.input_ids), put(inputs.positions), meta, put(inputs.logits_index)

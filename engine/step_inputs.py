@@ -26,6 +26,7 @@ class StepInputs:
     # carried_from[i] of the previous step's sampled tokens (async scheduling).
     carried_rows: np.ndarray  # [carried] int64
     carried_from: np.ndarray  # [carried] int64
+    leading_decodes: int = 0  # sequences at the batch's start with one new token each (AttentionMetadata)
 
     @property
     def num_seqs(self) -> int:
@@ -68,6 +69,7 @@ class StepInputs:
                    query_start=np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32),
                    logits_index=np.array(logits_index, dtype=np.int64), tables=tables,
                    max_query_len=max(query_lens), max_context_len=max(context_lens),
+                   leading_decodes=next((i for i, n in enumerate(query_lens) if n != 1), len(query_lens)),
                    carried_rows=np.array(carried_rows, dtype=np.int64),
                    carried_from=np.array(carried_from, dtype=np.int64))
 

@@ -22,6 +22,9 @@ class AttentionMetadata:
     query_start: torch.Tensor  # [seqs + 1] int32: where each sequence's tokens start in the flattened batch
     max_query_len: int  # most new tokens of any sequence this step (1: a decode-only step)
     max_context_len: int  # longest context (cached + new tokens) of any sequence this step
+    # How many sequences at the batch's start have one new token each (decodes; the scheduler puts running
+    # sequences first): a mixed batch attends those with a decode kernel. 0 claims none.
+    leading_decodes: int = 0
     # Per-step tensors a backend derives from the above once and reuses in every layer (masks, indices).
     derived: dict[str, object] = field(default_factory=dict)
 
@@ -40,4 +43,5 @@ class AttentionMetadata:
         """The metadata of the batch's first k sequences."""
         n = int(self.query_start[k])
         return AttentionMetadata(self.slot_mapping[:n], self.block_tables[:k], self.context_lens[:k],
-                                 self.query_start[:k + 1], self.max_query_len, self.max_context_len)
+                                 self.query_start[:k + 1], self.max_query_len, self.max_context_len,
+                                 min(self.leading_decodes, k))

@@ -39,4 +39,5 @@ class TritonPagedAttention:
             new_kv = self._new_kv(k, v, meta.slot_mapping, positions, rotary.cos, rotary.sin)
         return self._paged_attention(q, kv_cache[0], kv_cache[1], meta.block_tables, meta.context_lens,
                                      meta.query_start, meta.max_query_len, self.scale,
-                                     k_scale=k_scale, v_scale=v_scale, new_kv=new_kv)
+                                     k_scale=k_scale, v_scale=v_scale, new_kv=new_kv,
+                                     decode_seqs=meta.leading_decodes)

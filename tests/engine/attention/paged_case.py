@@ -62,10 +62,11 @@ class Case:
             q = wide[..., :head_dim]
         self.q = q
 
-    def run(self, out: torch.Tensor | None = None, num_splits: int | None = None) -> torch.Tensor:
+    def run(self, out: torch.Tensor | None = None, num_splits: int | None = None, decode_seqs: int = 0) -> torch.Tensor:
         args = [t.to(DEVICE) for t in (self.q, self.k_cache, self.v_cache, self.block_tables,
                                        self.context_lens, self.query_start)]
-        return paged_attention(*args, self.max_query_len, self.scale, out=out, num_splits=num_splits)
+        return paged_attention(*args, self.max_query_len, self.scale, out=out, num_splits=num_splits,
+                               decode_seqs=decode_seqs)
 
     def reference(self) -> torch.Tensor:
         out = torch.zeros(self.q.shape, dtype=torch.float64)  # [tokens, heads, head_dim]
@@ -113,8 +114,9 @@ def fp8_case(case: Case, k_scale: float, v_scale: float) -> Case:
     return case
 
 
-def run_fp8(case: Case, k_scale: float, v_scale: float, num_splits: int | None = None) -> torch.Tensor:
+def run_fp8(case: Case, k_scale: float, v_scale: float, num_splits: int | None = None,
+            decode_seqs: int = 0) -> torch.Tensor:
     args = [t.to(DEVICE) for t in (case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens,
                                    case.query_start)]
     return paged_attention(*args, case.max_query_len, case.scale, k_scale=k_scale, v_scale=v_scale,
-                           num_splits=num_splits)
+                           num_splits=num_splits, decode_seqs=decode_seqs)

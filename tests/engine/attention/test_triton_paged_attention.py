@@ -25,6 +25,8 @@ from tests.engine.attention.paged_case import (HEADS, PADDING_ROW, REL_TOL, SPLI
 DECODE = [(1, 1), (1, 5), (1, 16), (1, 37)]  # lengths 5 and 37 end inside a cache block
 PREFILL = [(7, 7), (20, 20)]
 CHUNKED = [(5, 23), (16, 40)]  # earlier chunks already cached
+# Row tiles whose rows all see whole key tiles (taken without masks), from the cache and the prompt alike.
+LONG = [(70, 70), (24, 90)]
 MIXED = [(1, 9), (12, 12), (1, 33), (6, 30)]
 
 
@@ -37,11 +39,38 @@ def test_matches_reference(seqs, heads, kv_heads, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("seqs", [pytest.param(PREFILL, id="prefill"), pytest.param(CHUNKED, id="chunked")])
+@pytest.mark.parametrize("seqs", [pytest.param(PREFILL, id="prefill"), pytest.param(CHUNKED, id="chunked"),
+                                  pytest.param(LONG, id="long")])
 def test_prefill_spans_several_row_tiles(seqs, dtype):
     # 20 queries x 4 heads per KV head = 80 rows: two 64-row tiles, the second cut off causally.
     case = Case(seqs, 8, 2, dtype=dtype, block_size=16, seed=len(seqs[0]))
     assert_matches(case.run(), case)
+
+
+# Decodes first (the scheduler's order), one of them long enough for several key tiles, then prompt chunks
+# and a decode the leading count does not claim.
+LEADING_DECODES = [(1, 9), (1, 70), (1, 33), (12, 12), (6, 30), (1, 5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads", HEADS)
+@pytest.mark.parametrize("decode_seqs", [1, 3])
+def test_mixed_batch_attends_its_leading_decodes_apart(decode_seqs, heads, kv_heads, dtype):
+    case = Case(LEADING_DECODES, heads, kv_heads, dtype=dtype, garbage=float("nan"), seed=decode_seqs)
+    y = case.run(decode_seqs=decode_seqs)
+    assert_matches(y, case)
+    torch.testing.assert_close(y, case.run(), rtol=REL_TOL[dtype], atol=REL_TOL[dtype])
+
+
+def test_fp8_mixed_batch_attends_its_leading_decodes_apart():
+    case = fp8_case(Case(LEADING_DECODES, 8, 2, garbage=float("nan"), seed=7), 0.3, 2.5)
+    assert_matches(run_fp8(case, 0.3, 2.5, decode_seqs=3), case)
+
+
+@pytest.mark.parametrize("decode_seqs", [-1, 7, 1.0, True])
+def test_rejects_bad_decode_seqs(decode_seqs):
+    with pytest.raises(ValueError, match=r"^decode_seqs: must be a Python int from 0 to the 6 sequences"):
+        Case(LEADING_DECODES, 4, 2).run(decode_seqs=decode_seqs)
 
 
 @pytest.mark.parametrize("head_dim", [80, 96])

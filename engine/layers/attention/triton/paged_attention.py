@@ -94,12 +94,16 @@ LAUNCH: dict[str, LaunchConfig] = {
     # an fp8 cache take paged_decode.py's kernel (DECODE_KERNEL) with "decode_rows_fp8".
     "decode_fp8": LaunchConfig(block_m=16, block_n=128, num_warps=2, num_stages=4),
     "prefill": LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
+    # Over an fp8 cache each tile is converted in registers: 2 stages (bench/attention_sweep.py --prefill,
+    # H100, 4 x 2,048 tokens: 580 against 694 us with 3; 64 x 128: 109 against 124).
+    "prefill_fp8": LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
     # Unsplit decode with the keys as the dot's rows (paged_decode.py; block_m unused: the group's heads are
-    # the columns): over an fp8 cache, 64-key tiles in 4 stages of 2 warps, never more than 5% off each
-    # shape's best of both kernels (bench/attention_sweep.py --grid, H200), where the tiles above for an fp8
-    # cache lost up to 26% (512 sequences x 192 tokens: 342 against 425 us).
+    # the columns): over an fp8 cache, 64-key tiles of 2 warps, where the tiles above for an fp8 cache lost up
+    # to 26% (session 14's grid, H200). Since whole tiles skip the masks, 2 stages are each throughput shape's
+    # best launch of both kernels (bench/attention_sweep.py --grid --head-major --cache fp8, H100: 4 stages,
+    # taken before, 5-7% slower on every shape; 512 sequences x 192 tokens 335 against 350 us).
     "decode_rows": LaunchConfig(block_m=16, block_n=64, num_warps=2, num_stages=3),
-    "decode_rows_fp8": LaunchConfig(block_m=16, block_n=64, num_warps=2, num_stages=4),
+    "decode_rows_fp8": LaunchConfig(block_m=16, block_n=64, num_warps=2, num_stages=2),
 }
 # Which kernel an unsplit decode-only batch takes, by cache kind: "queries" (this module's: the queries
 # as the dot's rows) or "keys" (paged_decode.py: the keys as rows). Over a cache in the model's dtype the
@@ -122,25 +126,35 @@ INTERPRET_MULTIPROCESSORS: Final[int] = 8
 @triton.jit
 def _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head, qk_scale,
                      stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                     BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
-    # One online-softmax step over key positions start .. start + BLOCK_N - 1.
+                     BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                     MASKED: tl.constexpr, EVEN_D: tl.constexpr):
+    # One online-softmax step over key positions start .. start + BLOCK_N - 1. MASKED: the tile may hold
+    # keys past kv_end or past a row's position; else every key is visible to every row (no masks).
     # q: [BLOCK_M, BLOCK_D]; q_pos, m_i, l_i: [BLOCK_M]; acc: [BLOCK_M, BLOCK_D]
     pos = start + tl.arange(0, BLOCK_N)
     pos_ok = pos < kv_end
-    block = tl.load(bt_row + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
+    if MASKED:
+        block = tl.load(bt_row + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
+    else:
+        block = tl.load(bt_row + pos // BLOCK_SIZE).to(tl.int64)
     slot = pos % BLOCK_SIZE
-    kv_mask = pos_ok[:, None] & d_ok[None, :]  # [BLOCK_N, BLOCK_D]
-    # Masked slots load as 0, never as what the cache holds there (maybe NaN): p * NaN would be NaN.
+    k_ptrs = k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + dims[None, :]
+    v_ptrs = v_head + block[:, None] * stride_vb + slot[:, None] * stride_vs + dims[None, :]
     # An fp8 cache converts to q's dtype here (fp16 for a bf16 model: see the kernel); else a no-op.
-    k = tl.load(k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + dims[None, :],
-                mask=kv_mask, other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
-    v = tl.load(v_head + block[:, None] * stride_vb + slot[:, None] * stride_vs + dims[None, :],
-                mask=kv_mask, other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
+    if MASKED or not EVEN_D:
+        # Masked slots load as 0, never as what the cache holds there (maybe NaN): p * NaN would be NaN.
+        kv_mask = (pos_ok[:, None] if MASKED else pos[:, None] >= 0) & d_ok[None, :]  # [BLOCK_N, BLOCK_D]
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
+    else:
+        k = tl.load(k_ptrs).to(q.dtype)
+        v = tl.load(v_ptrs).to(q.dtype)
 
     # qk_scale = scale * k_scale * log2(e): scores are kept in base 2, since exp2 is the native instruction.
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-    visible = pos_ok[None, :] & (pos[None, :] <= q_pos[:, None])
-    s = tl.where(visible, s, float("-inf"))
+    if MASKED:
+        visible = pos_ok[None, :] & (pos[None, :] <= q_pos[:, None])
+        s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
@@ -150,29 +164,41 @@ def _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_h
 
 
 @triton.jit
-def _attend_keys(q, q_pos, kv_start, kv_end, bt_row, k_head, v_head, qk_scale,
+def _attend_keys(q, q_pos, kv_start, kv_end, open_end, bt_row, k_head, v_head, qk_scale,
                  stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
                  BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The online softmax of q's rows over key positions kv_start .. kv_end - 1: (m, l, acc), unnormalized."""
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr):
+    """The online softmax of q's rows over key positions kv_start .. kv_end - 1: (m, l, acc), unnormalized.
+    Every row sees every key before open_end (<= kv_end): whole tiles of those skip the masks (the causal
+    one and the context edge's), as flash attention's off-diagonal blocks do; the tiles after are masked."""
     m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives exp2(0), not NaN
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    open_stop = kv_start + tl.maximum(open_end - kv_start, 0) // BLOCK_N * BLOCK_N
     if WHILE_LOOP:
         # Triton 3.6's interpreter cannot run a for loop to a run-time bound (it converts the bound with
         # int(), which numpy >= 2.4 refuses for its 1-element arrays); a while loop works there and later.
         start = kv_start
+        while start < open_stop:
+            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
+                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N, False, EVEN_D)
+            start += BLOCK_N
         while start < kv_end:
             m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
                                              qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N, True, EVEN_D)
             start += BLOCK_N
     else:
         # Compiled, a for loop is what Triton software-pipelines (loads of the next tile in flight).
-        for start in range(kv_start, kv_end, BLOCK_N):
+        for start in range(kv_start, open_stop, BLOCK_N):
             m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
                                              qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N, False, EVEN_D)
+        for start in range(open_stop, kv_end, BLOCK_N):
+            m_i, l_i, acc = _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_head,
+                                             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                             BLOCK_SIZE, DOT_PRECISION, BLOCK_N, True, EVEN_D)
     return m_i, l_i, acc
 
 
@@ -218,10 +244,13 @@ def _paged_attention_kernel(
     # Causal: no row of this tile sees past its last row's position (nor past the context).
     last_tok = (tl.minimum(row0 + BLOCK_M, n_rows) - 1) // G
     kv_end = tl.minimum(ctx, ctx - q_len + last_tok + 1)
+    # Keys up to the tile's first row's position are visible to all its rows.
+    open_end = tl.minimum(kv_end, ctx - q_len + row0 // G + 1)
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    m_i, l_i, acc = _attend_keys(q, q_pos, 0, kv_end, bt_row, k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh,
-                                 qk_scale, stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                                 BLOCK_SIZE, DOT_PRECISION, WHILE_LOOP, BLOCK_M, BLOCK_D, BLOCK_N)
+    m_i, l_i, acc = _attend_keys(q, q_pos, 0, kv_end, open_end, bt_row, k_ptr + kv_head * stride_kh,
+                                 v_ptr + kv_head * stride_vh, qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
+                                 dims, d_ok, BLOCK_SIZE, DOT_PRECISION, WHILE_LOOP, BLOCK_M, BLOCK_D, BLOCK_N,
+                                 HEAD_DIM == BLOCK_D)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # no visible key (padding): 0, not 0 / 0
     out = out * v_scale  # exact for 1.0: a cache in q's dtype gets the same output as without scales
@@ -251,7 +280,7 @@ def decode_kernel(max_query_len: int, fp8_cache: bool, splits: int) -> str:
 def launch_for(kernel: str, fp8_cache: bool = False) -> LaunchConfig:
     """Tiles for a batch that takes `kernel` (decode_kernel's answer for it)."""
     if kernel == "prefill":
-        return LAUNCH["prefill"]
+        return LAUNCH["prefill_fp8" if fp8_cache else "prefill"]
     if kernel == "keys":
         return LAUNCH["decode_rows_fp8" if fp8_cache else "decode_rows"]
     if fp8_cache:
@@ -301,7 +330,7 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     context_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int, scale: float,
                     out: torch.Tensor | None = None, k_scale: float = 1.0, v_scale: float = 1.0,
-                    num_splits: int | None = None, new_kv: NewKV | None = None) -> torch.Tensor:
+                    num_splits: int | None = None, new_kv: NewKV | None = None, decode_seqs: int = 0) -> torch.Tensor:
     """Causal attention of each sequence's queries over its cached keys and values.
 
     q: [tokens, heads, head_dim]; k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim] holding
@@ -314,10 +343,15 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     an int from 1 (no split) to MAX_SPLITS forces it (tests, benchmarks). Returns out ([tokens, heads,
     head_dim], new unless given): rows of sequences with context_len 0 are zeros; rows at or past
     query_start[-1] are left unwritten. new_kv: this step's K/V, uncached, and q unrotated (NewKV); q is
-    then left rotated or as it was.
+    then left rotated or as it was. decode_seqs: the batch's first decode_seqs sequences have one query each
+    (decodes; the caller knows, a wrong count gives wrong rows): a mixed batch attends them with a decode
+    kernel, whose tiles suit one query over a long context, and only the rest with the prefill kernel.
     """
     _check(q, k_cache, v_cache, block_tables, context_lens, query_start, max_query_len, scale, out, k_scale, v_scale,
            num_splits)
+    seqs = block_tables.shape[0]
+    if isinstance(decode_seqs, bool) or not isinstance(decode_seqs, int) or not 0 <= decode_seqs <= seqs:
+        raise ValueError(f"decode_seqs: must be a Python int from 0 to the {seqs} sequences, got {decode_seqs!r}")
     if new_kv is not None:
         if not isinstance(new_kv, NewKV):
             raise ValueError(f"new_kv: must be a NewKV, got {type(new_kv).__name__}")
@@ -328,7 +362,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     tokens, heads, head_dim = q.shape
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = heads // kv_heads
-    seqs = block_tables.shape[0]
     empty = tokens == 0 or seqs == 0 or max_query_len == 0 or head_dim == 0
     if num_splits is None:
         num_splits = decode_splits(seqs, kv_heads, multiprocessors(q.device)) if max_query_len == 1 else 1
@@ -338,6 +371,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         new_kv = None
     if empty:
         return out
+    if max_query_len > 1 and decode_seqs > 0:
+        d = decode_seqs
+        paged_attention(q, k_cache, v_cache, block_tables[:d], context_lens[:d], query_start[:d + 1], 1, scale,
+                        out=out, k_scale=k_scale, v_scale=v_scale)
+        if d == seqs:
+            return out
+        block_tables, context_lens, query_start, seqs = block_tables[d:], context_lens[d:], query_start[d:], seqs - d
     fp8_cache = k_cache.dtype == KV_FP8
     kernel = decode_kernel(max_query_len, fp8_cache, num_splits)
     launch = launch_for(kernel, fp8_cache)

@@ -170,9 +170,10 @@ def _split_attention_kernel(
     if FP16_DOTS:  # an fp8 cache under a 16-bit model: see _paged_attention_kernel
         q = q.to(tl.float16)
 
-    m_i, l_i, acc = _attend_keys(q, q_pos, kv_start, kv_end, bt_row, k_head, v_head, qk_scale, stride_kb, stride_ks,
-                                 stride_vb, stride_vs, dims, d_ok, BLOCK_SIZE, DOT_PRECISION, WHILE_LOOP, BLOCK_M,
-                                 BLOCK_D, BLOCK_N)
+    # Every key of the split is visible to the query (the context's last token): only the edge tile is masked.
+    m_i, l_i, acc = _attend_keys(q, q_pos, kv_start, kv_end, kv_end, bt_row, k_head, v_head, qk_scale, stride_kb,
+                                 stride_ks, stride_vb, stride_vs, dims, d_ok, BLOCK_SIZE, DOT_PRECISION, WHILE_LOOP,
+                                 BLOCK_M, BLOCK_D, BLOCK_N, HEAD_DIM == BLOCK_D)
 
     o_ptrs = out_ptr + q_start.to(tl.int64) * stride_ot + head[:, None] * stride_oh + dims[None, :]
     if working <= 1:  # one split holds every key: its result is the output (zeros for no key)

@@ -32,24 +32,34 @@ from engine.layers.triton.pdl import wait_for_previous
 @triton.jit
 def _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, qk_scale,
                       stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                      BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
-    # One online-softmax step over key positions start .. start + BLOCK_N - 1.
+                      BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                      MASKED: tl.constexpr, EVEN_D: tl.constexpr):
+    # One online-softmax step over key positions start .. start + BLOCK_N - 1; MASKED: the tile may reach
+    # past the context (else no masks: the query sees every key).
     # q_t: [BLOCK_D, BLOCK_G]; m_i, l_i: [BLOCK_G]; acc_t: [BLOCK_D, BLOCK_G]
     pos = start + tl.arange(0, BLOCK_N)
     pos_ok = pos < ctx
-    block = tl.load(bt_row + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
+    if MASKED:
+        block = tl.load(bt_row + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
+    else:
+        block = tl.load(bt_row + pos // BLOCK_SIZE).to(tl.int64)
     slot = pos % BLOCK_SIZE
-    # Masked slots load as 0, never as what the cache holds there (maybe NaN).
-    k = tl.load(k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + dims[None, :],
-                mask=pos_ok[:, None] & d_ok[None, :], other=0.0).to(q_t.dtype)  # [BLOCK_N, BLOCK_D]
+    k_ptrs = k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + dims[None, :]
+    v_ptrs = v_head + block[None, :] * stride_vb + slot[None, :] * stride_vs + dims[:, None]
+    if MASKED or not EVEN_D:
+        # Masked slots load as 0, never as what the cache holds there (maybe NaN).
+        k = tl.load(k_ptrs, mask=pos_ok[:, None] & d_ok[None, :], other=0.0).to(q_t.dtype)  # [BLOCK_N, BLOCK_D]
+        v_t = tl.load(v_ptrs, mask=d_ok[:, None] & pos_ok[None, :], other=0.0).to(q_t.dtype)  # [BLOCK_D, BLOCK_N]
+    else:
+        k = tl.load(k_ptrs).to(q_t.dtype)
+        v_t = tl.load(v_ptrs).to(q_t.dtype)
     s_t = tl.dot(k, q_t, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_G], base 2
-    s_t = tl.where(pos_ok[:, None], s_t, float("-inf"))
+    if MASKED:
+        s_t = tl.where(pos_ok[:, None], s_t, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s_t, axis=0))
     alpha = tl.exp2(m_i - m_new)
     p_t = tl.exp2(s_t - m_new[None, :])
     l_i = l_i * alpha + tl.sum(p_t, axis=0)
-    v_t = tl.load(v_head + block[None, :] * stride_vb + slot[None, :] * stride_vs + dims[:, None],
-                  mask=d_ok[:, None] & pos_ok[None, :], other=0.0).to(q_t.dtype)  # [BLOCK_D, BLOCK_N]
     acc_t = tl.dot(v_t, p_t.to(v_t.dtype), acc_t * alpha[None, :], input_precision=DOT_PRECISION)
     return m_new, l_i, acc_t
 
@@ -86,18 +96,28 @@ def _paged_decode_kernel(
     m_i = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives exp2(0), not NaN
     l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_D, BLOCK_G), dtype=tl.float32)
+    open_stop = ctx // BLOCK_N * BLOCK_N  # whole tiles: no masks
     if WHILE_LOOP:  # the interpreter (paged_attention._attend_keys says why)
         start = ctx * 0
+        while start < open_stop:
+            m_i, l_i, acc_t = _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, qk_scale,
+                                                stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                                BLOCK_SIZE, DOT_PRECISION, BLOCK_N, False, HEAD_DIM == BLOCK_D)
+            start += BLOCK_N
         while start < ctx:
             m_i, l_i, acc_t = _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, qk_scale,
                                                 stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                                                BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+                                                BLOCK_SIZE, DOT_PRECISION, BLOCK_N, True, HEAD_DIM == BLOCK_D)
             start += BLOCK_N
     else:
-        for start in range(0, ctx, BLOCK_N):
+        for start in range(0, open_stop, BLOCK_N):
             m_i, l_i, acc_t = _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, qk_scale,
                                                 stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
-                                                BLOCK_SIZE, DOT_PRECISION, BLOCK_N)
+                                                BLOCK_SIZE, DOT_PRECISION, BLOCK_N, False, HEAD_DIM == BLOCK_D)
+        for start in range(open_stop, ctx, BLOCK_N):
+            m_i, l_i, acc_t = _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, qk_scale,
+                                                stride_kb, stride_ks, stride_vb, stride_vs, dims, d_ok,
+                                                BLOCK_SIZE, DOT_PRECISION, BLOCK_N, True, HEAD_DIM == BLOCK_D)
     out_t = acc_t / tl.where(l_i > 0, l_i, 1.0)[None, :] * v_scale  # no key (padding): 0, not 0 / 0
     tl.store(out_ptr + tok * stride_ot + head[None, :] * stride_oh + dims[:, None],
              out_t.to(out_ptr.dtype.element_ty), mask=mask_t)
