@@ -12,7 +12,8 @@ Keys are walked in BLOCK_N-position tiles; every position finds its cache block 
 so a tile may span several (non-adjacent) cache blocks and block_size need not match BLOCK_N. Softmax is
 the online (running max and sum) form in float32 with exp2. Keys at or past a sequence's context length
 are masked out both in the scores and in the loads (other=0), so whatever stale or NaN data sits in a
-block's unused slots never reaches the output. A row with no visible key (padding: context_len 0) is
+block's unused slots never reaches the output; tiles whose every key all the program's rows see (flash
+attention's off-diagonal blocks) skip both masks. A row with no visible key (padding: context_len 0) is
 written as zeros.
 
 An fp8 cache (kv_quant.py) is read as e4m3 tiles, half the bytes, converted in registers to fp16 for a

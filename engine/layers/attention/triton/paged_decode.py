@@ -12,14 +12,14 @@ Measured (bench/attention_sweep.py --grid, H200; docs/benchmarks.md, session 14)
 faster than paged_attention.py's kernel with the launch it took there, up to 256 tokens (512 sequences x 192
 tokens: 342 against 425 us), 3-5% slower at 1,100-2,100, and never more than 5% off each shape's best launch
 of either kernel; over a bf16 cache within 4% of paged_attention.py's, and slower, so that cache keeps it.
-Neither gets an fp8 cache past ~2.7 TB/s (bf16: 4.4): the fp8 tiles cost per key row about what bf16
-tiles do, so their half bytes do not halve the time. (A third kernel, on CUDA cores with no dots, did no
-better over fp8, and worse over bf16.)
+Neither gets an fp8 cache past ~2.8 TB/s (bf16: 4.4; whole tiles unmasked, session 17): the fp8 tiles cost
+per key row about what bf16 tiles do, so their half bytes do not halve the time. (A third kernel, on CUDA
+cores with no dots, did no better over fp8, and worse over bf16.)
 
 The online softmax runs down the columns (one per head of the group) in float32 with exp2, as in
 paged_attention.py; keys at or past a sequence's context length are masked in the loads (other=0) and
-the scores, and a sequence with no context (padding) gets zeros. An fp8 cache's k_scale is folded into
-qk_scale and v_scale applied to the output, as there.
+the scores (whole tiles skip both masks), and a sequence with no context (padding) gets zeros. An fp8
+cache's k_scale is folded into qk_scale and v_scale applied to the output, as there.
 """
 from __future__ import annotations
 
