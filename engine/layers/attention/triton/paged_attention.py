@@ -142,14 +142,17 @@ def _attend_key_tile(q, q_pos, m_i, l_i, acc, start, kv_end, bt_row, k_head, v_h
     k_ptrs = k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + dims[None, :]
     v_ptrs = v_head + block[:, None] * stride_vb + slot[:, None] * stride_vs + dims[None, :]
     # An fp8 cache converts to q's dtype here (fp16 for a bf16 model: see the kernel); else a no-op.
-    if MASKED or not EVEN_D:
+    if MASKED:
         # Masked slots load as 0, never as what the cache holds there (maybe NaN): p * NaN would be NaN.
-        kv_mask = (pos_ok[:, None] if MASKED else pos[:, None] >= 0) & d_ok[None, :]  # [BLOCK_N, BLOCK_D]
+        kv_mask = pos_ok[:, None] & d_ok[None, :]  # [BLOCK_N, BLOCK_D]
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
         v = tl.load(v_ptrs, mask=kv_mask, other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
-    else:
+    elif EVEN_D:
         k = tl.load(k_ptrs).to(q.dtype)
         v = tl.load(v_ptrs).to(q.dtype)
+    else:  # head_dim short of the tile's power of two
+        k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0).to(q.dtype)
+        v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0).to(q.dtype)
 
     # qk_scale = scale * k_scale * log2(e): scores are kept in base 2, since exp2 is the native instruction.
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]

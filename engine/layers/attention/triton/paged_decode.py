@@ -46,13 +46,16 @@ def _key_tile_by_rows(q_t, m_i, l_i, acc_t, start, ctx, bt_row, k_head, v_head, 
     slot = pos % BLOCK_SIZE
     k_ptrs = k_head + block[:, None] * stride_kb + slot[:, None] * stride_ks + dims[None, :]
     v_ptrs = v_head + block[None, :] * stride_vb + slot[None, :] * stride_vs + dims[:, None]
-    if MASKED or not EVEN_D:
+    if MASKED:
         # Masked slots load as 0, never as what the cache holds there (maybe NaN).
         k = tl.load(k_ptrs, mask=pos_ok[:, None] & d_ok[None, :], other=0.0).to(q_t.dtype)  # [BLOCK_N, BLOCK_D]
         v_t = tl.load(v_ptrs, mask=d_ok[:, None] & pos_ok[None, :], other=0.0).to(q_t.dtype)  # [BLOCK_D, BLOCK_N]
-    else:
+    elif EVEN_D:
         k = tl.load(k_ptrs).to(q_t.dtype)
         v_t = tl.load(v_ptrs).to(q_t.dtype)
+    else:  # head_dim short of the tile's power of two
+        k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0).to(q_t.dtype)
+        v_t = tl.load(v_ptrs, mask=d_ok[:, None], other=0.0).to(q_t.dtype)
     s_t = tl.dot(k, q_t, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_G], base 2
     if MASKED:
         s_t = tl.where(pos_ok[:, None], s_t, float("-inf"))
