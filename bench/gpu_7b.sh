@@ -64,7 +64,7 @@ stage_throughput() {
     --runs 3 --plot-dir "$OUT"
   mv "$OUT/throughput_vs_batch.png" "$OUT/throughput_vs_batch_bf16.png"
   # Ours alone past HF's grid: on an H100 80GB 384 requests saturate the bf16 pool (12,300-12,400 tok/s
-  # against 11,700-11,750 at 256, session 17); 448 and more leave a tail that waits for blocks.
+  # against 11,700-11,750 at 256, session 17; 448: 12,336; 512 leaves a tail waiting for blocks: 11,570).
   bench throughput_128_128_saturated --model "$MHA" --batch-size 256,384 --input-output-len "128,128" --runs 3
 }
 
@@ -123,14 +123,15 @@ stage_fp8_long() {
   # As many long requests as the fp8 pool holds whole for 128/2048: 112 on an H100 80GB (an H200: ~205, set
   # FP8KV_LONG_REQUESTS). More than that runs in two waves, the second one small (session 16's 192 on an
   # H100: 5,978 tok/s at 128/2048, where 112 made 6,509 with the same code in session 17).
+  # 3 runs, no warm-up: the median is a run that compiled nothing.
   bench throughput_fp8_long --model "$STORE/b7-fp8-static" --kv-cache-dtype fp8 --batch-size "${FP8KV_LONG_REQUESTS:-112}" \
-    --input-output-len "128,2048;2048,128" --scheduler-policy guaranteed_no_evict --warmup 0 --runs 2
+    --input-output-len "128,2048;2048,128" --scheduler-policy guaranteed_no_evict --warmup 0 --runs 3
 }
 
 stage_long_fp8kv() {  # bf16 weights, fp8 KV cache: twice the sequences fit the pool
   checkpoint baichuan2-7b "$MHA"
   bench throughput_long_fp8kv --model "$MHA" --kv-cache-dtype fp8 --batch-size "${FP8KV_LONG_REQUESTS:-112}" \
-    --input-output-len "128,2048;2048,128" --scheduler-policy guaranteed_no_evict --warmup 0 --runs 2
+    --input-output-len "128,2048;2048,128" --scheduler-policy guaranteed_no_evict --warmup 0 --runs 3
 }
 
 stage_gqa() {
