@@ -64,12 +64,16 @@ class StepInputs:
             tables.append(table)
             if item.samples:
                 logits_index.append(len(ids) - 1)
+        max_query_len = max(query_lens)
+        # Counted only for a mixed step: a decode-only one (most steps) is all decodes.
+        leading_decodes = len(query_lens) if max_query_len == 1 else next(
+            i for i, n in enumerate(query_lens) if n != 1)
         return cls(input_ids=np.array(ids, dtype=np.int64), positions=np.array(positions, dtype=np.int64),
                    slot_mapping=np.array(slots, dtype=np.int64), context_lens=np.array(context_lens, dtype=np.int32),
                    query_start=np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32),
                    logits_index=np.array(logits_index, dtype=np.int64), tables=tables,
-                   max_query_len=max(query_lens), max_context_len=max(context_lens),
-                   leading_decodes=next((i for i, n in enumerate(query_lens) if n != 1), len(query_lens)),
+                   max_query_len=max_query_len, max_context_len=max(context_lens),
+                   leading_decodes=leading_decodes,
                    carried_rows=np.array(carried_rows, dtype=np.int64),
                    carried_from=np.array(carried_from, dtype=np.int64))
 
