@@ -13,6 +13,7 @@ import inspect
 import torch
 import triton
 
+from attention_sweep import make_step  # bench/, this script's folder
 from engine.layers.attention.triton import paged_attention as pa
 
 # (query tokens, context) per sequence: one 8,192-token step of the 2048/128 and 128/128 runs, alone and with
@@ -25,30 +26,12 @@ STEPS = {
 }
 
 
-def make_step(seqs: list[tuple[int, int]], dtype: torch.dtype, block_size: int = 16) -> tuple:
-    """paged_attention's operands for `seqs` over a head-major pool (32/32 heads, head_dim 128) in `dtype`."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    blocks = [-(-ctx // block_size) for _, ctx in seqs]
-    pool = torch.randn(2, sum(blocks), 32, block_size, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
-    pool = pool.to(dtype).transpose(2, 3)
-    order = torch.randperm(sum(blocks), device="cuda", generator=gen).int()
-    tables = torch.zeros(len(seqs), max(blocks), dtype=torch.int32, device="cuda")
-    first = 0
-    for i, n in enumerate(blocks):
-        tables[i, :n] = order[first:first + n]
-        first += n
-    q = torch.randn(sum(n for n, _ in seqs), 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
-    context_lens = torch.tensor([ctx for _, ctx in seqs], dtype=torch.int32, device="cuda")
-    query_start = torch.tensor([0] + [n for n, _ in seqs], device="cuda").cumsum(0).int()
-    return q, pool[0], pool[1], tables, context_lens, query_start, max(n for n, _ in seqs), 128 ** -0.5
-
-
 def main() -> None:
     takes_decode_seqs = "decode_seqs" in inspect.signature(pa.paged_attention).parameters
     print(torch.cuda.get_device_name(), "decode_seqs" if takes_decode_seqs else "no decode_seqs")
     for name, seqs in STEPS.items():
         for dtype in (torch.bfloat16, torch.float8_e4m3fn):
-            args = make_step(seqs, dtype)
+            args = make_step(seqs, 32, 32, cache_dtype=dtype, head_major=True)
             options = dict(k_scale=0.5, v_scale=0.5) if dtype == torch.float8_e4m3fn else {}
             if takes_decode_seqs:
                 options["decode_seqs"] = next((i for i, (n, _) in enumerate(seqs) if n != 1), len(seqs))

@@ -29,23 +29,38 @@ from engine.layers.attention.triton import paged_attention as pa
 BLOCK_SIZE = 16
 
 
-def make_batch(seqs: int, ctx: int, q_len: int, heads: int, kv_heads: int, head_dim: int = 128,
-               cache_dtype: torch.dtype = torch.bfloat16, block_size: int = BLOCK_SIZE, head_major: bool = False):
-    """head_major: each block holds a KV head's slots together ([block, kv_head, slot, dim] in memory, the
-    kernels see the same [block, slot, kv_head, dim] shape through strides) instead of a slot's heads."""
+def make_step(seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int = 128,
+              cache_dtype: torch.dtype = torch.bfloat16, block_size: int = BLOCK_SIZE,
+              head_major: bool = False) -> tuple:
+    """paged_attention's positional operands for sequences of (query tokens, context) each, their blocks
+    in a shuffled pool. head_major: each block holds a KV head's slots together ([block, kv_head, slot,
+    dim] in memory, the kernels see the same [block, slot, kv_head, dim] shape through strides) instead of
+    a slot's heads."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    blocks_per_seq = -(-ctx // block_size)
-    num_blocks = seqs * blocks_per_seq
+    blocks = [-(-ctx // block_size) for _, ctx in seqs]
+    num_blocks = sum(blocks)
     dims = (2, num_blocks, kv_heads, block_size, head_dim) if head_major else (2, num_blocks, block_size, kv_heads, head_dim)
     cache = torch.randn(*dims, device="cuda", dtype=torch.bfloat16, generator=gen).to(cache_dtype)
     if head_major:
         cache = cache.transpose(2, 3)
-    tables = torch.randperm(num_blocks, device="cuda", generator=gen).view(seqs, blocks_per_seq).int()
-    q = torch.randn(seqs * q_len, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
-    context_lens = torch.full((seqs,), ctx, dtype=torch.int32, device="cuda")
-    query_start = torch.arange(0, seqs * q_len + 1, q_len, dtype=torch.int32, device="cuda")
-    kv_bytes = 2 * seqs * ctx * kv_heads * head_dim * cache.element_size()
-    return (q, cache[0], cache[1], tables, context_lens, query_start, q_len, head_dim ** -0.5), kv_bytes
+    order = torch.randperm(num_blocks, device="cuda", generator=gen).int()
+    tables = torch.zeros(len(seqs), max(blocks), dtype=torch.int32, device="cuda")
+    first = 0
+    for i, n in enumerate(blocks):
+        tables[i, :n] = order[first:first + n]
+        first += n
+    q = torch.randn(sum(n for n, _ in seqs), heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    context_lens = torch.tensor([ctx for _, ctx in seqs], dtype=torch.int32, device="cuda")
+    query_start = torch.tensor([0] + [n for n, _ in seqs], device="cuda").cumsum(0).int()
+    return q, cache[0], cache[1], tables, context_lens, query_start, max(n for n, _ in seqs), head_dim ** -0.5
+
+
+def make_batch(seqs: int, ctx: int, q_len: int, heads: int, kv_heads: int, head_dim: int = 128,
+               cache_dtype: torch.dtype = torch.bfloat16, block_size: int = BLOCK_SIZE, head_major: bool = False):
+    """`seqs` sequences of q_len queries over ctx tokens each (make_step), and the bytes of K and V they read."""
+    args = make_step([(q_len, ctx)] * seqs, heads, kv_heads, head_dim, cache_dtype, block_size, head_major)
+    kv_bytes = 2 * seqs * ctx * kv_heads * head_dim * args[1].element_size()
+    return args, kv_bytes
 
 
 def sweep(kind: str, label: str, args: tuple, kv_bytes: int, grid: dict[str, list[int]]) -> None:
