@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from engine.cuda_graphs import StepGraphs
-from engine.layers.attention import AttentionMetadata
+from engine.layers.attention import AttentionMetadata, FreshPrompts
 from engine.layers.quantization import check_device
 from engine.loader import Checkpoint
 from engine.models import MODEL_CLASSES
@@ -128,7 +128,9 @@ class ModelRunner:
             block_tables=torch.zeros(num_seqs, 1, dtype=torch.int32, device=self.device),
             context_lens=torch.zeros(num_seqs, dtype=torch.int32, device=self.device),
             query_start=torch.from_numpy(query_start).to(self.device),
-            max_query_len=int(lens.max()), max_context_len=int(lens.max()))
+            max_query_len=int(lens.max()), max_context_len=int(lens.max()),
+            # Fresh prompts, as a prefill step's new ones are: the backend's fresh path is what is measured.
+            fresh=FreshPrompts(num_seqs, 0, int(lens.max())))
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
@@ -149,5 +151,5 @@ class ModelRunner:
         meta = AttentionMetadata(slot_mapping=put(inputs.slot_mapping), block_tables=put(inputs.block_tables()),
                                  context_lens=put(inputs.context_lens), query_start=put(inputs.query_start),
                                  max_query_len=inputs.max_query_len, max_context_len=inputs.max_context_len,
-                                 leading_decodes=inputs.leading_decodes)
+                                 leading_decodes=inputs.leading_decodes, fresh=inputs.fresh)
         return put(inputs.input_ids), put(inputs.positions), meta, put(inputs.logits_index)

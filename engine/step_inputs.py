@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.layers.attention.metadata import FreshPrompts
 from engine.scheduler import ScheduledSequence
 from engine.transfer import to_device
 
@@ -27,6 +28,7 @@ class StepInputs:
     carried_rows: np.ndarray  # [carried] int64
     carried_from: np.ndarray  # [carried] int64
     leading_decodes: int = 0  # sequences at the batch's start with one new token each (AttentionMetadata)
+    fresh: FreshPrompts | None = None  # the prompts at the batch's end with nothing cached (AttentionMetadata)
 
     @property
     def num_seqs(self) -> int:
@@ -68,12 +70,14 @@ class StepInputs:
         # Counted only for a mixed step: a decode-only one (most steps) is all decodes.
         leading_decodes = len(query_lens) if max_query_len == 1 else next(
             i for i, n in enumerate(query_lens) if n != 1)
+        query_start = np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32)
+        fresh = None if max_query_len == 1 else _fresh_prompts(query_lens, context_lens, query_start, leading_decodes)
         return cls(input_ids=np.array(ids, dtype=np.int64), positions=np.array(positions, dtype=np.int64),
                    slot_mapping=np.array(slots, dtype=np.int64), context_lens=np.array(context_lens, dtype=np.int32),
-                   query_start=np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32),
+                   query_start=query_start,
                    logits_index=np.array(logits_index, dtype=np.int64), tables=tables,
                    max_query_len=max_query_len, max_context_len=max(context_lens),
-                   leading_decodes=leading_decodes,
+                   leading_decodes=leading_decodes, fresh=fresh,
                    carried_rows=np.array(carried_rows, dtype=np.int64),
                    carried_from=np.array(carried_from, dtype=np.int64))
 
@@ -102,3 +106,15 @@ class StepInputs:
         the row is left as it is."""
         for row, table in zip(out, self.tables):
             row[:len(table)] = table
+
+
+def _fresh_prompts(query_lens: list[int], context_lens: list[int], query_start: np.ndarray,
+                   leading_decodes: int) -> FreshPrompts | None:
+    """The sequences at the batch's end, after its leading decodes, whose whole context is this step's."""
+    seqs = len(query_lens)
+    first = seqs
+    while first > leading_decodes and context_lens[first - 1] == query_lens[first - 1]:
+        first -= 1
+    if first == seqs:
+        return None
+    return FreshPrompts(seqs - first, int(query_start[first]), max(query_lens[first:]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.layers.attention.metadata import AttentionMetadata
+from engine.layers.attention.metadata import AttentionMetadata, FreshPrompts
 from engine.layers.attention.torch_paged import TorchPagedAttention
 from engine.layers.attention.triton_paged import TritonPagedAttention
 
@@ -24,5 +24,5 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return "triton_paged" if device.type == "cuda" else "torch_paged"
 
 
-__all__ = ["ATTENTION_BACKENDS", "BACKEND_CHOICES", "AttentionMetadata", "TorchPagedAttention",
+__all__ = ["ATTENTION_BACKENDS", "BACKEND_CHOICES", "AttentionMetadata", "FreshPrompts", "TorchPagedAttention",
            "TritonPagedAttention", "resolve_backend"]

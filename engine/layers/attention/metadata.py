@@ -5,6 +5,17 @@ from dataclasses import dataclass, field
 import torch
 
 
+@dataclass(frozen=True)
+class FreshPrompts:
+    """The sequences at a batch's end whose caches held nothing before this step (a prompt's first chunk,
+    or all of it): their keys are this step's own, contiguous in the flattened batch, so a backend may
+    attend them without the block tables (varlen.py). Host ints, so slicing them needs no device sync."""
+
+    seqs: int  # how many: the batch's last `seqs` sequences
+    first_token: int  # where the first of them starts in the flattened batch
+    max_len: int  # at least the most new tokens of any of them
+
+
 @dataclass
 class AttentionMetadata:
     """Where this step's tokens sit, built once per step by the model runner and shared by all layers.
@@ -25,6 +36,8 @@ class AttentionMetadata:
     # How many sequences at the batch's start have one new token each (decodes; the scheduler puts running
     # sequences first): a mixed batch attends those with a decode kernel. 0 claims none.
     leading_decodes: int = 0
+    # The fresh prompts at the batch's end (FreshPrompts), None where the step has none or does not say.
+    fresh: FreshPrompts | None = None
     # Per-step tensors a backend derives from the above once and reuses in every layer (masks, indices).
     derived: dict[str, object] = field(default_factory=dict)
 
@@ -37,11 +50,17 @@ class AttentionMetadata:
         return cls(slot_mapping=slot_mapping, block_tables=block_tables.int(),
                    context_lens=torch.full((num_seqs,), seq_len, dtype=torch.int32, device=device),
                    query_start=torch.arange(0, num_seqs * seq_len + 1, seq_len, dtype=torch.int32, device=device),
-                   max_query_len=seq_len, max_context_len=seq_len)
+                   max_query_len=seq_len, max_context_len=seq_len,
+                   fresh=FreshPrompts(num_seqs, 0, seq_len) if num_seqs and seq_len else None)
 
     def first_sequences(self, k: int) -> AttentionMetadata:
         """The metadata of the batch's first k sequences."""
         n = int(self.query_start[k])
+        seqs = self.block_tables.shape[0]
+        fresh = self.fresh
+        if fresh is not None:  # those of them among the first k
+            kept = k - (seqs - fresh.seqs)
+            fresh = FreshPrompts(kept, fresh.first_token, fresh.max_len) if kept > 0 else None
         return AttentionMetadata(self.slot_mapping[:n], self.block_tables[:k], self.context_lens[:k],
                                  self.query_start[:k + 1], self.max_query_len, self.max_context_len,
-                                 min(self.leading_decodes, k))
+                                 min(self.leading_decodes, k), fresh)

@@ -6,12 +6,18 @@ and rotates q and stores the new K/V itself (NewKV in triton/paged_attention.py)
 
 Its launches depend only on the batch's shape, never on cache contents, and it makes no host syncs,
 so decode steps built on it are captured in CUDA graphs. An fp8 cache is quantized by the store kernel and
-read back by the attention kernel, its per-layer scales passed as scalar arguments."""
+read back by the attention kernel, its per-layer scales passed as scalar arguments.
+
+Fresh prompts at the batch's end (AttentionMetadata.fresh: nothing of theirs cached before this step) are
+attended by flash attention's varlen kernel over this step's own K/V instead (varlen.py; k is then rotated
+in place as it is stored), the rest of the batch by the paged kernels: the scheduler puts running
+sequences (decodes, later chunks of a prompt) first and new prompts last."""
 from __future__ import annotations
 
 import torch
 
 from engine.layers.attention.metadata import AttentionMetadata
+from engine.layers.attention.varlen import causal_varlen_attention, fresh_attention_kind
 from engine.layers.rotary import RotaryEmbedding
 
 
@@ -22,8 +28,10 @@ class TritonPagedAttention:
         # Imported here: triton is needed only where this backend runs (CUDA machines, kernel tests).
         from engine.layers.attention.triton.kv_store import store_kv
         from engine.layers.attention.triton.paged_attention import NewKV, paged_attention
+        from engine.layers.attention.triton.rope_store_kv import rope_store_kv
 
-        self._store_kv, self._new_kv, self._paged_attention = store_kv, NewKV, paged_attention
+        self._store_kv, self._rope_store_kv = store_kv, rope_store_kv
+        self._new_kv, self._paged_attention = NewKV, paged_attention
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
 
@@ -32,6 +40,10 @@ class TritonPagedAttention:
                  rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]; positions: [tokens]
         # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim], q's dtype or fp8 (scaled by k/v_scale)
+        fresh = meta.fresh
+        kind = fresh_attention_kind(q.dtype, q.device, self.head_dim) if fresh is not None else None
+        if kind is not None:
+            return self._attend_fresh_apart(q, k, v, kv_cache, meta, k_scale, v_scale, rotary, positions, kind)
         new_kv = None
         if rotary is None:
             self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, k_scale, v_scale)
@@ -41,3 +53,27 @@ class TritonPagedAttention:
                                      meta.query_start, meta.max_query_len, self.scale,
                                      k_scale=k_scale, v_scale=v_scale, new_kv=new_kv,
                                      decode_seqs=meta.leading_decodes)
+
+    def _attend_fresh_apart(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                            meta: AttentionMetadata, k_scale: float, v_scale: float, rotary: RotaryEmbedding | None,
+                            positions: torch.Tensor | None, kind: str) -> torch.Tensor:
+        if rotary is None:
+            self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, k_scale, v_scale)
+        else:
+            self._rope_store_kv(q, k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, positions, rotary.cos,
+                                rotary.sin, k_scale, v_scale, rotate_k=True)
+        fresh, t0 = meta.fresh, meta.fresh.first_token
+        cu_seqlens = meta.derived.get("fresh_cu_seqlens")
+        if cu_seqlens is None:  # the first layer of the step makes it; the others reuse it
+            first = meta.block_tables.shape[0] - fresh.seqs
+            cu_seqlens = meta.derived["fresh_cu_seqlens"] = meta.query_start[first:] - t0
+        attended = causal_varlen_attention(q[t0:], k[t0:], v[t0:], cu_seqlens, fresh.max_len, self.scale, kind)
+        if t0 == 0:
+            return attended
+        out = torch.empty_like(q)
+        rest = meta.block_tables.shape[0] - fresh.seqs
+        self._paged_attention(q[:t0], kv_cache[0], kv_cache[1], meta.block_tables[:rest], meta.context_lens[:rest],
+                              meta.query_start[:rest + 1], meta.max_query_len, self.scale, out=out[:t0],
+                              k_scale=k_scale, v_scale=v_scale, decode_seqs=min(meta.leading_decodes, rest))
+        out[t0:] = attended
+        return out

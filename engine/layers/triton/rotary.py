@@ -29,7 +29,10 @@ def _cos_sin(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, halves, HALF: tl.con
 @triton.jit
 def _rotated(x1, x2, c, s):
     # x1, x2: [heads, HALF] float32, the two halves of each head; c, s: [HALF] float32
-    return x1 * c[None, :] - x2 * s[None, :], x2 * c[None, :] + x1 * s[None, :]
+    # Explicit FMAs: left to itself the compiler fuses whichever product it likes into an FMA, not the same
+    # one in every kernel that inlines this, and float32 results then differ by an ulp between kernels.
+    c, s = tl.broadcast_to(c[None, :], x1.shape), tl.broadcast_to(s[None, :], x1.shape)
+    return tl.fma(x1, c, -(x2 * s)), tl.fma(x2, c, x1 * s)
 
 
 @triton.jit

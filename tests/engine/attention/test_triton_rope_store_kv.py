@@ -1,5 +1,5 @@
 """RoPE fused with the KV-cache store gives bit for bit what the two kernels give one after the other:
-the same rotated q and the same cache, fp8 included, padding slots skipped, k left unrotated."""
+the same rotated q and the same cache, fp8 included, padding slots skipped, k left unrotated unless asked."""
 from __future__ import annotations
 
 import pytest
@@ -26,7 +26,7 @@ def operands(tokens: int, heads: int, kv_heads: int, head_dim: int, dtype: torch
     return qkv, q, k, v, pool, positions
 
 
-def run_both(heads, kv_heads, head_dim, dtype, cache_dtype, slots):
+def run_both(heads, kv_heads, head_dim, dtype, cache_dtype, slots, rotate_k=False):
     rotary = RotaryEmbedding(head_dim, 512, 10000.0, None).to(DEVICE)
     fused_qkv, q, k, v, fused_pool, positions = operands(len(slots), heads, kv_heads, head_dim, dtype)
     split_qkv, split_pool = fused_qkv.clone(), fused_pool.clone().to(cache_dtype)
@@ -41,18 +41,28 @@ def run_both(heads, kv_heads, head_dim, dtype, cache_dtype, slots):
     store_kv(sk, sv, split_pool[1, 0, ..., :d], split_pool[1, 1, ..., :d], slots, *scales)
     k_before = k.clone()
     rope_store_kv(q, k, v, fused_pool[1, 0, ..., :d], fused_pool[1, 1, ..., :d], slots, positions,
-                  rotary.cos, rotary.sin, *scales)
-    return (q, split_qkv[:, :hq].view(-1, heads, d)), (fused_pool, split_pool), (k, k_before)
+                  rotary.cos, rotary.sin, *scales, rotate_k=rotate_k)
+    return (q, sq), (fused_pool, split_pool), (k, k_before, sk)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 2, 64), (6, 3, 80)])
 def test_same_bits_as_rope_then_store(heads, kv_heads, head_dim, dtype):
     slots = torch.tensor([13, 0, -1, 23, 6], device=DEVICE)  # block 3 slot 1, block 0, padding, ...
-    (q, q_ref), (pool, pool_ref), (k, k_before) = run_both(heads, kv_heads, head_dim, dtype, dtype, slots)
+    (q, q_ref), (pool, pool_ref), (k, k_before, _) = run_both(heads, kv_heads, head_dim, dtype, dtype, slots)
     assert torch.equal(q, q_ref)  # the padding token's q is rotated too
     assert torch.equal(pool, pool_ref)
     assert torch.equal(k, k_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotate_k_leaves_k_rotated_as_apply_rope_does(dtype):
+    slots = torch.tensor([13, 0, -1, 23, 6], device=DEVICE)
+    (q, q_ref), (pool, pool_ref), (k, k_before, k_ref) = run_both(4, 2, 64, dtype, dtype, slots, rotate_k=True)
+    assert torch.equal(q, q_ref) and torch.equal(pool, pool_ref)
+    stored = slots >= 0
+    assert torch.equal(k[stored], k_ref[stored])
+    assert torch.equal(k[~stored], k_before[~stored])  # the padding token's k is left as it was
 
 
 @pytest.mark.gpu  # e4m3 conversions need sm_89+ (the interpreter's fp8 casts differ from the GPU's)

@@ -30,7 +30,8 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
                           stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, stride_cos, stride_sin,
                           Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr,
                           BLOCK_SIZE: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr,
-                          BLOCK_HALF: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr, USE_PDL: tl.constexpr):
+                          BLOCK_HALF: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr, K_IN_PLACE: tl.constexpr,
+                          USE_PDL: tl.constexpr):
     # q: [tokens, Q_HEADS, 2 * HALF]; k, v: [tokens, KV_HEADS, 2 * HALF];
     # k_cache, v_cache: [num_blocks, BLOCK_SIZE, KV_HEADS, 2 * HALF]
     t = tl.program_id(0).to(tl.int64)
@@ -52,6 +53,9 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
     r1, r2 = _rotated(k1, k2, c, s)
     # Rounded to the activation dtype first, as the separate RoPE kernel's store does.
     r1, r2 = r1.to(k_ptr.dtype.element_ty), r2.to(k_ptr.dtype.element_ty)
+    if K_IN_PLACE:
+        tl.store(k_ptrs, r1, mask=mask)
+        tl.store(k_ptrs + HALF, r2, mask=mask)
     v_ptrs = v_ptr + t * stride_vt + heads * stride_vh + halves[None, :]
     v1 = tl.load(v_ptrs, mask=mask)
     v2 = tl.load(v_ptrs + HALF, mask=mask)
@@ -65,10 +69,12 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
 
 def rope_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   slot_mapping: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+                  k_scale: float = 1.0, v_scale: float = 1.0, rotate_k: bool = False) -> None:
     """apply_rope_(q, k, positions, cos, sin) then store_kv(k, v, k_cache, v_cache, slot_mapping, k_scale,
     v_scale), in one launch, with the same results, except that k itself is left unrotated (only its
-    cache slot gets the rotated values). Shapes, dtypes and limits are theirs."""
+    cache slot gets the rotated values) unless rotate_k (an attention that reads this step's keys from k,
+    varlen.py, wants them rotated; a padding token's k is left as it is). Shapes, dtypes and limits are
+    theirs."""
     check_rope_operands(q, k, positions, cos, sin)
     check_store_operands(k, v, k_cache, v_cache, slot_mapping)
     check_kv_scales(k_cache.dtype, k_scale, v_scale)
@@ -84,4 +90,4 @@ def rope_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: to
         v_cache.stride(2), cos.stride(0), sin.stride(0),
         Q_HEADS=heads, KV_HEADS=kv_heads, HALF=half, BLOCK_SIZE=k_cache.shape[1],
         BLOCK_QH=next_power_of_2(heads), BLOCK_KH=next_power_of_2(kv_heads), BLOCK_HALF=next_power_of_2(half),
-        FP8=k_cache.dtype == KV_FP8, FP8_MAX=KV_FP8_MAX, num_warps=4, **pdl_launch(q.device))
+        FP8=k_cache.dtype == KV_FP8, FP8_MAX=KV_FP8_MAX, K_IN_PLACE=bool(rotate_k), num_warps=4, **pdl_launch(q.device))
