@@ -1,6 +1,6 @@
 """Time one layer of the Triton attention backend (RoPE, the KV store and attention, as the model calls it)
-on engine-like steps, with the step's fresh prompts attended apart by flash attention's varlen kernel
-(AttentionMetadata.fresh, as the engine builds it) and without (every sequence through the paged kernels):
+on engine-like steps, with the step's fresh prompts attended apart over their own K/V (prompt_attention.py;
+AttentionMetadata.fresh, as the engine builds it) and without (every sequence through the paged kernels):
 
     python bench/attention_backend_step.py      # CUDA only; Baichuan2-7B's attention (32 heads of 128)
 """
@@ -46,7 +46,7 @@ def make_step(seqs: list[tuple[int, int]], cache_dtype: torch.dtype):
     fresh_first = len(seqs)
     while fresh_first > 0 and seqs[fresh_first - 1][0] == seqs[fresh_first - 1][1] > 1:
         fresh_first -= 1
-    fresh = FreshPrompts(len(seqs) - fresh_first, int(query_start[fresh_first]), max(lens[fresh_first:]))
+    fresh = FreshPrompts(int(query_start[fresh_first]), tuple(lens[fresh_first:]))
     leading = next((i for i, n in enumerate(lens) if n != 1), len(lens))
 
     def meta(with_fresh: bool) -> AttentionMetadata:

@@ -130,7 +130,7 @@ class ModelRunner:
             query_start=torch.from_numpy(query_start).to(self.device),
             max_query_len=int(lens.max()), max_context_len=int(lens.max()),
             # Fresh prompts, as a prefill step's new ones are: the backend's fresh path is what is measured.
-            fresh=FreshPrompts(num_seqs, 0, int(lens.max())))
+            fresh=FreshPrompts(0, tuple(int(n) for n in lens)))
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)

@@ -117,4 +117,4 @@ def _fresh_prompts(query_lens: list[int], context_lens: list[int], query_start: 
         first -= 1
     if first == seqs:
         return None
-    return FreshPrompts(seqs - first, int(query_start[first]), max(query_lens[first:]))
+    return FreshPrompts(int(query_start[first]), tuple(query_lens[first:]))

@@ -34,22 +34,21 @@ def test_leading_decodes_counts_the_one_token_sequences_at_the_start(lens, leadi
 
 @pytest.mark.parametrize("lens,fresh", [
     # decodes, a later chunk of a prompt, then two new prompts (the first of them only its first chunk)
-    pytest.param([(9, 8, 1), (20, 8, 6), (12, 0, 12), (30, 0, 7)], (2, 7, 12), id="decodes-chunk-prompts"),
-    pytest.param([(12, 0, 12), (5, 0, 5)], (2, 0, 12), id="prompts-only"),
+    pytest.param([(9, 8, 1), (20, 8, 6), (12, 0, 12), (30, 0, 7)], (7, (12, 7)), id="decodes-chunk-prompts"),
+    pytest.param([(12, 0, 12), (5, 0, 5)], (0, (12, 5)), id="prompts-only"),
     pytest.param([(9, 8, 1), (20, 8, 6)], None, id="no-prompt-at-the-end"),
     pytest.param([(12, 0, 12), (20, 8, 6)], None, id="a-chunk-after-the-prompt"),
     pytest.param([(9, 8, 1), (5, 4, 1)], None, id="decodes-only"),
     # a one-token prompt after the decodes: fresh, but a decode-only step attends it with the decodes
     pytest.param([(9, 8, 1), (1, 0, 1)], None, id="one-token-prompt-decode-step"),
     # ... and in a prefill step among the leading decodes, which the decode kernels attend
-    pytest.param([(9, 8, 1), (1, 0, 1), (4, 0, 4)], (1, 2, 4), id="one-token-prompt-in-a-prefill"),
+    pytest.param([(9, 8, 1), (1, 0, 1), (4, 0, 4)], (2, (4,)), id="one-token-prompt-in-a-prefill"),
 ])
 def test_fresh_prompts_are_the_trailing_sequences_with_nothing_cached(lens, fresh):
     inputs = StepInputs.build([scheduled(*x) for x in lens], BLOCK_SIZE)
-    got = inputs.fresh and (inputs.fresh.seqs, inputs.fresh.first_token, inputs.fresh.max_len)
-    assert got == fresh
+    assert (inputs.fresh and (inputs.fresh.first_token, inputs.fresh.lens)) == fresh
     if fresh is not None:  # their context is all new tokens, and they come after the leading decodes
-        first = inputs.num_seqs - fresh[0]
+        first = inputs.num_seqs - inputs.fresh.seqs
         assert first >= inputs.leading_decodes
-        assert inputs.query_start[first] == fresh[1]
+        assert inputs.query_start[first] == fresh[0]
         assert (inputs.context_lens[first:] == inputs.query_start[first + 1:] - inputs.query_start[first:-1]).all()

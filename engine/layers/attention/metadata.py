@@ -9,11 +9,14 @@ import torch
 class FreshPrompts:
     """The sequences at a batch's end whose caches held nothing before this step (a prompt's first chunk,
     or all of it): their keys are this step's own, contiguous in the flattened batch, so a backend may
-    attend them without the block tables (varlen.py). Host ints, so slicing them needs no device sync."""
+    attend them without the block tables (prompt_attention.py). Host ints, so using them needs no sync."""
 
-    seqs: int  # how many: the batch's last `seqs` sequences
     first_token: int  # where the first of them starts in the flattened batch
-    max_len: int  # at least the most new tokens of any of them
+    lens: tuple[int, ...]  # each one's new tokens, in batch order (the batch's last len(lens) sequences)
+
+    @property
+    def seqs(self) -> int:
+        return len(self.lens)
 
 
 @dataclass
@@ -51,7 +54,7 @@ class AttentionMetadata:
                    context_lens=torch.full((num_seqs,), seq_len, dtype=torch.int32, device=device),
                    query_start=torch.arange(0, num_seqs * seq_len + 1, seq_len, dtype=torch.int32, device=device),
                    max_query_len=seq_len, max_context_len=seq_len,
-                   fresh=FreshPrompts(num_seqs, 0, seq_len) if num_seqs and seq_len else None)
+                   fresh=FreshPrompts(0, (seq_len,) * num_seqs) if num_seqs and seq_len else None)
 
     def first_sequences(self, k: int) -> AttentionMetadata:
         """The metadata of the batch's first k sequences."""
@@ -60,7 +63,7 @@ class AttentionMetadata:
         fresh = self.fresh
         if fresh is not None:  # those of them among the first k
             kept = k - (seqs - fresh.seqs)
-            fresh = FreshPrompts(kept, fresh.first_token, fresh.max_len) if kept > 0 else None
+            fresh = FreshPrompts(fresh.first_token, fresh.lens[:kept]) if kept > 0 else None
         return AttentionMetadata(self.slot_mapping[:n], self.block_tables[:k], self.context_lens[:k],
                                  self.query_start[:k + 1], self.max_query_len, self.max_context_len,
                                  min(self.leading_decodes, k), fresh)

@@ -9,7 +9,7 @@ so decode steps built on it are captured in CUDA graphs. An fp8 cache is quantiz
 read back by the attention kernel, its per-layer scales passed as scalar arguments.
 
 Fresh prompts at the batch's end (AttentionMetadata.fresh: nothing of theirs cached before this step) are
-attended by flash attention's varlen kernel over this step's own K/V instead (varlen.py; k is then rotated
+attended over this step's own K/V by fused attention kernels instead (prompt_attention.py; k is then rotated
 in place as it is stored), the rest of the batch by the paged kernels: the scheduler puts running
 sequences (decodes, later chunks of a prompt) first and new prompts last."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from engine.layers.attention.metadata import AttentionMetadata
-from engine.layers.attention.varlen import causal_varlen_attention, fresh_attention_kind
+from engine.layers.attention.prompt_attention import attends_fresh_prompts, causal_prompt_attention
 from engine.layers.rotary import RotaryEmbedding
 
 
@@ -40,10 +40,8 @@ class TritonPagedAttention:
                  rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]; positions: [tokens]
         # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim], q's dtype or fp8 (scaled by k/v_scale)
-        fresh = meta.fresh
-        kind = fresh_attention_kind(q.dtype, q.device, self.head_dim) if fresh is not None else None
-        if kind is not None:
-            return self._attend_fresh_apart(q, k, v, kv_cache, meta, k_scale, v_scale, rotary, positions, kind)
+        if meta.fresh is not None and attends_fresh_prompts(q.dtype, q.device, self.head_dim):
+            return self._attend_fresh_apart(q, k, v, kv_cache, meta, k_scale, v_scale, rotary, positions)
         new_kv = None
         if rotary is None:
             self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, k_scale, v_scale)
@@ -56,24 +54,21 @@ class TritonPagedAttention:
 
     def _attend_fresh_apart(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                             meta: AttentionMetadata, k_scale: float, v_scale: float, rotary: RotaryEmbedding | None,
-                            positions: torch.Tensor | None, kind: str) -> torch.Tensor:
+                            positions: torch.Tensor | None) -> torch.Tensor:
         if rotary is None:
             self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, k_scale, v_scale)
         else:
             self._rope_store_kv(q, k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, positions, rotary.cos,
                                 rotary.sin, k_scale, v_scale, rotate_k=True)
-        fresh, t0 = meta.fresh, meta.fresh.first_token
+        t0, rest = meta.fresh.first_token, meta.block_tables.shape[0] - meta.fresh.seqs
         cu_seqlens = meta.derived.get("fresh_cu_seqlens")
         if cu_seqlens is None:  # the first layer of the step makes it; the others reuse it
-            first = meta.block_tables.shape[0] - fresh.seqs
-            cu_seqlens = meta.derived["fresh_cu_seqlens"] = meta.query_start[first:] - t0
-        attended = causal_varlen_attention(q[t0:], k[t0:], v[t0:], cu_seqlens, fresh.max_len, self.scale, kind)
+            cu_seqlens = meta.derived["fresh_cu_seqlens"] = meta.query_start[rest:] - t0
         if t0 == 0:
-            return attended
-        out = torch.empty_like(q)
-        rest = meta.block_tables.shape[0] - fresh.seqs
+            return causal_prompt_attention(q, k, v, meta.fresh.lens, cu_seqlens, self.scale)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         self._paged_attention(q[:t0], kv_cache[0], kv_cache[1], meta.block_tables[:rest], meta.context_lens[:rest],
                               meta.query_start[:rest + 1], meta.max_query_len, self.scale, out=out[:t0],
                               k_scale=k_scale, v_scale=v_scale, decode_seqs=min(meta.leading_decodes, rest))
-        out[t0:] = attended
+        causal_prompt_attention(q[t0:], k[t0:], v[t0:], meta.fresh.lens, cu_seqlens, self.scale, out=out[t0:])
         return out

@@ -1,11 +1,11 @@
 """The Triton backend attends a step's fresh prompts (AttentionMetadata.fresh) over their own K/V
-(varlen.py) and the rest of the batch with the paged kernels: the same cache bytes as when it is not told
+(prompt_attention.py) and the rest of the batch with the paged kernels: the same cache bytes as when it is not told
 of them, and within rounding the same output as the torch backend, which knows nothing of fresh prompts,
 over three steps with RoPE: prompts alone, then decodes, a prompt's later chunk and a new prompt, then a
 new prompt alone again.
 
-On CPU the fresh prompts take the per-sequence SDPA stand-in and the paged kernels run in Triton's
-interpreter; on CUDA, flash attention in fp16 and bf16 (float32 keeps the paged kernels for all)."""
+On CPU the fresh prompts go through SDPA and the paged kernels run in Triton's interpreter; on CUDA the
+fused kernels take them in fp16 and bf16 (float32 keeps the paged kernels for all)."""
 from __future__ import annotations
 
 import pytest
@@ -17,7 +17,7 @@ from engine.layers.attention import AttentionMetadata, FreshPrompts, TorchPagedA
 from engine.layers.attention.kv_quant import KV_FP8  # noqa: E402
 from engine.layers.rotary import RotaryEmbedding  # noqa: E402
 
-HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 8, 2, 64, 4
+HEADS, HEAD_DIM, BLOCK_SIZE = 8, 64, 4
 # Per step, each sequence's (new tokens, context after the step); 0 new tokens: not in this step.
 # Sequence 2's prompt comes in two chunks (10, then 6); sequence 3 is new in step 2, sequence 4 in step 3.
 STEPS = [
@@ -25,7 +25,7 @@ STEPS = [
     [(1, 6), (1, 12), (6, 16), (9, 9), (0, 0)],
     [(0, 0), (0, 0), (0, 0), (0, 0), (13, 13)],
 ]
-FRESH = [FreshPrompts(3, 0, 11), FreshPrompts(1, 8, 9), FreshPrompts(1, 0, 13)]
+FRESH = [FreshPrompts(0, (5, 11, 10)), FreshPrompts(8, (9,)), FreshPrompts(0, (13,))]
 REL_TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 
 
@@ -52,7 +52,8 @@ def metadata(step: list[tuple[int, int]], all_tables: torch.Tensor, fresh: Fresh
         max_query_len=max(lens), max_context_len=max(ctx), leading_decodes=leading, fresh=fresh)
 
 
-def run(dtype: torch.dtype, cache_dtype: torch.dtype, k_scale: float = 1.0, v_scale: float = 1.0, seed: int = 0):
+def run(dtype: torch.dtype, cache_dtype: torch.dtype, kv_heads: int, k_scale: float = 1.0, v_scale: float = 1.0,
+        seed: int = 0):
     """Per step, (outputs, pools) of: the torch backend, the Triton one told of the fresh prompts, the Triton
     one not told, and the torch backend over a pool in the model's dtype (what a fresh prompt attends)."""
     g = torch.Generator().manual_seed(seed)
@@ -60,10 +61,10 @@ def run(dtype: torch.dtype, cache_dtype: torch.dtype, k_scale: float = 1.0, v_sc
     rotary = RotaryEmbedding(HEAD_DIM, 64, 10000.0, None).to(DEVICE)
     num_blocks = int(all_tables.max()) + 3
     # Unused slots hold NaN: no backend may read them.
-    pools = [torch.full((2, num_blocks, BLOCK_SIZE, KV_HEADS, HEAD_DIM), float("nan")).to(d).to(DEVICE)
+    pools = [torch.full((2, num_blocks, BLOCK_SIZE, kv_heads, HEAD_DIM), float("nan")).to(d).to(DEVICE)
              for d in (cache_dtype, cache_dtype, cache_dtype, dtype)]
-    torch_backend = TorchPagedAttention(HEADS, KV_HEADS, HEAD_DIM, HEAD_DIM ** -0.5)
-    triton_backend = TritonPagedAttention(HEADS, KV_HEADS, HEAD_DIM, HEAD_DIM ** -0.5)
+    torch_backend = TorchPagedAttention(HEADS, kv_heads, HEAD_DIM, HEAD_DIM ** -0.5)
+    triton_backend = TritonPagedAttention(HEADS, kv_heads, HEAD_DIM, HEAD_DIM ** -0.5)
     backends = [torch_backend, triton_backend, triton_backend, torch_backend]
     scales = [(k_scale, v_scale)] * 3 + [(1.0, 1.0)]
     results = []
@@ -71,13 +72,13 @@ def run(dtype: torch.dtype, cache_dtype: torch.dtype, k_scale: float = 1.0, v_sc
         metas = [metadata(step, all_tables, f) for f in (None, fresh, None, None)]
         positions = torch.tensor([p for n, c in step if n for p in range(c - n, c)], device=DEVICE)
         tokens = len(positions)
-        qkv = torch.randn(tokens, (HEADS + 2 * KV_HEADS) * HEAD_DIM, generator=g).to(dtype).to(DEVICE)
+        qkv = torch.randn(tokens, (HEADS + 2 * kv_heads) * HEAD_DIM, generator=g).to(dtype).to(DEVICE)
         outs = []
         for backend, pool, meta, (ks, vs) in zip(backends, pools, metas, scales):
             x = qkv.clone()  # each backend rotates its own q and k in place
             q = x[:, :HEADS * HEAD_DIM].view(tokens, HEADS, HEAD_DIM)
-            k = x[:, HEADS * HEAD_DIM:(HEADS + KV_HEADS) * HEAD_DIM].view(tokens, KV_HEADS, HEAD_DIM)
-            v = x[:, (HEADS + KV_HEADS) * HEAD_DIM:].view(tokens, KV_HEADS, HEAD_DIM)
+            k = x[:, HEADS * HEAD_DIM:(HEADS + kv_heads) * HEAD_DIM].view(tokens, kv_heads, HEAD_DIM)
+            v = x[:, (HEADS + kv_heads) * HEAD_DIM:].view(tokens, kv_heads, HEAD_DIM)
             outs.append(backend(q, k, v, pool, meta, ks, vs, rotary=rotary, positions=positions))
         results.append((outs, [p.clone() for p in pools]))
     return results
@@ -93,9 +94,14 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> No
     assert err <= REL_TOL[dtype] * ref.double().abs().max().item(), f"max difference {err}"
 
 
+# MHA takes SDPA per run of equal lengths on CUDA, GQA flash attention's varlen kernel (prompt_attention.py).
+KV_HEADS = [pytest.param(8, id="mha"), pytest.param(2, id="gqa")]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fresh_prompts_apart_match_the_torch_backend(dtype):
-    for (ref, out, paged, _), pools in run(dtype, dtype):
+@pytest.mark.parametrize("kv_heads", KV_HEADS)
+def test_fresh_prompts_apart_match_the_torch_backend(kv_heads, dtype):
+    for (ref, out, paged, _), pools in run(dtype, dtype, kv_heads):
         assert same_bytes(pools[1], pools[2])  # NaN slots untouched
         assert_close(out, ref, dtype)
         assert_close(out, paged, dtype)
@@ -103,9 +109,11 @@ def test_fresh_prompts_apart_match_the_torch_backend(dtype):
 
 @pytest.mark.gpu  # e4m3 casts need sm_89+ (the interpreter's differ from the GPU's)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_fresh_prompts_over_an_fp8_pool_attend_their_unquantized_keys(dtype):
-    for fresh, ((ref, out, _, unquantized), pools) in zip(FRESH, run(dtype, KV_FP8, 0.05, 0.03, seed=1)):
+@pytest.mark.parametrize("kv_heads", KV_HEADS)
+def test_fresh_prompts_over_an_fp8_pool_attend_their_unquantized_keys(kv_heads, dtype):
+    for fresh, ((ref, out, _, unquantized), pools) in zip(FRESH, run(dtype, KV_FP8, kv_heads, 0.05, 0.03, seed=1)):
         assert same_bytes(pools[1], pools[2])
         t0 = fresh.first_token
-        assert_close(out[:t0], ref[:t0], dtype)  # the rest of the batch reads the fp8 cache
+        if t0:
+            assert_close(out[:t0], ref[:t0], dtype)  # the rest of the batch reads the fp8 cache
         assert_close(out[t0:], unquantized[t0:], dtype)
