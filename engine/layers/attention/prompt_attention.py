@@ -6,11 +6,11 @@ Each run of consecutive prompts of one length (a batch of fixed-length requests 
 torch's scaled_dot_product_attention on [prompts, heads, length, head_dim] views, which on an H100 takes
 cuDNN's fused attention: one layer of 4 x 2,048 tokens of a 7B model in 263 us (522 TFLOP/s), where the
 paged Triton kernel, which must gather every key tile through the block table, takes 596 and flash
-attention 2's varlen kernel 500 (docs/benchmarks.md, session 18). On CUDA a step of more runs than
-MAX_SDPA_RUNS (each call costs host time) and GQA (for which SDPA's fast backends are not guaranteed, and
-its math fallback would materialize every score) take flash attention's varlen kernel instead: one launch
-for any mix of lengths (torch.nn.attention.varlen). On CPU every run goes through SDPA, the stand-in that
-lets the Triton backend's composition run in the interpreter tests.
+attention 2's varlen kernel 500; with GQA (enable_gqa, 8 KV heads) the same 264 us (docs/benchmarks.md,
+session 18). On CUDA a step of more runs than MAX_SDPA_RUNS (each call costs host time) takes flash
+attention's varlen kernel instead: one launch for any mix of lengths (torch.nn.attention.varlen). On CPU
+every run goes through SDPA, the stand-in that lets the Triton backend's composition run in the
+interpreter tests.
 
 The prompt attends its own K/V as the projections made them: over an fp8 cache, its unquantized keys
 and values, where the paged kernels would read them back rounded to e4m3 (later steps do).
@@ -68,7 +68,7 @@ def causal_prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
         check_tensor("out", out, (q.dtype,), 3, like=q)
         check_shape("out", out, tuple(q.shape), "q's shape")
     runs = equal_length_runs(lens)
-    flash = q.device.type == "cuda" and (len(runs) > MAX_SDPA_RUNS or k.shape[1] != heads)
+    flash = q.device.type == "cuda" and len(runs) > MAX_SDPA_RUNS
     return (_flash_varlen if flash else _sdpa_runs)(q, k, v, runs, cu_seqlens, float(scale), out)
 
 

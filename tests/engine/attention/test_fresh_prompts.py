@@ -94,7 +94,6 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> No
     assert err <= REL_TOL[dtype] * ref.double().abs().max().item(), f"max difference {err}"
 
 
-# MHA takes SDPA per run of equal lengths on CUDA, GQA flash attention's varlen kernel (prompt_attention.py).
 KV_HEADS = [pytest.param(8, id="mha"), pytest.param(2, id="gqa")]
 
 
