@@ -14,7 +14,8 @@
 #   bench/gpu_7b.sh long_fp8kv  bf16 weights with an fp8 KV cache: 128/2048 and 2048/128
 #   bench/gpu_7b.sh gqa         the Llama-3-8B shape (GQA 32/8): batch-1 latency vs HF, 128/128 throughput
 #   bench/gpu_7b.sh kernels     decode kernel sweeps: the int4/int8 and dense bf16 GEMVs, split-KV attention,
-#                               the unsplit decode attention kernels' launches on the throughput shapes (--grid)
+#                               the unsplit decode attention kernels' launches on the throughput shapes (--grid),
+#                               one attention layer of engine steps with the fresh prompts apart or not
 #   bench/gpu_7b.sh profile     where the batch-1 decode step's GPU time goes, per kernel: bf16, int8_wo, int4_wo,
 #                               with programmatic dependent launch on and off; and the steady steps' timeline
 #                               (the graph, what runs outside it, idle time: bench/step_timeline.py)
@@ -145,6 +146,7 @@ stage_kernels() {
   python3 bench/attention_sweep.py --split > "$OUT/attention_split_sweep.txt" 2>&1
   python3 bench/attention_sweep.py --grid > "$OUT/attention_grid.txt" 2>&1
   python3 bench/quant_gemm_sweep.py --dense --m 1 > "$OUT/dense_gemv_sweep_m1.txt" 2>&1
+  python3 bench/attention_backend_step.py > "$OUT/attention_backend_step.txt" 2>&1
 }
 
 stage_profile() {  # PROFILE_SCHEMES (default "bf16 int8_wo int4_wo"), PROFILE_PDL (default "on off")

@@ -73,7 +73,7 @@ def rope_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: to
     """apply_rope_(q, k, positions, cos, sin) then store_kv(k, v, k_cache, v_cache, slot_mapping, k_scale,
     v_scale), in one launch, with the same results, except that k itself is left unrotated (only its
     cache slot gets the rotated values) unless rotate_k (an attention that reads this step's keys from k,
-    varlen.py, wants them rotated; a padding token's k is left as it is). Shapes, dtypes and limits are
+    prompt_attention.py, wants them rotated; a padding token's k is left as it is). Shapes, dtypes and limits are
     theirs."""
     check_rope_operands(q, k, positions, cos, sin)
     check_store_operands(k, v, k_cache, v_cache, slot_mapping)
