@@ -34,6 +34,7 @@ MIN_CAPABILITY = (8, 0)
 MAX_SDPA_RUNS: Final[int] = 4
 
 
+@functools.cache  # asked by every layer of every prefill step
 def attends_fresh_prompts(dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
     """Whether fresh prompts of this dtype and head_dim are attended here (causal_prompt_attention) rather
     than by the paged kernels: on CPU always, on CUDA in fp16 / bf16 with a head_dim the fused kernels take
