@@ -71,8 +71,8 @@ def _prefetch_kv_tile(start, end, bt_row, k_head, v_head, stride_kb, stride_ks, 
 
 @triton.jit
 def _rotated_rows(x_ptrs, c, s, dims, mask, HALF: tl.constexpr):
-    """Rows of heads [rows, HEAD_DIM] at x_ptrs rotated by RoPE: c, s are the token's full cos / sin rows
-    [HEAD_DIM] (the tables repeat their first half), dims [1, HEAD_DIM]; each dim's partner in the other
+    """Rows of heads [rows, HEAD_DIM] at x_ptrs rotated by RoPE: c, s are the token's cos / sin for each dim
+    [HEAD_DIM] (its first-half entry: the tables repeat their first half), dims [1, HEAD_DIM]; each dim's partner in the other
     half is loaded again (an L1 hit). rotary._rotated computes both halves from x1 (the first-half value)
     and x2 (the second's), with the products rope_store_kv fuses into the same FMAs: its bits."""
     first = dims < HALF
@@ -137,8 +137,11 @@ def _split_attention_kernel(
         token = q_start.to(tl.int64)
         slot = tl.load(slot_ptr + token)
         pos = tl.load(pos_ptr + token)
-        c = tl.load(cos_ptr + pos * stride_cos + dims, mask=d_ok, other=0.0)
-        s = tl.load(sin_ptr + pos * stride_sin + dims, mask=d_ok, other=0.0)
+        # Each dim takes its first-half entry, as rope_store_kv reads the tables: the same bits even where a
+        # table's halves were computed apart and differ in the last place.
+        table_dims = tl.where(dims < HEAD_DIM // 2, dims, dims - HEAD_DIM // 2)
+        c = tl.load(cos_ptr + pos * stride_cos + table_dims, mask=d_ok, other=0.0)
+        s = tl.load(sin_ptr + pos * stride_sin + table_dims, mask=d_ok, other=0.0)
     if USE_PDL:
         _prefetch_kv_tile(kv_start, kv_end, bt_row, k_head, v_head, stride_kb, stride_ks, stride_vb, stride_vs,
                           BLOCK_SIZE, HEAD_DIM, k_ptr.dtype.element_ty.primitive_bitwidth // 8, BLOCK_N)
