@@ -118,8 +118,9 @@ def _flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, runs: list[
 
 @functools.cache
 def _causal_option(varlen_attn) -> dict[str, object]:
-    # torch 2.10 took is_causal; 2.11 on take a (left, right) window, (-1, 0) being causal. Its flash kernel
-    # takes fewer KV heads than query heads as they come (torch 2.13's enable_gqa only lifts a check).
+    # torch 2.10 took is_causal; 2.11 on take a (left, right) window, (-1, 0) being causal. 2.11's has no
+    # enable_gqa and its kernel takes fewer KV heads than query heads as they are (checked on an H100);
+    # later versions ask for enable_gqa.
     params = inspect.signature(varlen_attn).parameters
     causal: dict[str, object] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     if "enable_gqa" in params:
