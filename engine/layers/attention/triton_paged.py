@@ -40,26 +40,25 @@ class TritonPagedAttention:
                  rotary: RotaryEmbedding | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         # q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]; positions: [tokens]
         # kv_cache: [2, num_blocks, block_size, kv_heads, head_dim], q's dtype or fp8 (scaled by k/v_scale)
-        if meta.fresh is not None and attends_fresh_prompts(q.dtype, q.device, self.head_dim):
-            return self._attend_fresh_apart(q, k, v, kv_cache, meta, k_scale, v_scale, rotary, positions)
+        fresh_apart = meta.fresh is not None and attends_fresh_prompts(q.dtype, q.device, self.head_dim)
         new_kv = None
         if rotary is None:
             self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, k_scale, v_scale)
+        elif fresh_apart:  # the fresh prompts are attended from k itself, so it is left rotated
+            self._rope_store_kv(q, k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, positions, rotary.cos,
+                                rotary.sin, k_scale, v_scale, rotate_k=True)
         else:  # RoPE and the store inside the split decode kernel, else in one kernel before attention
             new_kv = self._new_kv(k, v, meta.slot_mapping, positions, rotary.cos, rotary.sin)
+        if fresh_apart:
+            return self._attend_fresh_apart(q, k, v, kv_cache, meta, k_scale, v_scale)
         return self._paged_attention(q, kv_cache[0], kv_cache[1], meta.block_tables, meta.context_lens,
                                      meta.query_start, meta.max_query_len, self.scale,
                                      k_scale=k_scale, v_scale=v_scale, new_kv=new_kv,
                                      decode_seqs=meta.leading_decodes)
 
     def _attend_fresh_apart(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                            meta: AttentionMetadata, k_scale: float, v_scale: float, rotary: RotaryEmbedding | None,
-                            positions: torch.Tensor | None) -> torch.Tensor:
-        if rotary is None:
-            self._store_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, k_scale, v_scale)
-        else:
-            self._rope_store_kv(q, k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, positions, rotary.cos,
-                                rotary.sin, k_scale, v_scale, rotate_k=True)
+                            meta: AttentionMetadata, k_scale: float, v_scale: float) -> torch.Tensor:
+        # q, k: rotated; this step's K/V already cached
         t0, rest = meta.fresh.first_token, meta.block_tables.shape[0] - meta.fresh.seqs
         cu_seqlens = meta.derived.get("fresh_cu_seqlens")
         if cu_seqlens is None:  # the first layer of the step makes it; the others reuse it

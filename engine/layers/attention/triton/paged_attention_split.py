@@ -72,9 +72,9 @@ def _prefetch_kv_tile(start, end, bt_row, k_head, v_head, stride_kb, stride_ks, 
 @triton.jit
 def _rotated_rows(x_ptrs, c, s, dims, mask, HALF: tl.constexpr):
     """Rows of heads [rows, HEAD_DIM] at x_ptrs rotated by RoPE: c, s are the token's cos / sin for each dim
-    [HEAD_DIM] (its first-half entry: the tables repeat their first half), dims [1, HEAD_DIM]; each dim's partner in the other
-    half is loaded again (an L1 hit). rotary._rotated computes both halves from x1 (the first-half value)
-    and x2 (the second's), with the products rope_store_kv fuses into the same FMAs: its bits."""
+    [HEAD_DIM] (its first-half entry: the tables repeat their first half), dims [1, HEAD_DIM]; each dim's
+    partner in the other half is loaded again (an L1 hit). rotary._rotated computes both halves from x1 (the
+    first-half value) and x2 (the second's) with the explicit FMAs rope_store_kv uses: its bits."""
     first = dims < HALF
     x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
     xp = tl.load(x_ptrs + tl.where(first, HALF, -HALF), mask=mask, other=0.0).to(tl.float32)

@@ -30,8 +30,8 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_pt
                           stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, stride_cos, stride_sin,
                           Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr,
                           BLOCK_SIZE: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr,
-                          BLOCK_HALF: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr, K_IN_PLACE: tl.constexpr,
-                          USE_PDL: tl.constexpr):
+                          BLOCK_HALF: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr,
+                          K_IN_PLACE: tl.constexpr, USE_PDL: tl.constexpr):
     # q: [tokens, Q_HEADS, 2 * HALF]; k, v: [tokens, KV_HEADS, 2 * HALF];
     # k_cache, v_cache: [num_blocks, BLOCK_SIZE, KV_HEADS, 2 * HALF]
     t = tl.program_id(0).to(tl.int64)
@@ -73,8 +73,8 @@ def rope_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: to
     """apply_rope_(q, k, positions, cos, sin) then store_kv(k, v, k_cache, v_cache, slot_mapping, k_scale,
     v_scale), in one launch, with the same results, except that k itself is left unrotated (only its
     cache slot gets the rotated values) unless rotate_k (an attention that reads this step's keys from k,
-    prompt_attention.py, wants them rotated; a padding token's k is left as it is). Shapes, dtypes and limits are
-    theirs."""
+    prompt_attention.py, wants them rotated; a padding token's k is left as it is). Shapes, dtypes and
+    limits are theirs."""
     check_rope_operands(q, k, positions, cos, sin)
     check_store_operands(k, v, k_cache, v_cache, slot_mapping)
     check_kv_scales(k_cache.dtype, k_scale, v_scale)
@@ -90,4 +90,5 @@ def rope_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: to
         v_cache.stride(2), cos.stride(0), sin.stride(0),
         Q_HEADS=heads, KV_HEADS=kv_heads, HALF=half, BLOCK_SIZE=k_cache.shape[1],
         BLOCK_QH=next_power_of_2(heads), BLOCK_KH=next_power_of_2(kv_heads), BLOCK_HALF=next_power_of_2(half),
-        FP8=k_cache.dtype == KV_FP8, FP8_MAX=KV_FP8_MAX, K_IN_PLACE=bool(rotate_k), num_warps=4, **pdl_launch(q.device))
+        FP8=k_cache.dtype == KV_FP8, FP8_MAX=KV_FP8_MAX, K_IN_PLACE=bool(rotate_k), num_warps=4,
+        **pdl_launch(q.device))
