@@ -10,8 +10,10 @@ import numpy as np
 import torch
 import triton
 
-from engine.layers.attention import AttentionMetadata, FreshPrompts, TritonPagedAttention
+from attention_sweep import make_pool  # bench/, this script's folder
+from engine.layers.attention import AttentionMetadata, TritonPagedAttention
 from engine.layers.rotary import RotaryEmbedding
+from engine.step_inputs import fresh_prompts
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 32, 128, 16
 # (new tokens, context after the step) per sequence, in the scheduler's order: decodes, a prompt's later
@@ -28,30 +30,22 @@ STEPS = {
 
 def make_step(seqs: list[tuple[int, int]], cache_dtype: torch.dtype):
     """The backend's operands for one step: fused qkv views, a head-major pool, metadata with and without
-    the fresh prompts, positions."""
+    the fresh prompts (found as the engine finds them), positions."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    blocks = [-(-ctx // BLOCK_SIZE) for _, ctx in seqs]
-    pool = torch.randn(2, sum(blocks), KV_HEADS, BLOCK_SIZE, HEAD_DIM, device="cuda", dtype=torch.bfloat16,
-                       generator=gen).to(cache_dtype).transpose(2, 3)  # head-major blocks (kv_cache.py)
-    order = np.random.default_rng(0).permutation(sum(blocks))
-    tables = np.zeros((len(seqs), max(blocks)), dtype=np.int32)
-    slots, positions, first = [], [], 0
-    for i, ((n, ctx), nb) in enumerate(zip(seqs, blocks)):
-        tables[i, :nb] = order[first:first + nb]
-        first += nb
+    pool, tables = make_pool(seqs, KV_HEADS, HEAD_DIM, cache_dtype, BLOCK_SIZE, True, gen)
+    host_tables = tables.tolist()
+    slots, positions = [], []
+    for row, (n, ctx) in zip(host_tables, seqs):
         positions += range(ctx - n, ctx)
-        slots += [int(tables[i, p // BLOCK_SIZE]) * BLOCK_SIZE + p % BLOCK_SIZE for p in range(ctx - n, ctx)]
+        slots += [row[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(ctx - n, ctx)]
     lens = [n for n, _ in seqs]
     query_start = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-    fresh_first = len(seqs)
-    while fresh_first > 0 and seqs[fresh_first - 1][0] == seqs[fresh_first - 1][1] > 1:
-        fresh_first -= 1
-    fresh = FreshPrompts(int(query_start[fresh_first]), tuple(lens[fresh_first:]))
     leading = next((i for i, n in enumerate(lens) if n != 1), len(lens))
+    fresh = fresh_prompts(lens, [c for _, c in seqs], query_start, leading)
 
     def meta(with_fresh: bool) -> AttentionMetadata:
         return AttentionMetadata(
-            slot_mapping=torch.tensor(slots, device="cuda"), block_tables=torch.from_numpy(tables).cuda(),
+            slot_mapping=torch.tensor(slots, device="cuda"), block_tables=tables,
             context_lens=torch.tensor([c for _, c in seqs], dtype=torch.int32, device="cuda"),
             query_start=torch.from_numpy(query_start).cuda(), max_query_len=max(lens),
             max_context_len=max(c for _, c in seqs), leading_decodes=leading, fresh=fresh if with_fresh else None)

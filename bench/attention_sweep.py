@@ -29,14 +29,12 @@ from engine.layers.attention.triton import paged_attention as pa
 BLOCK_SIZE = 16
 
 
-def make_step(seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int = 128,
-              cache_dtype: torch.dtype = torch.bfloat16, block_size: int = BLOCK_SIZE,
-              head_major: bool = False) -> tuple:
-    """paged_attention's positional operands for sequences of (query tokens, context) each, their blocks
-    in a shuffled pool. head_major: each block holds a KV head's slots together ([block, kv_head, slot,
-    dim] in memory, the kernels see the same [block, slot, kv_head, dim] shape through strides) instead of
-    a slot's heads."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
+def make_pool(seqs: list[tuple[int, int]], kv_heads: int, head_dim: int, cache_dtype: torch.dtype,
+              block_size: int, head_major: bool, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random KV pool ([2, blocks, block_size, kv_heads, head_dim], through strides when head_major: each
+    block holds a KV head's slots together, [block, kv_head, slot, dim] in memory) holding every sequence's
+    context (the second of each (query tokens, context)), and the block tables [seqs, most blocks] that
+    hand its blocks out in a shuffled order."""
     blocks = [-(-ctx // block_size) for _, ctx in seqs]
     num_blocks = sum(blocks)
     dims = (2, num_blocks, kv_heads, block_size, head_dim) if head_major else (2, num_blocks, block_size, kv_heads, head_dim)
@@ -49,6 +47,16 @@ def make_step(seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: 
     for i, n in enumerate(blocks):
         tables[i, :n] = order[first:first + n]
         first += n
+    return cache, tables
+
+
+def make_step(seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int = 128,
+              cache_dtype: torch.dtype = torch.bfloat16, block_size: int = BLOCK_SIZE,
+              head_major: bool = False) -> tuple:
+    """paged_attention's positional operands for sequences of (query tokens, context) each, their blocks
+    in a shuffled pool (make_pool)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    cache, tables = make_pool(seqs, kv_heads, head_dim, cache_dtype, block_size, head_major, gen)
     q = torch.randn(sum(n for n, _ in seqs), heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
     context_lens = torch.tensor([ctx for _, ctx in seqs], dtype=torch.int32, device="cuda")
     query_start = torch.tensor([0] + [n for n, _ in seqs], device="cuda").cumsum(0).int()

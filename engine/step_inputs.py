@@ -71,7 +71,7 @@ class StepInputs:
         leading_decodes = len(query_lens) if max_query_len == 1 else next(
             i for i, n in enumerate(query_lens) if n != 1)
         query_start = np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32)
-        fresh = None if max_query_len == 1 else _fresh_prompts(query_lens, context_lens, query_start, leading_decodes)
+        fresh = None if max_query_len == 1 else fresh_prompts(query_lens, context_lens, query_start, leading_decodes)
         return cls(input_ids=np.array(ids, dtype=np.int64), positions=np.array(positions, dtype=np.int64),
                    slot_mapping=np.array(slots, dtype=np.int64), context_lens=np.array(context_lens, dtype=np.int32),
                    query_start=query_start,
@@ -108,8 +108,8 @@ class StepInputs:
             row[:len(table)] = table
 
 
-def _fresh_prompts(query_lens: list[int], context_lens: list[int], query_start: np.ndarray,
-                   leading_decodes: int) -> FreshPrompts | None:
+def fresh_prompts(query_lens: list[int], context_lens: list[int], query_start: np.ndarray,
+                  leading_decodes: int) -> FreshPrompts | None:
     """The sequences at the batch's end, after its leading decodes, whose whole context is this step's."""
     seqs = len(query_lens)
     first = seqs
