@@ -6,7 +6,8 @@
 #                               tokens: bf16 MHA (Baichuan2-7B shape), ours vs HF
 #   bench/gpu_7b.sh throughput  fixed lengths 128/128 over batch sizes, ours vs HF
 #   bench/gpu_7b.sh long        fixed lengths 128/2048 and 2048/128 at 128 concurrent requests
-#   bench/gpu_7b.sh mixed       256 requests, output lengths 16..512: static vs in-flight batching
+#   bench/gpu_7b.sh mixed       256 requests, output lengths 16..512 (uniform, then geometric): static vs
+#                               in-flight batching
 #   bench/gpu_7b.sh quant       int8_wo, int4_wo (the AWQ/GPTQ format) and fp8 engines: batch-1 latency and
 #                               memory vs HF bf16; fp8 throughput
 #   bench/gpu_7b.sh fp8_throughput  the fp8 engine with an fp8 KV cache: 128/128, 128/2048, 2048/128
@@ -81,8 +82,14 @@ stage_long() {
 
 stage_mixed() {
   checkpoint baichuan2-7b "$MHA"
-  bench mixed --model "$MHA" --workload mixed --requests 256 --input-len 128 --output-len-range 16,512 \
-    --max-batch-size 64 --runs 3 --plot-dir "$OUT"
+  # Uniform draws (every length equally likely), then a long tail (geometric: a fixed chance of ending per
+  # token, as a sampled EOS gives), the same range.
+  local dist
+  for dist in uniform geometric; do
+    bench "mixed_$dist" --model "$MHA" --workload mixed --requests 256 --input-len 128 --output-len-range 16,512 \
+      --output-len-dist "$dist" --max-batch-size 64 --runs 3 --plot-dir "$OUT"
+    mv "$OUT/latency_static_vs_inflight.png" "$OUT/latency_static_vs_inflight_$dist.png"
+  done
 }
 
 quant_engine() {  # quant_engine SCHEME [NAME BUILD_OPTION...]: builds $STORE/b7-NAME (NAME: SCHEME) unless it is there

@@ -79,8 +79,12 @@ def bench(
     requests: Annotated[Optional[int], typer.Option(help="mixed: number of requests.", show_default="256")] = None,
     input_len: Annotated[Optional[int], typer.Option(help="mixed: prompt tokens per request.", show_default="128")] = None,
     output_len_range: Annotated[Optional[str], typer.Option(
-        help="mixed: LO,HI; each request's output length is drawn uniformly from it (seeded by --seed), "
-             "the same draws for every mode.", show_default="16,512")] = None,
+        help="mixed: LO,HI; each request's output length is drawn from it (seeded by --seed; see "
+             "--output-len-dist), the same draws for every mode.", show_default="16,512")] = None,
+    output_len_dist: Annotated[Optional[str], typer.Option(
+        help="mixed: uniform (every length in LO..HI equally likely) or geometric (each token after LO ends the "
+             "request with a fixed probability, as a sampled EOS does: mean LO + (HI - LO) / 4, capped at HI).",
+        show_default="uniform")] = None,
     batching: Annotated[Optional[str], typer.Option(
         help="mixed: batching modes to run, each on a freshly loaded engine.", show_default="static,inflight")] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(
@@ -92,6 +96,7 @@ def bench(
 ) -> None:
     """Benchmark generation latency, throughput and peak memory; one [BENCHMARK] line per case on stdout."""
     mixed_options = {"--requests": requests, "--input-len": input_len, "--output-len-range": output_len_range,
+                     "--output-len-dist": output_len_dist,
                      "--batching": batching, "--max-batch-size": max_batch_size}
     with user_errors():  # everything checked before a model loads
         if warmup < 0:
@@ -113,7 +118,7 @@ def bench(
                                             "only applies to --workload grid")
             if len(models) != 1:
                 raise InvalidParameterError("--model", f"--workload mixed runs one model, got {len(models)}")
-            spec = make_spec(requests, input_len, output_len_range, batching, max_batch_size)
+            spec = make_spec(requests, input_len, output_len_range, batching, max_batch_size, output_len_dist)
         elif workload == "grid":
             given = [option for option, value in mixed_options.items() if value is not None]
             if given:

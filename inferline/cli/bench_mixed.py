@@ -3,6 +3,7 @@ with static and once with in-flight batching (one freshly loaded engine per mode
 and time to first token recorded, so the two batchings' throughput and tail latency can be compared."""
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ from inferline.memory import GIB, PeakMemoryTracker, release_memory
 log = structlog.get_logger(__name__)
 
 BATCHINGS = ("static", "inflight")
+# How output lengths are drawn from LO..HI. uniform: every length equally likely. geometric: each token after
+# the first LO ends the request with one fixed probability, as a sampled EOS does, so short answers are common
+# and long ones rare (a long tail, as real chat traffic has), capped at HI; the probability gives a mean of
+# LO + (HI - LO) / 4 before the cap.
+OUTPUT_LEN_DISTS = ("uniform", "geometric")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class MixedSpec:
     output_hi: int
     batchings: tuple[str, ...]
     max_batch_size: int
+    output_dist: str = "uniform"
 
     @property
     def max_seq_len(self) -> int:
@@ -72,7 +79,7 @@ DEFAULT_REQUESTS, DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN_RANGE, DEFAULT_MAX_BATCH
 
 
 def make_spec(requests: int | None, input_len: int | None, output_len_range: str | None, batching: str | None,
-              max_batch_size: int | None) -> MixedSpec:
+              max_batch_size: int | None, output_dist: str | None = None) -> MixedSpec:
     """The options as given (None: not given, so the default), checked."""
     requests = DEFAULT_REQUESTS if requests is None else requests
     input_len = DEFAULT_INPUT_LEN if input_len is None else input_len
@@ -81,14 +88,24 @@ def make_spec(requests: int | None, input_len: int | None, output_len_range: str
         if value < 1:
             raise InvalidParameterError(option, f"must be >= 1, got {value}")
     lo, hi = parse_output_len_range(DEFAULT_OUTPUT_LEN_RANGE if output_len_range is None else output_len_range)
+    output_dist = OUTPUT_LEN_DISTS[0] if output_dist is None else output_dist
+    if output_dist not in OUTPUT_LEN_DISTS:
+        raise InvalidParameterError("--output-len-dist", f"must be one of {', '.join(OUTPUT_LEN_DISTS)}, "
+                                                         f"got {output_dist!r}")
     return MixedSpec(requests, input_len, lo, hi, parse_batchings(",".join(BATCHINGS) if batching is None else batching),
-                     max_batch_size)
+                     max_batch_size, output_dist)
 
 
-def draw_output_lens(n: int, lo: int, hi: int, seed: int) -> list[int]:
-    """Output lengths uniform in [lo, hi], reproducible for a seed; every batching mode gets the same."""
-    rng = random.Random(f"{seed}-mixed-output-{n}-{lo}-{hi}")  # str seeds are stable across runs
-    return [rng.randint(lo, hi) for _ in range(n)]
+def draw_output_lens(n: int, lo: int, hi: int, seed: int, dist: str = "uniform") -> list[int]:
+    """Output lengths in [lo, hi] drawn as OUTPUT_LEN_DISTS describes, reproducible for a seed; every batching
+    mode gets the same."""
+    if dist == "uniform" or lo == hi:
+        rng = random.Random(f"{seed}-mixed-output-{n}-{lo}-{hi}")  # str seeds are stable across runs
+        return [rng.randint(lo, hi) for _ in range(n)]
+    rng = random.Random(f"{seed}-mixed-output-{dist}-{n}-{lo}-{hi}")
+    # Extra tokens ~ Geometric(p) on {0, 1, ...} with mean (1 - p) / p = (hi - lo) / 4, by inversion.
+    p = 1 / (1 + (hi - lo) / 4)
+    return [min(hi, lo + int(math.log(1 - rng.random()) / math.log(1 - p))) for _ in range(n)]
 
 
 def warmup_requests(spec: MixedSpec, vocab_size: int, tokenizer: Any, seed: int) -> tuple[list[list[int]], list[int]]:
@@ -136,7 +153,7 @@ def run_mixed(model: str, model_label: str, device: str, dtype: str | None, spec
               seed: int, kv_cache_dtype: str = "auto", async_scheduling: bool | None = None) -> dict[str, Any]:
     """Every batching mode on a fresh engine: load, warm up, `runs` timed passes of the same workload.
     Prints a [BENCHMARK] line per mode and the comparison; returns the JSON record."""
-    output_lens = draw_output_lens(spec.requests, spec.output_lo, spec.output_hi, seed)
+    output_lens = draw_output_lens(spec.requests, spec.output_lo, spec.output_hi, seed, spec.output_dist)
     prompts: list[list[int]] = []
     results = []
     torch_device = torch.device(device)
@@ -161,7 +178,8 @@ def run_mixed(model: str, model_label: str, device: str, dtype: str | None, spec
             peak = memory.checkpoint()
         release_memory(torch_device)
         result = ModeResult("inferline", model_label, device, precision, batching, spec.requests, spec.input_len,
-                            spec.output_lo, spec.output_hi, spec.max_batch_size, timed, peak / GIB)
+                            spec.output_lo, spec.output_hi, spec.max_batch_size, timed, peak / GIB,
+                            spec.output_dist)
         typer.echo(result.benchmark_line())
         results.append(result)
     comparison = mixed_comparison(results)
@@ -172,5 +190,6 @@ def run_mixed(model: str, model_label: str, device: str, dtype: str | None, spec
     return {"workload": "mixed", "model": model, "device": device, "kv_cache_dtype": kv_cache_dtype,
             "async_scheduling": resolved_async, "warmup": warmup, "runs": runs, "seed": seed,
             "requests": spec.requests, "input_len": spec.input_len, "output_len_range": [spec.output_lo, spec.output_hi],
+            "output_len_dist": spec.output_dist,
             "max_batch_size": spec.max_batch_size, "batching": list(spec.batchings), "output_lens": output_lens,
             "modes": [r.to_json() for r in results], "comparison": comparison}

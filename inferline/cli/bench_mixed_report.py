@@ -54,6 +54,7 @@ class ModeResult:
     max_batch_size: int
     runs: list[MixedRun] = field(repr=False)
     peak_mem_gb: float
+    output_dist: str = "uniform"  # how the output lengths were drawn (bench_mixed.OUTPUT_LEN_DISTS)
 
     def _median(self, value: Any) -> float:
         return statistics.median(value(r) for r in self.runs)
@@ -82,6 +83,7 @@ class ModeResult:
             ("workload", "mixed"), ("batching", self.batching), ("requests", self.requests),
             ("max_batch_size", self.max_batch_size), ("input_length", self.input_len),
             ("output_length_min", self.output_lo), ("output_length_max", self.output_hi),
+            ("output_length_dist", self.output_dist),
             ("peak_mem(gb)", f"{self.peak_mem_gb:.2f}"),
             ("makespan(ms)", f"{self.makespan_ms:.1f}"),
             ("tokens_per_sec", f"{self.tokens_per_sec:.2f}"),

@@ -103,7 +103,8 @@ def plot_latency(payload: dict[str, Any], path: Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", loc="lower right")
     lo, hi = payload["output_len_range"]
-    title = (f"{payload['requests']} requests, {payload['input_len']} prompt tokens, output {lo}..{hi}, "
+    dist = payload.get("output_len_dist", "uniform")  # JSON written before the option existed: uniform
+    title = (f"{payload['requests']} requests, {payload['input_len']} prompt tokens, output {lo}..{hi} ({dist}), "
              f"max batch {payload['max_batch_size']}, {payload['device']}, {payload['runs']} run(s)")
     comparison = payload.get("comparison")
     if comparison:

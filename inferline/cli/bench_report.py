@@ -17,6 +17,9 @@ class CaseTiming:
     latencies_s: list[float]
     ttft_s: float  # median time until every sequence of the batch had its first token
     token_ids: list[list[int]]  # generated ids of the last timed run, one list per prompt
+    # Sequences preempted (KV blocks ran out, recomputed later) in each timed run; None where the side has
+    # no such scheduler (HF).
+    preemptions: list[int] | None = None
 
 
 @dataclass
@@ -80,6 +83,8 @@ class CaseResult:
             ("total_generated_tokens", self.total_generated_tokens),
             ("generation_tokens_per_second", f"{self.generation_tokens_per_second:.2f}"),
         ]
+        if self.timing.preemptions is not None:
+            fields.append(("preemptions", statistics.median_low(self.timing.preemptions)))
         return "[BENCHMARK] " + " ".join(f"{k} {v}" for k, v in fields)
 
     def to_json(self) -> dict[str, object]:
@@ -98,6 +103,7 @@ class CaseResult:
             "total_generated_tokens": self.total_generated_tokens,
             "generation_tokens_per_second": _finite_or_none(self.generation_tokens_per_second),
             "latencies_ms": [1e3 * s for s in self.timing.latencies_s],
+            "preemptions": self.timing.preemptions,
         }
 
 

@@ -41,13 +41,16 @@ class EngineSide:
         params = SamplingParams(max_tokens=output_len, min_tokens=output_len, detokenize=False)
         for _ in range(warmup):
             self._run_once(prompts, params)
-        latencies, ttfts, token_ids = [], [], []
+        latencies, ttfts, token_ids, preemptions = [], [], [], []
         for i in range(runs):
+            preempted_before = self.engine.stats().preempted
             latency, ttft, token_ids = self._run_once(prompts, params)
             latencies.append(latency)
             ttfts.append(ttft)
-            log.debug("bench_run", engine=self.name, run=i, latency_ms=round(1e3 * latency, 1))
-        return CaseTiming(latencies, statistics.median(ttfts), token_ids)
+            preemptions.append(self.engine.stats().preempted - preempted_before)
+            log.debug("bench_run", engine=self.name, run=i, latency_ms=round(1e3 * latency, 1),
+                      preemptions=preemptions[-1])
+        return CaseTiming(latencies, statistics.median(ttfts), token_ids, preemptions)
 
     def _run_once(self, prompts: list[list[int]], params: SamplingParams) -> tuple[float, float, list[list[int]]]:
         engine = self.engine

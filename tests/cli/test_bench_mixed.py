@@ -37,6 +37,7 @@ def test_parse_options_and_defaults():
     ((None, None, None, "static,dynamic", None), "--batching"),
     ((None, None, None, ",", None), "--batching"),
     ((None, None, None, None, 0), "--max-batch-size"),
+    ((None, None, None, None, None, "zipf"), "--output-len-dist"),
 ])
 def test_make_spec_rejects(args, option):
     with pytest.raises(InvalidParameterError) as err:
@@ -49,6 +50,18 @@ def test_output_len_draws_are_seeded_and_in_range():
     assert len(draws) == 500 and min(draws) >= 16 and max(draws) <= 512 and len(set(draws)) > 100
     assert draw_output_lens(500, 16, 512, seed=3) == draws
     assert draw_output_lens(500, 16, 512, seed=4) != draws
+
+
+def test_geometric_draws_have_a_long_tail_capped_at_hi():
+    draws = draw_output_lens(4000, 16, 512, seed=3, dist="geometric")
+    assert min(draws) == 16 and max(draws) == 512  # lengths start at LO; the cap is reached
+    # Mean LO + (HI - LO) / 4 = 140 before the cap (~138 after it); most requests are short.
+    assert 125 < sum(draws) / len(draws) < 150
+    assert sorted(draws)[len(draws) // 2] < 110  # median ~ 16 + 124 * ln 2 = 102
+    assert draw_output_lens(4000, 16, 512, seed=3, dist="geometric") == draws
+    assert draw_output_lens(4000, 16, 512, seed=3) != draws  # uniform draws differ
+    assert make_spec(None, None, None, None, None, "geometric").output_dist == "geometric"
+    assert draw_output_lens(5, 7, 7, seed=0, dist="geometric") == [7] * 5
 
 
 def test_warmup_covers_every_batch_size_with_other_prompts():

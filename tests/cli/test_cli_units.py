@@ -67,6 +67,14 @@ def test_benchmark_line_and_derived_numbers():
     assert line.startswith("[BENCHMARK] engine inferline model m device cpu precision float32 batch_size 2 ")
     assert "peak_mem(gb) 1.00 " in line and "latency(ms) 2000.0 " in line and "total_generated_tokens 22 " in line
     assert _percentile([1.0, 2.0, 3.0, 4.0, 5.0], 95) == pytest.approx(4.8)
+    assert "preemptions" not in line and r.to_json()["preemptions"] is None  # HF's side: no scheduler
+
+
+def test_benchmark_line_reports_our_preemptions():
+    r = CaseResult("inferline", "m", "cpu", "float32", Case(2, 8, 11),
+                   CaseTiming([1.0, 2.0, 3.0], 0.5, [[1], [2]], preemptions=[4, 0, 7]), 1, 1)
+    assert r.benchmark_line().endswith(" preemptions 4")  # median of the timed runs
+    assert r.to_json()["preemptions"] == [4, 0, 7]
 
 
 def test_comparison():

@@ -53,11 +53,13 @@ MAX_COUNTERS = MAX_ROW_TILES_SPLIT  # (sequence, KV head) pairs of a split launc
 
 @triton.jit
 def _prefetch_kv_tile(start, end, bt_row, k_head, v_head, stride_kb, stride_ks, stride_vb, stride_vs,
-                      BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, ELEMENT_BYTES: tl.constexpr,
-                      BLOCK_N: tl.constexpr):
+                      BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                      ELEMENT_BYTES: tl.constexpr, BLOCK_N: tl.constexpr):
     """Asks L2 for the K and V rows of key positions start .. start + BLOCK_N - 1 below end: one request
     per 128-byte line of each row, no registers held."""
-    LINES: tl.constexpr = (HEAD_DIM * ELEMENT_BYTES + 127) // 128
+    # Lines of the power-of-two tile width BLOCK_D (tl.arange needs a power of two: 80 float32 dims are
+    # 2.5 lines); those past HEAD_DIM are masked off.
+    LINES: tl.constexpr = (BLOCK_D * ELEMENT_BYTES + 127) // 128
     STEP: tl.constexpr = 128 // ELEMENT_BYTES  # elements per line
     pos = start + tl.arange(0, BLOCK_N)
     ok = pos < end
@@ -144,7 +146,7 @@ def _split_attention_kernel(
         s = tl.load(sin_ptr + pos * stride_sin + table_dims, mask=d_ok, other=0.0)
     if USE_PDL:
         _prefetch_kv_tile(kv_start, kv_end, bt_row, k_head, v_head, stride_kb, stride_ks, stride_vb, stride_vs,
-                          BLOCK_SIZE, HEAD_DIM, k_ptr.dtype.element_ty.primitive_bitwidth // 8, BLOCK_N)
+                          BLOCK_SIZE, HEAD_DIM, BLOCK_D, k_ptr.dtype.element_ty.primitive_bitwidth // 8, BLOCK_N)
     wait_for_previous(USE_PDL)
     if q_len == 0:  # no query: no rows
         return
