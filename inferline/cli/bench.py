@@ -60,6 +60,9 @@ def bench(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[Optional[str], typer.Option(help=DTYPE_HELP)] = None,
     kv_cache_dtype: Annotated[str, typer.Option(help=f"Our engine's {KV_CACHE_DTYPE_HELP}.")] = "auto",
+    kv_cache_free_mem_fraction: Annotated[float, typer.Option(
+        help="grid: share of the memory free after our engine's weights that its KV pool may take, less a "
+             "step's activations (TensorRT-LLM's kv_cache_free_gpu_mem_fraction).")] = 0.9,
     warmup: Annotated[int, typer.Option(help="Untimed runs per case before the timed ones (mixed: passes of short "
                                              "warm-up requests per engine).")] = 1,
     runs: Annotated[int, typer.Option(help="Timed runs per case; latency is their median (mixed: per mode, every "
@@ -109,6 +112,9 @@ def bench(
             raise InvalidParameterError("--model", "names no model")
         if scheduler_policy not in POLICIES:
             raise InvalidParameterError("--scheduler-policy", f"must be one of {', '.join(POLICIES)}, got {scheduler_policy!r}")
+        if not 0 < kv_cache_free_mem_fraction <= 1:
+            raise InvalidParameterError("--kv-cache-free-mem-fraction",
+                                        f"must be in (0, 1], got {kv_cache_free_mem_fraction}")
         if kv_cache_dtype not in KV_CACHE_DTYPES:
             raise InvalidParameterError("--kv-cache-dtype",
                                         f"must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
@@ -135,13 +141,15 @@ def bench(
                                 kv_cache_dtype, async_scheduling)
     else:
         payload = _bench_grid(model, models, hf_model, compare_hf, dev, dtype, cases, warmup, runs, seed,
-                              scheduler_policy, kv_cache_dtype, async_scheduling)
+                              scheduler_policy, kv_cache_dtype, async_scheduling,
+                              kv_cache_free_mem_fraction=kv_cache_free_mem_fraction)
     _save(payload, json_file, plot_dir)
 
 
 def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_hf: bool, dev: str,
                 dtype: Optional[str], cases: list[Case], warmup: int, runs: int, seed: int,
-                scheduler_policy: str, kv_cache_dtype: str, async_scheduling: bool | None) -> dict[str, Any]:
+                scheduler_policy: str, kv_cache_dtype: str, async_scheduling: bool | None, *,
+                kv_cache_free_mem_fraction: float = 0.9) -> dict[str, Any]:
     with user_errors({"max_seq_len": "--input-output-len", "max_batch_size": "--batch-size"}):
         prompts: dict[Case, list[list[int]]] = {}
         resolved: dict[str, Any] = {}  # engine settings as the engine resolved them, for the JSON
@@ -152,8 +160,10 @@ def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_
             # activation memory reserved next to the KV pool is what the cases need.
             step_tokens = min(8192, max(max_batch, *(c.batch_size * c.input_len for c in cases)))
             side = EngineSide(name, dev, dtype, max_batch, max(c.input_len + c.output_len for c in cases),
-                              step_tokens, scheduler_policy, kv_cache_dtype, async_scheduling)
+                              step_tokens, scheduler_policy, kv_cache_dtype, async_scheduling,
+                              kv_cache_free_mem_fraction=kv_cache_free_mem_fraction)
             resolved["async_scheduling"] = side.engine.async_scheduling
+            resolved["kv_blocks"] = side.engine.stats().kv_blocks_total
             # Every side gets these same prompts; the checkpoint's vocabulary comes with our (first) engine.
             for case in cases:
                 prompts.setdefault(case, random_prompts(case, side.engine.model_config.vocab_size,
@@ -174,7 +184,8 @@ def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_
     if comparisons:
         typer.echo("\n" + comparison_table(comparisons))
         typer.echo("lat. red. = 1 - ours/hf latency; speedup = hf/ours latency; mem red. = 1 - ours/hf peak memory")
-    return {"workload": "grid", "model": model, "device": dev, "kv_cache_dtype": kv_cache_dtype, **resolved,
+    return {"workload": "grid", "model": model, "device": dev, "kv_cache_dtype": kv_cache_dtype,
+            "kv_cache_free_mem_fraction": kv_cache_free_mem_fraction, **resolved,
             "warmup": warmup, "runs": runs, "seed": seed,
             "results": [r.to_json() for rs in ours.values() for r in rs] + [r.to_json() for r in hf],
             "comparison": [c.to_json() for c in comparisons]}

@@ -20,13 +20,14 @@ class EngineSide:
 
     def __init__(self, model: str, device: str, dtype: str | None, max_batch_size: int, max_seq_len: int,
                  max_num_tokens: int, scheduler_policy: str = "max_utilization", kv_cache_dtype: str = "auto",
-                 async_scheduling: bool | None = None):
+                 async_scheduling: bool | None = None, kv_cache_free_mem_fraction: float = 0.9):
         # Sized to the largest case: the KV pool holds max_batch_size sequences of max_seq_len tokens, and
         # a step (hence the activation memory reserved for it) holds max_num_tokens.
         self.engine = Engine(EngineConfig(model=model, device=device, dtype=dtype, max_batch_size=max_batch_size,
                                           max_seq_len=max_seq_len, max_num_tokens=max_num_tokens,
                                           scheduler_policy=scheduler_policy, kv_cache_dtype=kv_cache_dtype,
-                                          async_scheduling=async_scheduling))
+                                          async_scheduling=async_scheduling,
+                                          kv_cache_free_mem_fraction=kv_cache_free_mem_fraction))
         self.device = device
 
     @property

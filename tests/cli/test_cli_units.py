@@ -102,6 +102,7 @@ def test_cpu_peak_memory_sees_a_short_allocation():
     (["run", "--model", "smollm2-135m", "--input-text", "hi", "--max-output-len", "4", "--kv-cache-dtype", "fp16"],
      "--kv-cache-dtype"),
     (["bench", "--model", "smollm2-135m", "--kv-cache-dtype", "int8"], "--kv-cache-dtype"),
+    (["bench", "--model", "smollm2-135m", "--kv-cache-free-mem-fraction", "1.5"], "--kv-cache-free-mem-fraction"),
 ])
 def test_bad_input_is_one_line_naming_the_option(args, needle):
     result = runner.invoke(app, args)
