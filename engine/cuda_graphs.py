@@ -2,17 +2,22 @@
 they take longer than the GPU needs to run them for a decode step or a short prompt (measured on an
 H200: a 128-token prefill 13.4 ms eager against 4.9 ms of GPU work).
 
-Two families, each captured once per bucket over static input buffers:
+Three families, each captured once per bucket over static input buffers:
 - decode: every sequence adds one token; buckets of batch size.
 - prefill: a single sequence adds a chunk of tokens (a new prompt, or the next chunk of one); buckets of
   chunk length, up to MAX_PREFILL_TOKENS (longer chunks are GPU-bound, so eager costs nothing there).
+- mixed: decodes and then one prompt chunk, the step in-flight batching runs whenever a request joins a
+  running batch; buckets of (batch size, chunk length). One forward reads the weights once for both, where
+  a decode replay and a prefill replay read them twice (at batch 64 a 7B decode step is ~5 ms of weights).
 A step copies its inputs in (one copy: engine/graph_inputs.py) and pads to the bucket: padding tokens
-store nothing (slot -1) and belong to a padding sequence with no context, which attends to nothing."""
+store nothing (slot -1) and belong to padding sequences with no context, which attend to nothing."""
 from __future__ import annotations
 
 import bisect
+import time
 from typing import Iterable
 
+import numpy as np
 import structlog
 import torch
 
@@ -47,41 +52,49 @@ class StepGraphs:
         self.prefill_lengths = prefill_lengths(max_prefill_tokens)
         self.max_context_len = max_context_len
         device = kv_caches[0].device
-        tokens = max(self.batch_sizes[-1], *self.prefill_lengths)
-        seqs = max(self.batch_sizes[-1], 2)
+        top_batch, top_chunk = self.batch_sizes[-1], max(self.prefill_lengths, default=0)
+        tokens, seqs = top_batch + top_chunk, top_batch + 2  # a mixed step's, the largest
         # Static inputs: every graph reads a prefix of these, loaded by one copy a step.
         self.inputs = GraphInputs(tokens, seqs, max_blocks, device)
         self.decode_query_start = torch.arange(seqs + 1, dtype=torch.int32, device=device)
-        self._graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
-        self._logits: dict[tuple[str, int], torch.Tensor] = {}
+        self._graphs: dict[tuple[str, int, int], torch.cuda.CUDAGraph] = {}
+        self._logits: dict[tuple[str, int, int], torch.Tensor] = {}
+        # The mixed graphs' logits, one buffer for all (a buffer per graph would hold ~ a GB of float32 rows
+        # at 256 sequences and a 128K vocabulary); made by the first, largest mixed forward, before its capture.
+        self._mixed_logits: torch.Tensor | None = None
 
     def decode_graph(self, batch_size: int) -> tuple[int, torch.cuda.CUDAGraph]:
         """The captured decode graph that serves batch_size sequences, and its bucket (profiling)."""
         bucket = min(s for s in self.batch_sizes if s >= batch_size)
-        return bucket, self._graphs["decode", bucket]
+        return bucket, self._graphs["decode", bucket, 0]
 
     def capture(self) -> None:
-        # Largest first: smaller graphs then reuse the memory pool the largest ones reserved.
+        shapes = [("prefill", 0, n) for n in self.prefill_lengths] + [("decode", b, 0) for b in self.batch_sizes] + \
+                 [("mixed", b, n) for b in self.batch_sizes for n in self.prefill_lengths]
+        # Most tokens first: smaller graphs then reuse the memory pool the largest ones reserved.
+        shapes.sort(key=lambda shape: shape[1] + shape[2], reverse=True)
         pool = torch.cuda.graph_pool_handle()
-        shapes = [("prefill", n) for n in reversed(self.prefill_lengths)] + \
-                 [("decode", bs) for bs in reversed(self.batch_sizes)]
-        for kind, size in shapes:
-            forward = self._decode if kind == "decode" else self._prefill
-            if kind == "prefill":  # a whole bucket of real tokens; host-to-device copies stay out of captures
-                self.inputs.prefill_query_start.copy_(torch.tensor([0, size, size], dtype=torch.int32))
-            forward(size)  # compiles and autotunes this shape's kernels outside the capture
+        start = time.perf_counter()
+        for shape in shapes:
+            self._set_static_layout(*shape)  # host-to-device copies stay out of the captures
+            self._forward(*shape)  # compiles and autotunes this shape's kernels outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self._logits[kind, size] = forward(size)
-            self._graphs[kind, size] = graph
+                self._logits[shape] = self._forward(*shape)
+            self._graphs[shape] = graph
         torch.cuda.synchronize()
-        log.info("cuda_graphs_captured", decode_batch_sizes=self.batch_sizes, prefill_lengths=self.prefill_lengths)
+        log.info("cuda_graphs_captured", decode_batch_sizes=self.batch_sizes, prefill_lengths=self.prefill_lengths,
+                 graphs=len(shapes), seconds=round(time.perf_counter() - start, 1))
 
     def covers(self, chunk_lengths: Iterable[int]) -> bool:
         """Whether single-sequence prefill graphs exist for chunks of these lengths."""
         top = self.prefill_lengths[-1] if self.prefill_lengths else 0
         return all(n <= top for n in chunk_lengths)
+
+    def covers_mixed(self, decodes: int, chunk_length: int) -> bool:
+        """Whether a mixed graph serves `decodes` decodes followed by one chunk of chunk_length tokens."""
+        return decodes <= self.batch_sizes[-1] and self.covers([chunk_length]) and bool(self.prefill_lengths)
 
     def run(self, inputs: StepInputs, previous_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
         """Logits [sampling sequences, vocab] float32 if a captured graph covers this step, else None.
@@ -91,30 +104,66 @@ class StepGraphs:
             bucket = self.batch_sizes[bisect.bisect_left(self.batch_sizes, n)]
             self.inputs.load(inputs)
             inputs.fill_carried(self.inputs.input_ids, previous_tokens)
-            self._graphs["decode", bucket].replay()
-            logits = self._logits["decode", bucket][:n]
+            self._graphs["decode", bucket, 0].replay()
+            logits = self._logits["decode", bucket, 0][:n]
             # A one-token chunk of a longer prompt is computed here too but samples nothing.
             return logits if len(inputs.logits_index) == n else logits[to_device(inputs.logits_index, logits.device)]
         if inputs.num_seqs == 1 and self.prefill_lengths and n <= self.prefill_lengths[-1]:
             bucket = self.prefill_lengths[bisect.bisect_left(self.prefill_lengths, n)]
             self.inputs.load(inputs, prefill_bucket=bucket)
             inputs.fill_carried(self.inputs.input_ids, previous_tokens)
-            self._graphs["prefill", bucket].replay()
-            return self._logits["prefill", bucket][:len(inputs.logits_index)]  # none for a non-final chunk
+            self._graphs["prefill", 0, bucket].replay()
+            return self._logits["prefill", 0, bucket][:len(inputs.logits_index)]  # none for a non-final chunk
+        d = inputs.leading_decodes
+        if inputs.num_seqs == d + 1 and d > 0 and self.covers_mixed(d, n - d):
+            return self._run_mixed(inputs, previous_tokens)
         return None
 
-    def _decode(self, bs: int) -> torch.Tensor:
-        i = self.inputs
-        meta = AttentionMetadata(slot_mapping=i.slot_mapping[:bs], block_tables=i.block_tables[:bs],
-                                 context_lens=i.context_lens[:bs], query_start=self.decode_query_start[:bs + 1],
-                                 max_query_len=1, max_context_len=self.max_context_len)
-        hidden = self.model(i.input_ids[:bs], i.positions[:bs], self.kv_caches, meta)
-        return self.model.compute_logits(hidden)
+    def _run_mixed(self, inputs: StepInputs, previous_tokens: torch.Tensor | None) -> torch.Tensor:
+        n, d = len(inputs.input_ids), inputs.leading_decodes
+        b = self.batch_sizes[bisect.bisect_left(self.batch_sizes, d)]
+        chunk = self.prefill_lengths[bisect.bisect_left(self.prefill_lengths, n - d)]
+        self.inputs.load_mixed(inputs, b, chunk)
+        carried = inputs.carried_rows
+        # The chunk's tokens sit b - d rows further on in the graph's layout than in the step's.
+        inputs.fill_carried(self.inputs.input_ids, previous_tokens,
+                            rows=np.where(carried >= d, carried + b - d, carried))
+        self._graphs["mixed", b, chunk].replay()
+        logits = self._logits["mixed", b, chunk]  # rows: the b decode slots, then the chunk's last token
+        sampled = inputs.logits_index
+        if len(sampled) == d + 1 and sampled[-1] == n - 1:  # every decode and the chunk sample
+            return torch.cat([logits[:d], logits[b:b + 1]])
+        rows = np.where(sampled < d, sampled, b)  # the chunk's only sampled token is its last
+        return logits[to_device(rows, logits.device)]
 
-    def _prefill(self, tokens: int) -> torch.Tensor:
+    def _set_static_layout(self, kind: str, batch: int, chunk: int) -> None:
+        """The parts of a capture's inputs that its graph bakes in: a prefill graph's or a mixed graph's
+        query_start and logits rows, over real tokens only (captures copy nothing from the host)."""
+        if kind == "decode":
+            return
+        i, b = self.inputs, batch
+        i.query_start[:b + 3].copy_(torch.tensor([*range(b + 1), b + chunk, b + chunk], dtype=torch.int32))
+        i.logits_rows[:b + 1].copy_(torch.tensor([*range(b), b + chunk - 1], dtype=torch.long))
+
+    def _forward(self, kind: str, batch: int, chunk: int) -> torch.Tensor:
         i = self.inputs
-        meta = AttentionMetadata(slot_mapping=i.slot_mapping[:tokens], block_tables=i.block_tables[:2],
-                                 context_lens=i.context_lens[:2], query_start=i.prefill_query_start,
-                                 max_query_len=tokens, max_context_len=self.max_context_len)
+        if kind == "decode":
+            meta = AttentionMetadata(slot_mapping=i.slot_mapping[:batch], block_tables=i.block_tables[:batch],
+                                     context_lens=i.context_lens[:batch],
+                                     query_start=self.decode_query_start[:batch + 1],
+                                     max_query_len=1, max_context_len=self.max_context_len)
+            return self.model.compute_logits(self.model(i.input_ids[:batch], i.positions[:batch], self.kv_caches, meta))
+        # prefill (batch 0) and mixed: `batch` decodes, then one chunk, then its padding as one more sequence
+        tokens, seqs = batch + chunk, batch + 2
+        meta = AttentionMetadata(slot_mapping=i.slot_mapping[:tokens], block_tables=i.block_tables[:seqs],
+                                 context_lens=i.context_lens[:seqs], query_start=i.query_start[:seqs + 1],
+                                 max_query_len=chunk, max_context_len=self.max_context_len, leading_decodes=batch)
         hidden = self.model(i.input_ids[:tokens], i.positions[:tokens], self.kv_caches, meta)
-        return self.model.compute_logits(hidden[i.prefill_last_token])
+        logits = self.model.compute_logits(hidden[i.logits_rows[:batch + 1]])
+        if kind == "prefill":
+            return logits
+        if self._mixed_logits is None:
+            self._mixed_logits = logits.new_empty(self.batch_sizes[-1] + 1, logits.shape[-1])
+        out = self._mixed_logits[:batch + 1]
+        out.copy_(logits)
+        return out

@@ -3,11 +3,11 @@ step's inputs arrive in one host-to-device copy. Copied one by one (ids, positio
 lengths, block tables: five copies, and a device-to-device one for the strided tables) they took ~6 us
 of an H100's time a decode step plus the gaps between them (bench/step_timeline.py).
 
-Layout, int64 words: input_ids, positions, slot_mapping [tokens] each, the prefill's last token [1];
-then int32 words: context_lens [seqs], the prefill's query_start [3], block_tables [seqs, max_blocks].
-Every array starts on a 16-byte boundary, as separate allocations would: Triton specializes its kernels
-on that alignment (vectorized loads). A step copies the prefix that ends with its own block-table rows;
-rows past them keep stale tables, never read (their context length is 0)."""
+Layout, int64 words: input_ids, positions, slot_mapping [tokens] each, logits_rows [seqs] (the hidden rows
+a prefill or mixed graph takes logits of); then int32 words: context_lens [seqs], query_start [seqs + 1],
+block_tables [seqs, max_blocks]. Every array starts on a 16-byte boundary, as separate allocations would:
+Triton specializes its kernels on that alignment (vectorized loads). A step copies the prefix that ends
+with its own block-table rows; rows past them keep stale tables, never read (their context length is 0)."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,17 +21,18 @@ class GraphInputs:
     def __init__(self, tokens: int, seqs: int, max_blocks: int, device: torch.device):
         self.tokens, self.max_blocks = tokens, max_blocks
         self._stride = t = _align(tokens, 2)  # int64 words between the token arrays
-        self._int32_at = 2 * (3 * t + 2)  # in int32 words, after the last token (and padding)
+        self._rows_at = 3 * t
+        self._int32_at = 2 * (self._rows_at + _align(seqs, 2))  # in int32 words
         self._query_start_at = _align(seqs, 4)  # int32 words after _int32_at
-        self._tables_at = self._query_start_at + 4
+        self._tables_at = self._query_start_at + _align(seqs + 1, 4)
         self.buffer = torch.zeros(self._words64(seqs), dtype=torch.long, device=device)
         self.input_ids = self.buffer[:tokens]
         self.positions = self.buffer[t:t + tokens]
         self.slot_mapping = self.buffer[2 * t:2 * t + tokens]
-        self.prefill_last_token = self.buffer[3 * t:3 * t + 1]
+        self.logits_rows = self.buffer[self._rows_at:self._rows_at + seqs]
         int32 = self.buffer.view(torch.int32)[self._int32_at:]
         self.context_lens = int32[:seqs]
-        self.prefill_query_start = int32[self._query_start_at:self._query_start_at + 3]
+        self.query_start = int32[self._query_start_at:self._query_start_at + seqs + 1]
         self.block_tables = int32[self._tables_at:self._tables_at + seqs * max_blocks].view(seqs, max_blocks)
         self.slot_mapping.fill_(-1)
 
@@ -41,21 +42,57 @@ class GraphInputs:
 
     def load(self, inputs: StepInputs, prefill_bucket: int | None = None) -> None:
         """Queue one copy of the step's inputs; padding tokens get slot -1 (they store nothing), padding
-        sequences context length 0. prefill_bucket: also the prefill graph's query_start and last token."""
-        n, s, t = len(inputs.input_ids), inputs.num_seqs, self._stride
-        host = np.zeros(self._words64(s), dtype=np.int64)
-        host[:n] = inputs.input_ids
-        host[t:t + n] = inputs.positions
-        host[2 * t:2 * t + n] = inputs.slot_mapping
-        host[2 * t + n:2 * t + self.tokens] = -1
-        int32 = host.view(np.int32)[self._int32_at:]
+        sequences context length 0. prefill_bucket: a one-sequence prefill graph of that many tokens; its
+        query_start is (0, n, bucket) (the padding tokens are a sequence of their own) and its logits row
+        the last token."""
+        n, s = len(inputs.input_ids), inputs.num_seqs
+        host, int32 = self._host(s)
+        self._put_tokens(host, inputs, 0, slice(0, n))
         int32[:s] = inputs.context_lens
         if prefill_bucket is not None:
-            host[3 * t] = n - 1
+            host[self._rows_at] = n - 1
             int32[self._query_start_at:self._query_start_at + 3] = (0, n, prefill_bucket)
         tables = int32[self._tables_at:self._tables_at + s * self.max_blocks]
         inputs.write_block_tables(tables.reshape(s, self.max_blocks))
         copy_into(self.buffer[:len(host)], host)
+
+    def load_mixed(self, inputs: StepInputs, decode_bucket: int, chunk_bucket: int) -> None:
+        """A step of d decodes and then one prompt chunk of c tokens (inputs.leading_decodes == d, one more
+        sequence) into a mixed graph's layout: the decodes in tokens and sequences 0 .. d - 1, padding decodes
+        up to decode_bucket, the chunk from token / sequence decode_bucket on, its padding tokens up to
+        chunk_bucket as one more sequence. query_start is then (0, 1, .., B, B + c, B + chunk_bucket) and the
+        logits rows the B decode rows and the chunk's last token."""
+        d, b = inputs.leading_decodes, decode_bucket
+        c = len(inputs.input_ids) - d
+        host, int32 = self._host(b + 2)
+        self._put_tokens(host, inputs, 0, slice(0, d))
+        self._put_tokens(host, inputs, b, slice(d, d + c))
+        int32[:d] = inputs.context_lens[:d]
+        int32[b] = inputs.context_lens[d]
+        host[self._rows_at:self._rows_at + b] = np.arange(b)
+        host[self._rows_at + b] = b + c - 1
+        query_start = int32[self._query_start_at:self._query_start_at + b + 3]
+        query_start[:b + 1] = np.arange(b + 1)
+        query_start[b + 1:] = (b + c, b + chunk_bucket)
+        tables = int32[self._tables_at:self._tables_at + (b + 2) * self.max_blocks].reshape(b + 2, self.max_blocks)
+        inputs.write_block_tables(tables[:d])
+        table = inputs.tables[d]
+        tables[b, :len(table)] = table
+        copy_into(self.buffer[:len(host)], host)
+
+    def _host(self, table_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The host image of the buffer's prefix through block-table row table_rows - 1: every slot -1, every
+        other word 0; and its int32 part."""
+        t = self._stride
+        host = np.zeros(self._words64(table_rows), dtype=np.int64)
+        host[2 * t:2 * t + self.tokens] = -1
+        return host, host.view(np.int32)[self._int32_at:]
+
+    def _put_tokens(self, host: np.ndarray, inputs: StepInputs, at: int, part: slice) -> None:
+        t, n = self._stride, part.stop - part.start
+        host[at:at + n] = inputs.input_ids[part]
+        host[t + at:t + at + n] = inputs.positions[part]
+        host[2 * t + at:2 * t + at + n] = inputs.slot_mapping[part]
 
 
 def _align(n: int, multiple: int) -> int:

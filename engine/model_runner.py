@@ -1,8 +1,8 @@
 """Owns the model weights and the KV pool on one device; turns a scheduled batch into tensors,
 runs the model and returns logits for the sequences that sample this step.
 
-Decode steps and single-sequence prefill chunks replay CUDA graphs (engine/cuda_graphs.py); other
-steps run eagerly."""
+Decode steps, single-sequence prefill chunks and decodes joined by a prompt chunk replay CUDA graphs
+(engine/cuda_graphs.py); other steps run eagerly."""
 from __future__ import annotations
 
 import contextlib
@@ -81,11 +81,11 @@ class ModelRunner:
         previous_tokens: the previous step's sampled tokens (on the device), for sequences whose last
         token is still PENDING on the host (async scheduling)."""
         if self.graphs is not None and (parts := self._graphed_parts(batch)) is not None:
-            if len(parts) == 1:
+            if len(parts) == 1 and parts[0] == list(range(len(batch))):
                 return self.graphs.run(StepInputs.build(batch, self.block_size), previous_tokens)
-            # The decodes and each prompt chunk replay their own graphs: two or three replays cost less
-            # than one eager step of ~350 launches (sequences never read each other's cache, so the
-            # order is free). Rows are put back in batch order.
+            # The decodes with the first prompt chunk, and each further chunk, replay their own graphs: two
+            # replays cost less than one eager step of ~350 launches (sequences never read each other's
+            # cache, so the order is free). Rows are put back in batch order.
             rows: dict[int, torch.Tensor] = {}
             for part in parts:
                 # Copied: two chunks of one length replay the same graph, into the same output buffer.
@@ -96,11 +96,14 @@ class ModelRunner:
         return self._run_eager(StepInputs.build(batch, self.block_size), previous_tokens)
 
     def _graphed_parts(self, batch: list[ScheduledSequence]) -> list[list[int]] | None:
-        """The batch split into graph-covered parts (decodes; each prompt chunk), or None for eager."""
+        """The batch split into graph-covered parts (the decodes with the first prompt chunk, in that order,
+        or apart; each further chunk), or None for eager."""
         decodes = [i for i, item in enumerate(batch) if item.num_tokens == 1]
         chunks = [[i] for i, item in enumerate(batch) if item.num_tokens > 1]
         if len(chunks) > MAX_GRAPHED_CHUNKS or not self.graphs.covers(batch[i].num_tokens for [i] in chunks):
             return None
+        if decodes and chunks and self.graphs.covers_mixed(len(decodes), batch[chunks[0][0]].num_tokens):
+            return [decodes + chunks[0]] + chunks[1:]
         return ([decodes] if decodes else []) + chunks
 
     def _run_eager(self, inputs: StepInputs, previous_tokens: torch.Tensor | None) -> torch.Tensor:

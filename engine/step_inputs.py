@@ -81,18 +81,21 @@ class StepInputs:
                    carried_rows=np.array(carried_rows, dtype=np.int64),
                    carried_from=np.array(carried_from, dtype=np.int64))
 
-    def fill_carried(self, input_ids: torch.Tensor, previous_tokens: torch.Tensor | None) -> None:
-        """Write the carried tokens into input_ids (on the device, after the host ids are copied in)."""
-        k = len(self.carried_rows)
+    def fill_carried(self, input_ids: torch.Tensor, previous_tokens: torch.Tensor | None,
+                     rows: np.ndarray | None = None) -> None:
+        """Write the carried tokens into input_ids (on the device, after the host ids are copied in).
+        rows: where the carried tokens go in input_ids, if not at carried_rows (a graph's padded layout)."""
+        rows = self.carried_rows if rows is None else rows
+        k = len(rows)
         if k == 0:
             return
         if previous_tokens is None:
             raise RuntimeError("this step reads tokens of a previous step, but none was passed")
-        if np.array_equal(self.carried_rows, self.carried_from) and self.carried_rows[-1] == k - 1:
+        if np.array_equal(rows, self.carried_from) and rows[-1] == k - 1:
             # The steady decode state (the same sequences in the same order): one device copy.
             input_ids[:k].copy_(previous_tokens[:k])
             return
-        index = to_device(np.stack([self.carried_rows, self.carried_from]), input_ids.device)
+        index = to_device(np.stack([rows, self.carried_from]), input_ids.device)
         input_ids[index[0]] = previous_tokens[index[1]]
 
     def block_tables(self) -> np.ndarray:
