@@ -5,7 +5,7 @@
 #   bench/gpu_7b.sh latency     batch 1, 32->50 and 128->50, and the time to first token at 128 and 2048 prompt
 #                               tokens: bf16 MHA (Baichuan2-7B shape), ours vs HF
 #   bench/gpu_7b.sh throughput  fixed lengths 128/128 over batch sizes, ours vs HF
-#   bench/gpu_7b.sh long        fixed lengths 128/2048 and 2048/128 at 128 concurrent requests
+#   bench/gpu_7b.sh long        fixed lengths 128/2048 and 2048/128 at 96 concurrent requests (bf16 KV cache)
 #   bench/gpu_7b.sh mixed       256 requests, output lengths 16..512 (uniform, then geometric): static vs
 #                               in-flight batching
 #   bench/gpu_7b.sh quant       int8_wo, int4_wo (the AWQ/GPTQ format) and fp8 engines: batch-1 latency and
@@ -72,12 +72,16 @@ stage_throughput() {
 
 stage_long() {
   checkpoint baichuan2-7b "$MHA"
-  # Long cases over a bf16 KV cache, whose pool holds ~50 whole 2,176-token sequences on an H100 80GB: 96
-  # requests under max_utilization (the newest are preempted and recomputed when blocks run out) keep
-  # more sequences decoding than waves of whole ones do (session 17: 128/2048 3,244 / 3,272 tok/s against
-  # 2,927 at 48 whole). 3 runs, no warm-up: the median is a run that compiled nothing.
-  bench throughput_long --model "$MHA" --batch-size 96 --input-output-len "128,2048;2048,128" \
+  # Long cases over a bf16 KV cache, whose pool holds ~50 whole 2,176-token sequences on an H100 80GB.
+  # 128/2048: 96 requests under max_utilization (the newest are preempted and recomputed when blocks run
+  # out) keep more sequences decoding than waves of whole ones do (session 17: 3,244 / 3,272 tok/s). 3 runs,
+  # no warm-up: the median is a run that compiled nothing.
+  bench throughput_long_128_2048 --model "$MHA" --batch-size 96 --input-output-len "128,2048" \
     --scheduler-policy max_utilization --warmup 0 --runs 3
+  # 2048/128: whole sequences (guaranteed_no_evict) lose no prefill to preemption: 1,186 tok/s against
+  # max_utilization's 1,170 in the same call (session 19, both with a warm-up run).
+  bench throughput_long_2048_128 --model "$MHA" --batch-size 96 --input-output-len "2048,128" \
+    --scheduler-policy guaranteed_no_evict --warmup 1 --runs 2
 }
 
 stage_mixed() {
