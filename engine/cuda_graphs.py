@@ -94,7 +94,7 @@ class StepGraphs:
 
     def covers_mixed(self, decodes: int, chunk_length: int) -> bool:
         """Whether a mixed graph serves `decodes` decodes followed by one chunk of chunk_length tokens."""
-        return decodes <= self.batch_sizes[-1] and self.covers([chunk_length]) and bool(self.prefill_lengths)
+        return decodes <= self.batch_sizes[-1] and self.covers([chunk_length])
 
     def run(self, inputs: StepInputs, previous_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
         """Logits [sampling sequences, vocab] float32 if a captured graph covers this step, else None.
@@ -132,7 +132,7 @@ class StepGraphs:
         logits = self._logits["mixed", b, chunk]  # rows: the b decode slots, then the chunk's last token
         sampled = inputs.logits_index
         if len(sampled) == d + 1 and sampled[-1] == n - 1:  # every decode and the chunk sample
-            return torch.cat([logits[:d], logits[b:b + 1]])
+            return logits[:d + 1] if d == b else torch.cat([logits[:d], logits[b:b + 1]])
         rows = np.where(sampled < d, sampled, b)  # the chunk's only sampled token is its last
         return logits[to_device(rows, logits.device)]
 

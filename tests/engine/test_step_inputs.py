@@ -1,7 +1,9 @@
 """A step's host-side inputs (engine/step_inputs.py), built from scheduled sequences without a model."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSequence
@@ -52,3 +54,21 @@ def test_fresh_prompts_are_the_trailing_sequences_with_nothing_cached(lens, fres
         assert first >= inputs.leading_decodes
         assert inputs.query_start[first] == fresh[0]
         assert (inputs.context_lens[first:] == inputs.query_start[first + 1:] - inputs.query_start[first:-1]).all()
+
+
+def test_carried_tokens_land_at_their_rows_or_at_the_rows_given():
+    """Tokens still on the device (async scheduling) are written where the step's layout puts them, or,
+    for a graph that pads the decodes (cuda_graphs.StepGraphs: a mixed graph), at the rows it names."""
+    items = [scheduled(9, 8, 1), scheduled(5, 4, 1), scheduled(12, 0, 12)]
+    items[0].seq.pending_row, items[1].seq.pending_row = 1, 0  # last step's rows 1 and 0, swapped
+    inputs = StepInputs.build(items, BLOCK_SIZE)
+    assert inputs.carried_rows.tolist() == [0, 1] and inputs.carried_from.tolist() == [1, 0]
+    previous = torch.tensor([70, 71])
+    ids = torch.from_numpy(inputs.input_ids.copy())
+    inputs.fill_carried(ids, previous)
+    assert ids[:2].tolist() == [71, 70] and ids[2:].tolist() == inputs.input_ids[2:].tolist()
+    padded = torch.zeros(8, dtype=torch.long)
+    inputs.fill_carried(padded, previous, rows=np.array([0, 3]))
+    assert padded.tolist() == [71, 0, 0, 70, 0, 0, 0, 0]
+    with pytest.raises(RuntimeError, match="previous step"):
+        inputs.fill_carried(ids, None)
