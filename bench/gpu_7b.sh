@@ -22,6 +22,7 @@
 #                               (the graph, what runs outside it, idle time: bench/step_timeline.py)
 #   bench/gpu_7b.sh fp8_profile where the fp8 throughput runs' GPU time goes (128/128 and 2048/128, kernel
 #                               families per prefill / decode step), and the fp8 GEMM's parts at those sizes
+#   bench/gpu_7b.sh long_profile where the bf16 (bf16 KV) 2048/128 run's GPU time goes, as fp8_profile does
 #   bench/gpu_7b.sh all         every stage above, in that order
 # Writes [BENCHMARK] lines, tables, JSON and PNG plots under $OUT (default bench-results/). Each stage
 # builds the random checkpoint it needs first (~1 min), unless it is already there.
@@ -176,6 +177,13 @@ stage_profile() {  # PROFILE_SCHEMES (default "bf16 int8_wo int4_wo"), PROFILE_P
   done
 }
 
+stage_long_profile() {
+  checkpoint baichuan2-7b "$MHA"
+  # 96 whole sequences, as `long` runs them: two waves of ~48 on an H100 80GB.
+  python3 bench/throughput_profile.py --model "$MHA" --requests 96 --input-len 2048 --output-len 128 \
+    --scheduler-policy guaranteed_no_evict > "$OUT/throughput_profile_bf16_2048_128.txt" 2>&1
+}
+
 stage_fp8_profile() {
   fp8_static_engine
   python3 bench/fp8_gemm_sweep.py --m 256,512,1024,8192 > "$OUT/fp8_gemm_sweep.txt" 2>&1
@@ -189,6 +197,7 @@ stage_fp8_profile() {
 machine | tee "$OUT/machine.txt"
 case "${1:?stage: tests, latency, throughput, long, mixed, quant, gqa or all}" in
   all) for s in tests latency throughput long long_fp8kv mixed quant gqa; do "stage_$s"; done ;;
-  tests|latency|throughput|long|long_fp8kv|mixed|quant|fp8_throughput|fp8_long|fp8_profile|gqa|kernels|profile) "stage_$1" ;;
+  tests|latency|throughput|long|long_fp8kv|long_profile|mixed|quant|fp8_throughput|fp8_long|fp8_profile|gqa|kernels|profile)
+    "stage_$1" ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac
