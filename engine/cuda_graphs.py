@@ -137,8 +137,9 @@ class StepGraphs:
         return logits[to_device(rows, logits.device)]
 
     def _set_static_layout(self, kind: str, batch: int, chunk: int) -> None:
-        """The parts of a capture's inputs that its graph bakes in: a prefill graph's or a mixed graph's
-        query_start and logits rows, over real tokens only (captures copy nothing from the host)."""
+        """A prefill or mixed capture's query_start and logits rows as for a step that fills its buckets, so its
+        warm-up forward and capture run over valid rows; each replay's own values come with its load. Set
+        here because captures copy nothing from the host."""
         if kind == "decode":
             return
         i, b = self.inputs, batch
