@@ -94,6 +94,9 @@ stage_mixed() {
     bench "mixed_$dist" --model "$MHA" --workload mixed --requests 256 --input-len 128 --output-len-range 16,512 \
       --output-len-dist "$dist" --max-batch-size 64 --runs 3 --plot-dir "$OUT"
     mv "$OUT/latency_static_vs_inflight.png" "$OUT/latency_static_vs_inflight_$dist.png"
+    # What the draws allow at most, counting steps (CPU): the measured ratio is read against it.
+    python3 bench/mixed_bound.py --requests 256 --output-len-range 16,512 --dist "$dist" --max-batch-size 64 \
+      --seeds 1 | tee "$OUT/mixed_bound_$dist.txt"
   done
 }
 
