@@ -45,7 +45,7 @@ def main() -> None:
         ratios.append(s / f)
         print(f"seed {seed}: mean output {statistics.mean(lens):.0f} tokens, static {s} steps, "
               f"in-flight {f} steps, ratio {s / f:.2f}x")
-    print(f"median ratio over {args.seeds} seeds: {statistics.median(ratios):.2f}x")
+    print(f"median ratio over {args.seeds} seed(s): {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
