@@ -76,7 +76,8 @@ class StepGraphs:
         pool = torch.cuda.graph_pool_handle()
         start = time.perf_counter()
         for shape in shapes:
-            self._set_static_layout(*shape)  # host-to-device copies stay out of the captures
+            if shape[0] != "decode":
+                self.inputs.fill_bucket_layout(shape[1], shape[2])
             self._forward(*shape)  # compiles and autotunes this shape's kernels outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
@@ -110,7 +111,7 @@ class StepGraphs:
             return logits if len(inputs.logits_index) == n else logits[to_device(inputs.logits_index, logits.device)]
         if inputs.num_seqs == 1 and self.prefill_lengths and n <= self.prefill_lengths[-1]:
             bucket = self.prefill_lengths[bisect.bisect_left(self.prefill_lengths, n)]
-            self.inputs.load(inputs, prefill_bucket=bucket)
+            self.inputs.load_chunk_step(inputs, 0, bucket)
             inputs.fill_carried(self.inputs.input_ids, previous_tokens)
             self._graphs["prefill", 0, bucket].replay()
             return self._logits["prefill", 0, bucket][:len(inputs.logits_index)]  # none for a non-final chunk
@@ -123,7 +124,7 @@ class StepGraphs:
         n, d = len(inputs.input_ids), inputs.leading_decodes
         b = self.batch_sizes[bisect.bisect_left(self.batch_sizes, d)]
         chunk = self.prefill_lengths[bisect.bisect_left(self.prefill_lengths, n - d)]
-        self.inputs.load_mixed(inputs, b, chunk)
+        self.inputs.load_chunk_step(inputs, b, chunk)
         carried = inputs.carried_rows
         # The chunk's tokens sit b - d rows further on in the graph's layout than in the step's.
         inputs.fill_carried(self.inputs.input_ids, previous_tokens,
@@ -135,16 +136,6 @@ class StepGraphs:
             return logits[:d + 1] if d == b else torch.cat([logits[:d], logits[b:b + 1]])
         rows = np.where(sampled < d, sampled, b)  # the chunk's only sampled token is its last
         return logits[to_device(rows, logits.device)]
-
-    def _set_static_layout(self, kind: str, batch: int, chunk: int) -> None:
-        """A prefill or mixed capture's query_start and logits rows as for a step that fills its buckets, so its
-        warm-up forward and capture run over valid rows; each replay's own values come with its load. Set
-        here because captures copy nothing from the host."""
-        if kind == "decode":
-            return
-        i, b = self.inputs, batch
-        i.query_start[:b + 3].copy_(torch.tensor([*range(b + 1), b + chunk, b + chunk], dtype=torch.int32))
-        i.logits_rows[:b + 1].copy_(torch.tensor([*range(b), b + chunk - 1], dtype=torch.long))
 
     def _forward(self, kind: str, batch: int, chunk: int) -> torch.Tensor:
         i = self.inputs

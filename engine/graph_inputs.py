@@ -40,28 +40,22 @@ class GraphInputs:
         """int64 words from the start through block-table row table_rows - 1."""
         return -(-(self._int32_at + self._tables_at + table_rows * self.max_blocks) // 2)
 
-    def load(self, inputs: StepInputs, prefill_bucket: int | None = None) -> None:
-        """Queue one copy of the step's inputs; padding tokens get slot -1 (they store nothing), padding
-        sequences context length 0. prefill_bucket: a one-sequence prefill graph of that many tokens; its
-        query_start is (0, n, bucket) (the padding tokens are a sequence of their own) and its logits row
-        the last token."""
+    def load(self, inputs: StepInputs) -> None:
+        """Queue one copy of a decode step's inputs; padding tokens get slot -1 (they store nothing), padding
+        sequences context length 0."""
         n, s = len(inputs.input_ids), inputs.num_seqs
         host, int32 = self._host(s)
         self._put_tokens(host, inputs, 0, slice(0, n))
         int32[:s] = inputs.context_lens
-        if prefill_bucket is not None:
-            host[self._rows_at] = n - 1
-            int32[self._query_start_at:self._query_start_at + 3] = (0, n, prefill_bucket)
         tables = int32[self._tables_at:self._tables_at + s * self.max_blocks]
         inputs.write_block_tables(tables.reshape(s, self.max_blocks))
         copy_into(self.buffer[:len(host)], host)
 
-    def load_mixed(self, inputs: StepInputs, decode_bucket: int, chunk_bucket: int) -> None:
-        """A step of d decodes and then one prompt chunk of c tokens (inputs.leading_decodes == d, one more
-        sequence) into a mixed graph's layout: the decodes in tokens and sequences 0 .. d - 1, padding decodes
-        up to decode_bucket, the chunk from token / sequence decode_bucket on, its padding tokens up to
-        chunk_bucket as one more sequence. query_start is then (0, 1, .., B, B + c, B + chunk_bucket) and the
-        logits rows the B decode rows and the chunk's last token."""
+    def load_chunk_step(self, inputs: StepInputs, decode_bucket: int, chunk_bucket: int) -> None:
+        """Queue one copy of a step of d decodes and then one prompt chunk of c tokens (inputs.leading_decodes
+        == d, one more sequence; d = 0: a prefill graph's step) in a chunk graph's layout: the decodes in
+        tokens and sequences 0 .. d - 1, padding decodes up to decode_bucket, the chunk from token / sequence
+        decode_bucket on, its padding tokens up to chunk_bucket as one more sequence (chunk_step_layout)."""
         d, b = inputs.leading_decodes, decode_bucket
         c = len(inputs.input_ids) - d
         host, int32 = self._host(b + 2)
@@ -69,16 +63,21 @@ class GraphInputs:
         self._put_tokens(host, inputs, b, slice(d, d + c))
         int32[:d] = inputs.context_lens[:d]
         int32[b] = inputs.context_lens[d]
-        host[self._rows_at:self._rows_at + b] = np.arange(b)
-        host[self._rows_at + b] = b + c - 1
-        query_start = int32[self._query_start_at:self._query_start_at + b + 3]
-        query_start[:b + 1] = np.arange(b + 1)
-        query_start[b + 1:] = (b + c, b + chunk_bucket)
+        query_start, rows = chunk_step_layout(b, c, chunk_bucket)
+        host[self._rows_at:self._rows_at + len(rows)] = rows
+        int32[self._query_start_at:self._query_start_at + len(query_start)] = query_start
         tables = int32[self._tables_at:self._tables_at + (b + 2) * self.max_blocks].reshape(b + 2, self.max_blocks)
         inputs.write_block_tables(tables[:d])
         table = inputs.tables[d]
         tables[b, :len(table)] = table
         copy_into(self.buffer[:len(host)], host)
+
+    def fill_bucket_layout(self, decode_bucket: int, chunk_bucket: int) -> None:
+        """query_start and logits rows of a chunk graph's step whose chunk fills its bucket, copied in now:
+        what a capture's warm-up and captured forwards run over (a capture copies nothing from the host)."""
+        query_start, rows = chunk_step_layout(decode_bucket, chunk_bucket, chunk_bucket)
+        self.query_start[:len(query_start)].copy_(torch.from_numpy(query_start))
+        self.logits_rows[:len(rows)].copy_(torch.from_numpy(rows))
 
     def _host(self, table_rows: int) -> tuple[np.ndarray, np.ndarray]:
         """The host image of the buffer's prefix through block-table row table_rows - 1: every slot -1, every
@@ -93,6 +92,15 @@ class GraphInputs:
         host[at:at + n] = inputs.input_ids[part]
         host[t + at:t + at + n] = inputs.positions[part]
         host[2 * t + at:2 * t + at + n] = inputs.slot_mapping[part]
+
+
+def chunk_step_layout(decode_bucket: int, chunk_tokens: int, chunk_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """query_start [B + 3] and logits rows [B + 1] of B decode slots then one chunk of chunk_tokens tokens
+    padded to chunk_bucket: (0, 1, .., B, B + c, B + chunk_bucket) and (0, .., B - 1, B + c - 1), the rows
+    whose logits the graph takes (every decode slot, the chunk's last token)."""
+    b, c = decode_bucket, chunk_tokens
+    query_start = np.array([*range(b + 1), b + c, b + chunk_bucket], dtype=np.int32)
+    return query_start, np.array([*range(b), b + c - 1], dtype=np.int64)
 
 
 def _align(n: int, multiple: int) -> int:

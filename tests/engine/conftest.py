@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine import Engine, EngineConfig
 from engine.block_manager import BlockManager
 from engine.kv_cache import allocate_kv_cache
 from engine.loader import open_checkpoint
@@ -69,3 +70,20 @@ class PagedDecoder:
 def paged_decoder():
     return PagedDecoder
 
+
+
+def _eager_and_graphed_tokens(model: Path, prompts: list[list[int]], params: list[SamplingParams],
+                              **config) -> dict[bool, list[list[int]]]:
+    """Generated tokens of a float32 CUDA engine without CUDA graphs (False) and with them (True), one
+    engine at a time; config: the rest of both engines' EngineConfig."""
+    results = {}
+    for graphs in (False, True):
+        engine = Engine(EngineConfig(model=str(model), device="cuda", dtype="float32", cuda_graphs=graphs, **config))
+        results[graphs] = [o.token_ids for o in engine.generate(prompts, params)]
+        del engine
+    return results
+
+
+@pytest.fixture
+def eager_and_graphed_tokens():
+    return _eager_and_graphed_tokens

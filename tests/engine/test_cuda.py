@@ -80,19 +80,16 @@ def test_cuda_triton_attention_equals_torch_reference(smollm2_dir):
     assert results["triton_paged"] == results["torch_paged"]
 
 
-def test_cuda_graphs_split_mixed_steps_like_eager(smollm2_dir):
-    """Steps mixing decodes with one or two new prompts replay the decode graph and a prefill graph per
-    prompt; prompts longer than the largest prefill graph, or three at once, run eagerly. Either way
-    the tokens are the eager engine's."""
+def test_cuda_graphs_split_mixed_steps_like_eager(smollm2_dir, eager_and_graphed_tokens):
+    """Steps mixing decodes with one or two new prompts replay a mixed graph (the decodes and the first
+    prompt) and a prefill graph for the second; prompts longer than the largest prefill graph, or three at
+    once, run eagerly. Either way the tokens are the eager engine's."""
     from engine.cuda_graphs import MAX_PREFILL_TOKENS
 
     prompts = [[100 + i] * n for i, n in enumerate((5, 40, 17, 9, 33, MAX_PREFILL_TOKENS + 20, 12, 3))]
     params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in (6, 3, 12, 4, 8, 5, 9, 7)]
-    results = {}
-    for graphs in (False, True):
-        engine = Engine(EngineConfig(model=str(smollm2_dir), device="cuda", dtype="float32", max_seq_len=1024,
-                                     max_batch_size=4, max_num_tokens=1024, cuda_graphs=graphs))
-        results[graphs] = [o.token_ids for o in engine.generate(prompts, params)]
+    results = eager_and_graphed_tokens(smollm2_dir, prompts, params, max_seq_len=1024, max_batch_size=4,
+                                       max_num_tokens=1024)
     assert results[True] == results[False]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engine import Engine, EngineConfig, SamplingParams
+from engine import SamplingParams
 from engine.cuda_graphs import StepGraphs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -26,7 +26,8 @@ def tiny_gqa_folder(tmp_path_factory):
     return folder
 
 
-def test_mixed_steps_replay_one_graph_and_give_the_eager_tokens(tiny_gqa_folder, monkeypatch):
+def test_mixed_steps_replay_one_graph_and_give_the_eager_tokens(tiny_gqa_folder, monkeypatch,
+                                                                eager_and_graphed_tokens):
     """Requests of different lengths join a running batch of at most 6 as others finish, so most
     admissions are a step of decodes plus one prompt chunk (some plus two: the second replays a prefill
     graph); prompts past the 64-token step budget arrive in chunks."""
@@ -42,11 +43,8 @@ def test_mixed_steps_replay_one_graph_and_give_the_eager_tokens(tiny_gqa_folder,
         return run_mixed(self, inputs, previous_tokens)
 
     monkeypatch.setattr(StepGraphs, "_run_mixed", counting)
-    results = {}
-    for graphs in (False, True):
-        engine = Engine(EngineConfig(model=str(tiny_gqa_folder), device="cuda", dtype="float32", max_seq_len=256,
-                                     max_batch_size=6, max_num_tokens=64, cuda_graphs=graphs))
-        results[graphs] = [o.token_ids for o in engine.generate(prompts, params)]
+    results = eager_and_graphed_tokens(tiny_gqa_folder, prompts, params, max_seq_len=256, max_batch_size=6,
+                                       max_num_tokens=64)
     assert results[True] == results[False]
     assert [len(t) for t in results[True]] == [p.max_tokens for p in params]
     assert len(mixed_replays) >= 5, mixed_replays  # the graphs were used, with chunks of several sizes

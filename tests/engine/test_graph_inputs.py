@@ -45,7 +45,7 @@ def test_a_decode_step_lands_with_its_padding():
 
 def test_a_prefill_step_sets_its_query_start_and_last_token():
     g = GraphInputs(tokens=16, seqs=2, max_blocks=4, device=torch.device("cpu"))
-    g.load(step(list(range(1, 6)), list(range(5)), list(range(20, 25)), [5], [[1, 2]]), prefill_bucket=16)
+    g.load_chunk_step(step(list(range(1, 6)), list(range(5)), list(range(20, 25)), [5], [[1, 2]]), 0, 16)
     assert g.query_start[:3].tolist() == [0, 5, 16] and g.logits_rows[:1].tolist() == [4]
     assert g.slot_mapping.tolist() == list(range(20, 25)) + [-1] * 11 and g.context_lens.tolist() == [5, 0]
 
@@ -54,7 +54,7 @@ def test_a_mixed_step_puts_its_chunk_after_the_padded_decodes():
     """Two decodes and a 3-token chunk into the (decode bucket 4, chunk bucket 8) graph's layout."""
     g = GraphInputs(tokens=12, seqs=6, max_blocks=3, device=torch.device("cpu"))
     g.load(step([1] * 10, [0] * 10, list(range(10)), [9] * 6, [[7]] * 6))  # an earlier step's leftovers
-    g.load_mixed(step([11, 12, 21, 22, 23], [40, 7, 16, 17, 18], [100, 7, 48, 49, 50], [41, 8, 19],
+    g.load_chunk_step(step([11, 12, 21, 22, 23], [40, 7, 16, 17, 18], [100, 7, 48, 49, 50], [41, 8, 19],
                       [[6, 2, 9], [1], [5, 3]], leading_decodes=2), decode_bucket=4, chunk_bucket=8)
     assert g.input_ids[:7].tolist() == [11, 12, 0, 0, 21, 22, 23]
     assert g.positions[4:7].tolist() == [16, 17, 18]
@@ -65,3 +65,11 @@ def test_a_mixed_step_puts_its_chunk_after_the_padded_decodes():
     assert g.logits_rows[:5].tolist() == [0, 1, 2, 3, 6]  # the decode slots, then the chunk's last token
     assert g.block_tables[0].tolist() == [6, 2, 9] and g.block_tables[1].tolist() == [1, 0, 0]
     assert g.block_tables[4].tolist() == [5, 3, 0]
+
+
+def test_a_capture_runs_over_a_chunk_that_fills_its_bucket():
+    g = GraphInputs(tokens=12, seqs=6, max_blocks=3, device=torch.device("cpu"))
+    g.fill_bucket_layout(decode_bucket=4, chunk_bucket=8)
+    assert g.query_start[:7].tolist() == [0, 1, 2, 3, 4, 12, 12] and g.logits_rows[:5].tolist() == [0, 1, 2, 3, 11]
+    g.fill_bucket_layout(decode_bucket=0, chunk_bucket=16)  # a prefill graph's
+    assert g.query_start[:3].tolist() == [0, 16, 16] and g.logits_rows[:1].tolist() == [15]
