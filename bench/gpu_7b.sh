@@ -23,6 +23,7 @@
 #   bench/gpu_7b.sh fp8_profile where the fp8 throughput runs' GPU time goes (128/128 and 2048/128, kernel
 #                               families per prefill / decode step), and the fp8 GEMM's parts at those sizes
 #   bench/gpu_7b.sh long_profile where the bf16 (bf16 KV) 2048/128 run's GPU time goes, as fp8_profile does
+#   bench/gpu_7b.sh long_budgets the bf16 2048/128 run at step budgets of 2,048-16,384 tokens
 #   bench/gpu_7b.sh all         every stage above, in that order
 # Writes [BENCHMARK] lines, tables, JSON and PNG plots under $OUT (default bench-results/). Each stage
 # builds the random checkpoint it needs first (~1 min), unless it is already there.
@@ -187,6 +188,16 @@ stage_long_profile() {
     --scheduler-policy guaranteed_no_evict > "$OUT/throughput_profile_bf16_2048_128.txt" 2>&1
 }
 
+stage_long_budgets() {
+  checkpoint baichuan2-7b "$MHA"
+  local budget
+  for budget in 8192 4096 16384 2048; do
+    python3 bench/throughput_profile.py --model "$MHA" --requests 96 --input-len 2048 --output-len 128 \
+      --scheduler-policy guaranteed_no_evict --max-num-tokens "$budget" --runs 3 --no-profile 2>/dev/null \
+      | tee -a "$OUT/long_bf16_step_budgets.txt"
+  done
+}
+
 stage_fp8_profile() {
   fp8_static_engine
   python3 bench/fp8_gemm_sweep.py --m 256,512,1024,8192 > "$OUT/fp8_gemm_sweep.txt" 2>&1
@@ -200,7 +211,7 @@ stage_fp8_profile() {
 machine | tee "$OUT/machine.txt"
 case "${1:?stage: tests, latency, throughput, long, mixed, quant, gqa or all}" in
   all) for s in tests latency throughput long long_fp8kv mixed quant gqa; do "stage_$s"; done ;;
-  tests|latency|throughput|long|long_fp8kv|long_profile|mixed|quant|fp8_throughput|fp8_long|fp8_profile|gqa|kernels|profile)
+  tests|latency|throughput|long|long_fp8kv|long_profile|long_budgets|mixed|quant|fp8_throughput|fp8_long|fp8_profile|gqa|kernels|profile)
     "stage_$1" ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

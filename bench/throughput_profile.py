@@ -4,7 +4,7 @@ drives them (async scheduling, every request added at once), profiled whole. Eac
 split into kernel families (GEMMs, attention, norms, ...), with the GPU's idle time.
 
     python bench/throughput_profile.py --model /tmp/b7-fp8 --kv-cache-dtype fp8 --requests 512 \
-        --input-len 128 --output-len 128 [--max-num-tokens 8192] [--trace out.json]
+        --input-len 128 --output-len 128 [--max-num-tokens 8192] [--runs 3] [--no-profile] [--trace out.json]
 
 CUDA only. A profiled run is a little slower than a bare one (the profiler's own work on the host).
 """
@@ -16,6 +16,7 @@ import collections
 import json
 import os
 import re
+import statistics
 import tempfile
 import time
 
@@ -152,6 +153,8 @@ def main() -> None:
     parser.add_argument("--scheduler-policy", default="max_utilization")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--trace", help="also write the Chrome trace here")
+    parser.add_argument("--runs", type=int, default=1, help="bare runs after the warm-up (their median printed)")
+    parser.add_argument("--no-profile", action="store_true", help="the bare runs only")
     args = parser.parse_args()
     budget = args.max_num_tokens or min(8192, max(args.requests, args.requests * args.input_len))
     engine = Engine(EngineConfig(model=args.model, device="cuda", dtype=args.dtype, max_batch_size=args.requests,
@@ -163,9 +166,16 @@ def main() -> None:
     params = SamplingParams(max_tokens=args.output_len, min_tokens=args.output_len, detokenize=False)
     warm = run(engine, prompts, params, annotate=False)
     print(f"warm-up run: {warm['wall_s']:.3f} s, {args.requests * args.output_len / warm['wall_s']:,.0f} output tok/s "
-          f"(step budget {budget} tokens)")
-    bare = run(engine, prompts, params, annotate=False)
-    print(f"bare run: {bare['wall_s']:.3f} s, {args.requests * args.output_len / bare['wall_s']:,.0f} output tok/s")
+          f"(step budget {budget} tokens, {engine.stats().kv_blocks_total} KV blocks)")
+    rates = []
+    for _ in range(args.runs):
+        bare = run(engine, prompts, params, annotate=False)
+        rates.append(args.requests * args.output_len / bare["wall_s"])
+        print(f"bare run: {bare['wall_s']:.3f} s, {rates[-1]:,.0f} output tok/s; steps {dict(bare['steps'])}")
+    if args.runs > 1:
+        print(f"median of {args.runs} bare runs: {statistics.median(rates):,.1f} output tok/s")
+    if args.no_profile:
+        return
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         result = run(engine, prompts, params, annotate=True)
     with tempfile.TemporaryDirectory() as scratch:
