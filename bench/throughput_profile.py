@@ -1,7 +1,7 @@
 """Where a throughput run's GPU time goes: N requests of fixed lengths run to completion as `inferline bench`
 drives them (async scheduling, every request added at once), profiled whole. Each step is tagged prefill
-(some prompt still being read) or decode (every sequence decoding), and the GPU time of each kind of step is
-split into kernel families (GEMMs, attention, norms, ...), with the GPU's idle time.
+(some prompt read in it) or decode (every sequence in it decoding: StepTagger), and the GPU time of each kind
+of step is split into kernel families (GEMMs, attention, norms, ...), with the GPU's idle time.
 
     python bench/throughput_profile.py --model /tmp/b7-fp8 --kv-cache-dtype fp8 --requests 512 \
         --input-len 128 --output-len 128 [--max-num-tokens 8192] [--runs 3] [--no-profile] [--trace out.json]
@@ -49,10 +49,45 @@ def family(op: dict) -> str:
     return "other kernels"
 
 
-def prefilling(engine: Engine) -> bool:
-    """Whether the next step reads any prompt tokens: a request waits, or a running one is mid-prompt."""
-    scheduler = engine.scheduler
-    return bool(scheduler.waiting) or any(s.num_computed_tokens < len(s.prompt_token_ids) for s in scheduler.running)
+class StepTagger:
+    """Tags each step by what the scheduler put in it: "prefill" where any sequence computes more than one
+    token (a prompt, a chunk of one, or a preempted sequence's recompute), else "decode" (a step with
+    requests waiting for room is a decode step too). Wraps this engine's scheduler.schedule while in use;
+    with annotate, a profiler range step:<kind> runs from the schedule to the end of the step, so the
+    step's launches fall in it."""
+
+    def __init__(self, engine: Engine, annotate: bool):
+        self.engine, self.annotate = engine, annotate
+        self.kinds: collections.Counter = collections.Counter()
+        self._range = None
+
+    def __enter__(self) -> StepTagger:
+        scheduler = self.engine.scheduler
+        schedule = scheduler.schedule
+
+        def tagged_schedule():
+            out = schedule()
+            if out.scheduled:
+                kind = "prefill" if any(s.num_tokens > 1 for s in out.scheduled) else "decode"
+                self.kinds[kind] += 1
+                if self.annotate:
+                    self._range = record_function(f"step:{kind}")
+                    self._range.__enter__()
+            return out
+
+        scheduler.schedule = tagged_schedule  # the instance attribute shadows the method until __exit__
+        return self
+
+    def step(self) -> None:
+        try:
+            self.engine.step()
+        finally:
+            if self._range is not None:
+                self._range.__exit__(None, None, None)
+                self._range = None
+
+    def __exit__(self, *exc) -> None:
+        del self.engine.scheduler.schedule
 
 
 def run(engine: Engine, prompts: list[list[int]], params: SamplingParams, annotate: bool) -> dict:
@@ -61,17 +96,11 @@ def run(engine: Engine, prompts: list[list[int]], params: SamplingParams, annota
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
         engine.add_request(f"{'prof' if annotate else 'warm'}-{i}", prompt, params)
-    kinds: collections.Counter = collections.Counter()
-    while engine.has_unfinished():
-        kind = "prefill" if prefilling(engine) else "decode"
-        kinds[kind] += 1
-        if annotate:
-            with record_function(f"step:{kind}"):
-                engine.step()
-        else:
-            engine.step()
+    with StepTagger(engine, annotate) as tagger:
+        while engine.has_unfinished():
+            tagger.step()
     torch.cuda.synchronize()
-    return dict(wall_s=time.perf_counter() - start, steps=kinds)
+    return dict(wall_s=time.perf_counter() - start, steps=tagger.kinds)
 
 
 def tagged_gpu_ops(trace: dict) -> list[dict]:

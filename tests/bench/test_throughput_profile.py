@@ -1,6 +1,7 @@
 """bench/throughput_profile.py's reading of a profiler trace (CPU, a synthetic trace): GPU ops tagged with the
 kind of step whose launch issued them, kernels sorted into families, overlapping time counted once, to the
 op that started first."""
+import collections
 import pathlib
 import sys
 
@@ -46,3 +47,31 @@ def test_an_op_waiting_under_its_predecessor_counts_only_past_it():
     ops = mark_exclusive(tagged_gpu_ops(trace()))
     assert [op["excl"] for op in ops] == [40, 5, 30, 10, 2]
     assert sum(op["excl"] for op in ops) == busy_us(ops)
+
+
+def test_steps_are_tagged_by_what_the_scheduler_put_in_them(make_engine):
+    """Two sequences fit the pool at a time: while the other two wait, the running ones' steps are decode
+    steps; each pair's prompt step is a prefill step. Under the profiler each step's range carries its tag."""
+    import torch.profiler
+
+    from engine import SamplingParams
+    from throughput_profile import StepTagger
+
+    engine = make_engine(block_size=4, num_kv_blocks=6, max_batch_size=4, scheduler_policy="guaranteed_no_evict")
+    method = type(engine.scheduler).schedule
+    params = SamplingParams(max_tokens=4, min_tokens=4, detokenize=False)
+    for i in range(4):
+        engine.add_request(f"r{i}", list(range(100 + i, 108 + i)), params)  # 8 + 4 tokens: 3 of the 6 blocks
+    waiting_at_decode = []
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with StepTagger(engine, annotate=True) as tagger:
+            while engine.has_unfinished():
+                before = dict(tagger.kinds)
+                tagger.step()
+                if tagger.kinds["decode"] > before.get("decode", 0):
+                    waiting_at_decode.append(len(engine.scheduler.waiting))
+    assert dict(tagger.kinds) == {"prefill": 2, "decode": 6}
+    assert waiting_at_decode[:3] == [2, 2, 2]  # the first pair decodes while the second waits
+    ranges = collections.Counter(e.name for e in prof.events() if e.name.startswith("step:"))
+    assert ranges == {"step:prefill": 2, "step:decode": 6}
+    assert engine.scheduler.schedule.__func__ is method  # the wrapper is gone
