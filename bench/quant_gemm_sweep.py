@@ -110,8 +110,10 @@ def main_gemv(m: int, schemes: tuple[str, ...] = ("w4", "w8")) -> None:
             args, nbytes = w4_args(m, n, k)
             q, s, z = args[1], args[2], args[3]
             # SPLIT_K None: the split w4a16_gemv gives those tiles; a short N also tries others.
+            # PREFETCH: each tile loaded into registers one step ahead (w4a16_gemv.py), against shared-memory
+            # stages and neither.
             space = {"BLOCK_N": [16, 32, 64], "BLOCK_W": [16, 32, 64], "num_warps": [4], "SPLIT_K": [None],
-                     "NUM_STAGES": [1, 2, 3, 4]}
+                     "NUM_STAGES": [1, 2, 3, 4], "PREFETCH": [False, True]}
             if n <= 8192:
                 space.update(BLOCK_N=[16, 32, 64], BLOCK_W=[16, 32], SPLIT_K=[None, 2, 4], NUM_STAGES=[1, 2, 3])
             time_call("w4a16 GEMM", lambda: w4a16_matmul(x, q, s, z, GROUP, split_k=None), nbytes)

@@ -171,6 +171,20 @@ def test_gemvs_pipelined_loads_give_the_unpipelined_bits(m):
     assert torch.equal(gemv(x, w, blocks=one), gemv(x, w, blocks=three))
 
 
+# Interpreter shapes: 5 tiles of K, split over 1, 2 and 3 programs (3: the last split's prefetch past its end
+# and past K masked); tiles of 8 words holding two groups of 32 columns, or of 4 words inside a group of 64.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,group_size,block_w,split", [(1, 32, 8, 1), (1, 64, 4, 2), (3, 32, 8, 3), (2, 64, 4, 3)])
+def test_w4a16_gemv_prefetching_the_next_tile_gives_the_same_bits(m, group_size, block_w, split, dtype):
+    """PREFETCH loads each weight tile (and its scales and zero points) one step ahead, into registers:
+    the same products in the same order, so the same bits as loading it where it is used."""
+    x, t, ref = int4_operands(m, 5 * 8 * block_w, 24, group_size, dtype)
+    plain, ahead = ({"BLOCK_N": 8, "BLOCK_W": block_w, "SPLIT_K": split, "PREFETCH": p} for p in (False, True))
+    y = w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], group_size, blocks=ahead)
+    assert torch.equal(y, w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], group_size, blocks=plain))
+    assert_matches(y, ref, dtype)
+
+
 def test_w4a16_decode_takes_the_gemv_for_every_decode_size():
     from engine.layers.quantization.triton.w4a16_gemv import prefers_gemv
 
