@@ -49,8 +49,7 @@ def main() -> None:
         time_call("old default", lambda: old.w4a16_gemv(x, q_old, s, z, GROUP), nbytes)
         time_call(f"new default (max |new - old| / max |old| = {err:.1e})", lambda: w4a16_gemv(x, q, s, z, GROUP), nbytes)
         if opts.sweep:
-            space = {"BLOCK_N": [32, 64, 128], "BLOCK_W": [16, 32, 64], "num_warps": [4, 8], "SPLIT_K": [None],
-                     "PREFETCH": [False, True]}
+            space = {"BLOCK_N": [32, 64, 128], "BLOCK_W": [16, 32, 64], "num_warps": [4, 8], "SPLIT_K": [None]}
             if n <= 8192:
                 space.update(BLOCK_N=[16, 32, 64], num_warps=[4], SPLIT_K=[None, 2, 4, 8])
             sweep_gemv("new", lambda b: w4a16_gemv(x, q, s, z, GROUP, blocks=b), nbytes, space)

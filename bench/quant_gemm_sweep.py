@@ -4,6 +4,7 @@ should hold for decode.
 
     python bench/quant_gemm_sweep.py [--m 1]      # CUDA only
     python bench/quant_gemm_sweep.py --gemv --m 1 # the decode GEMVs (M <= 4) over their launch space
+    python bench/quant_gemm_sweep.py --gemv-variants --m 1  # the int4 GEMV's experimental launch keys
     python bench/quant_gemm_sweep.py --prefill --m 16,64,128,2048  # the GEMMs, each operand layout
 
 Bytes counted: the quantized weights (plus scales) read once; the floor of a memory-bound GEMV.
@@ -110,10 +111,8 @@ def main_gemv(m: int, schemes: tuple[str, ...] = ("w4", "w8")) -> None:
             args, nbytes = w4_args(m, n, k)
             q, s, z = args[1], args[2], args[3]
             # SPLIT_K None: the split w4a16_gemv gives those tiles; a short N also tries others.
-            # PREFETCH: each tile loaded into registers one step ahead (w4a16_gemv.py), against shared-memory
-            # stages and neither.
             space = {"BLOCK_N": [16, 32, 64], "BLOCK_W": [16, 32, 64], "num_warps": [4], "SPLIT_K": [None],
-                     "NUM_STAGES": [1, 2, 3, 4], "PREFETCH": [False, True]}
+                     "NUM_STAGES": [1, 2, 3, 4]}
             if n <= 8192:
                 space.update(BLOCK_N=[16, 32, 64], BLOCK_W=[16, 32], SPLIT_K=[None, 2, 4], NUM_STAGES=[1, 2, 3])
             time_call("w4a16 GEMM", lambda: w4a16_matmul(x, q, s, z, GROUP, split_k=None), nbytes)
@@ -126,6 +125,23 @@ def main_gemv(m: int, schemes: tuple[str, ...] = ("w4", "w8")) -> None:
             time_call("w8a16 GEMM", lambda: w8a16_matmul(x, q, s), nbytes)
             time_call("w8a16 GEMV autotuned", lambda: w8a16_gemv(x, q, s), nbytes)
             sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, space)
+
+
+def main_gemv_variants(m: int) -> None:
+    """The int4 GEMV's experimental launch keys (w4a16_gemv.py: PREFETCH, VECTOR_X) on each shape's default
+    launch, and on it with its shared-memory stages dropped (register prefetch in their place), every
+    combination: what the default launches should take."""
+    from engine.layers.quantization.triton.w4a16_gemv import launch_for
+
+    for shape, (n, k) in SHAPES.items():
+        x = shape_header(shape, n, k, m)
+        args, nbytes = w4_args(m, n, k)
+        q, s, z = args[1], args[2], args[3]
+        default = launch_for(n, GROUP, x.device, paired=True)
+        for stages in dict.fromkeys([default.get("NUM_STAGES", 1), 1]):
+            for prefetch, vector_x in itertools.product((False, True), repeat=2):
+                blocks = {**default, "NUM_STAGES": stages, "PREFETCH": prefetch, "VECTOR_X": vector_x}
+                time_call(f"w4a16 GEMV {blocks}", lambda: w4a16_gemv(x, q, s, z, GROUP, blocks=blocks), nbytes)
 
 
 def prefill_space(m: int, **fixed) -> dict:
@@ -187,6 +203,8 @@ def main() -> None:
                         help="only the wrappers as the engine calls them (split-K included), under a CUDA graph")
     parser.add_argument("--gemv", action="store_true", help="sweep the decode GEMVs (M <= 4) instead")
     parser.add_argument("--schemes", default="w4,w8", help="with --gemv: which GEMVs (w4, w8)")
+    parser.add_argument("--gemv-variants", action="store_true",
+                        help="the int4 GEMV's default launches with and without PREFETCH and VECTOR_X instead")
     parser.add_argument("--dense", action="store_true", help="the dense bf16 GEMV against cuBLAS instead")
     parser.add_argument("--prefill", action="store_true", help="the GEMMs at prefill sizes, each operand layout")
     parser.add_argument("--pdl", action="store_true",
@@ -201,6 +219,8 @@ def main() -> None:
         return main_dense(m)
     if opts.gemv:
         return main_gemv(m, tuple(opts.schemes.split(",")))
+    if opts.gemv_variants:
+        return main_gemv_variants(m)
     w4_space = {"bn": [16, 32, 64], "bk": [64, 128], "warps": [4], "stages": [4, 6, 8, 12]}
     w8_space = {"bn": [16, 32, 64], "bk": [256, 512], "warps": [4], "stages": [3, 5, 8]}
     for shape, (n, k) in SHAPES.items():

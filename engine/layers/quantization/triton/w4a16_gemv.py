@@ -27,8 +27,10 @@ of too few loads in flight (DRAM at 47% of peak, half the stalls waiting on glob
 loads its tile, then waits for it. A launch with PREFETCH loads the next step's tile (words, scales,
 zero points) into registers before using this one, so those loads fly during the arithmetic (72 registers
 a thread against 56 for the qkv launch, compiled for sm_90 with Triton 3.6); the same products in the same
-order. An experiment until the sweeps (bench/quant_gemm_sweep.py --gemv) have timed it on the GPU: no
-launch above takes it yet.
+order. A launch with VECTOR_X (bf16 pairs) reads x's four column pairs of a word as one 16-byte load
+rather than four 4-byte ones: the qkv launch's step from 235 to 217 instructions, gate_up's from 290 to 243
+(bench/int4_gemv_sass.py). Both are experiments until the sweeps (bench/quant_gemm_sweep.py --gemv) have
+timed them on the GPU: no launch above takes either yet.
 """
 from __future__ import annotations
 
@@ -150,6 +152,24 @@ def _pair_products(words, neg_zeros, x01, x23, x45, x67):
 
 
 @triton.jit
+def _x_column_pairs(x_pairs, x_ok, BLOCK_W: tl.constexpr, VECTOR_X: tl.constexpr):
+    """x's four bf16 column pairs of each of BLOCK_W words (x_pairs: int32 pointers to each word's first
+    pair; x_ok: which words are real) as int32 words: (x01, x23, x45, x67), [BLOCK_W] each. VECTOR_X reads
+    each word's four as one 16-byte load and splits them in registers, instead of four 4-byte loads."""
+    if VECTOR_X:
+        quads = tl.load(x_pairs[:, None] + tl.arange(0, 4)[None, :], mask=x_ok[:, None], other=0)  # [BLOCK_W, 4]
+        even, odd = tl.split(tl.reshape(quads, (BLOCK_W, 2, 2)))  # pairs (0, 2) and (1, 3) of each word
+        x01, x45 = tl.split(even)
+        x23, x67 = tl.split(odd)
+    else:
+        x01 = tl.load(x_pairs, mask=x_ok, other=0)
+        x23 = tl.load(x_pairs + 1, mask=x_ok, other=0)
+        x45 = tl.load(x_pairs + 2, mask=x_ok, other=0)
+        x67 = tl.load(x_pairs + 3, mask=x_ok, other=0)
+    return x01, x23, x45, x67
+
+
+@triton.jit
 def _load_tile(q_rows, s_ptr, z_ptr, offs_n, n_ok, offs_w, offs_g, w0, in_split, stride_sn, stride_sg, stride_zn,
                stride_zg, KW: tl.constexpr, GROUP_SIZE: tl.constexpr, NUM_GROUPS: tl.constexpr):
     """The weight words [BLOCK_N, BLOCK_W] from word w0 of each row, and their groups' scales and zero points
@@ -169,7 +189,7 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
                        K: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr,
                        USE_PDL: tl.constexpr, PAIRED: tl.constexpr, NUM_STAGES: tl.constexpr = 1,
-                       PREFETCH: tl.constexpr = False):
+                       PREFETCH: tl.constexpr = False, VECTOR_X: tl.constexpr = False):
     # q is read as int32 words, 8 columns each: nibble i of word j (bits 4i) is column
     # 8j + KERNEL_ORDER[i] = 8j + 2 * (i % 4) + i // 4. A tile of BLOCK_W words holds whole
     # groups (GROUPS of them) or lies inside one (GROUPS = 1): the wrapper picks BLOCK_W so. K and
@@ -222,10 +242,7 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
             if PAIRED:
                 # x's bf16 column pairs (8j + 2p, 8j + 2p + 1) as int32 words: the wrapper keeps x 4-byte aligned
                 x_pairs = x_ptr.to(tl.pointer_type(tl.int32)) + m * (stride_xm // 2) + 4 * (w0 + offs_w)
-                x01 = tl.load(x_pairs, mask=x_ok, other=0)
-                x23 = tl.load(x_pairs + 1, mask=x_ok, other=0)
-                x45 = tl.load(x_pairs + 2, mask=x_ok, other=0)
-                x67 = tl.load(x_pairs + 3, mask=x_ok, other=0)
+                x01, x23, x45, x67 = _x_column_pairs(x_pairs, x_ok, BLOCK_W, VECTOR_X)
                 prod = _pair_products(words, neg_z_words, x01[None, :], x23[None, :], x45[None, :], x67[None, :])
                 if BLOCK_M == 1:
                     acc_words += prod * s_words
@@ -262,7 +279,7 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     zeros: uint8 [N, G], G = ceil(K / group_size) -> x @ w.T: [M, N] in
     x.dtype; gated (rows = [gate; up], N even): silu(gate) * up of it, [M, N / 2], with the bits of
     silu_and_mul after the plain GEMV. blocks: a launch ({"BLOCK_N", "BLOCK_W", "num_warps"}, optionally
-    "NUM_STAGES", "PREFETCH" and "SPLIT_K", else split_for's) instead of launch_for's."""
+    "NUM_STAGES", "PREFETCH", "VECTOR_X" and "SPLIT_K", else split_for's) instead of launch_for's."""
     check_int4_operands(x, qweight, scales, zeros, group_size)
     m, k = x.shape
     n = qweight.shape[0]
