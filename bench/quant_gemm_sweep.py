@@ -4,7 +4,7 @@ should hold for decode.
 
     python bench/quant_gemm_sweep.py [--m 1]      # CUDA only
     python bench/quant_gemm_sweep.py --gemv --m 1 # the decode GEMVs (M <= 4) over their launch space
-    python bench/quant_gemm_sweep.py --gemv-variants --m 1  # the int4 GEMV's experimental launch keys
+    python bench/quant_gemm_sweep.py --gemv-variants --m 1  # the int4 GEMV's experimental launch key
     python bench/quant_gemm_sweep.py --prefill --m 16,64,128,2048  # the GEMMs, each operand layout
 
 Bytes counted: the quantized weights (plus scales) read once; the floor of a memory-bound GEMV.
@@ -128,9 +128,8 @@ def main_gemv(m: int, schemes: tuple[str, ...] = ("w4", "w8")) -> None:
 
 
 def main_gemv_variants(m: int) -> None:
-    """The int4 GEMV's experimental launch keys (w4a16_gemv.py: PREFETCH, VECTOR_X) on each shape's default
-    launch, and on it with its shared-memory stages dropped (register prefetch in their place), every
-    combination: what the default launches should take."""
+    """The int4 GEMV's experimental launch key VECTOR_X (w4a16_gemv.py) on each shape's default launch, and on
+    it with one stage where it has more: what the default launches should take."""
     from engine.layers.quantization.triton.w4a16_gemv import launch_for
 
     for shape, (n, k) in SHAPES.items():
@@ -139,8 +138,8 @@ def main_gemv_variants(m: int) -> None:
         q, s, z = args[1], args[2], args[3]
         default = launch_for(n, GROUP, x.device, paired=True)
         for stages in dict.fromkeys([default.get("NUM_STAGES", 1), 1]):
-            for prefetch, vector_x in itertools.product((False, True), repeat=2):
-                blocks = {**default, "NUM_STAGES": stages, "PREFETCH": prefetch, "VECTOR_X": vector_x}
+            for vector_x in (False, True):
+                blocks = {**default, "NUM_STAGES": stages, "VECTOR_X": vector_x}
                 time_call(f"w4a16 GEMV {blocks}", lambda: w4a16_gemv(x, q, s, z, GROUP, blocks=blocks), nbytes)
 
 
@@ -204,7 +203,7 @@ def main() -> None:
     parser.add_argument("--gemv", action="store_true", help="sweep the decode GEMVs (M <= 4) instead")
     parser.add_argument("--schemes", default="w4,w8", help="with --gemv: which GEMVs (w4, w8)")
     parser.add_argument("--gemv-variants", action="store_true",
-                        help="the int4 GEMV's default launches with and without PREFETCH and VECTOR_X instead")
+                        help="the int4 GEMV's default launches with and without VECTOR_X instead")
     parser.add_argument("--dense", action="store_true", help="the dense bf16 GEMV against cuBLAS instead")
     parser.add_argument("--prefill", action="store_true", help="the GEMMs at prefill sizes, each operand layout")
     parser.add_argument("--pdl", action="store_true",

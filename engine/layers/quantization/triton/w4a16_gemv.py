@@ -22,15 +22,11 @@ GEMM's split-K, whose partial sums cost two more launches. Here the last program
 finish sums the partials (a counter per tile, which that program resets), in split order: one launch,
 and the same result every run.
 
-An Nsight Compute profile of the qkv GEMV (docs/benchmarks.md, session 13) found it bound by the latency
-of too few loads in flight (DRAM at 47% of peak, half the stalls waiting on global loads): each step
-loads its tile, then waits for it. A launch with PREFETCH loads the next step's tile (words, scales,
-zero points) into registers before using this one, so those loads fly during the arithmetic (72 registers
-a thread against 56 for the qkv launch, compiled for sm_90 with Triton 3.6); the same products in the same
-order. A launch with VECTOR_X (bf16 pairs) reads x's four column pairs of a word as one 16-byte load
-rather than four 4-byte ones: the qkv launch's step from 235 to 217 instructions, gate_up's from 290 to 243
-(bench/int4_gemv_sass.py). Both are experiments until the sweeps (bench/quant_gemm_sweep.py --gemv) have
-timed them on the GPU: no launch above takes either yet.
+A launch with VECTOR_X (bf16 pairs) reads x's four column pairs of a weight word as one 16-byte load rather
+than four 4-byte ones: fewer instructions a step (the qkv launch's 235 -> 217, gate_up's 290 -> 243; sm_90
+code from bench/int4_gemv_sass.py), but on an H100 within about 6% either way per layer (o_proj 6.2 -> 5.8 us,
+gate_up 21.3 -> 21.9; bench/quant_gemm_sweep.py --gemv-variants, docs/benchmarks.md session 20), so no launch
+above takes it yet.
 """
 from __future__ import annotations
 
@@ -170,26 +166,12 @@ def _x_column_pairs(x_pairs, x_ok, BLOCK_W: tl.constexpr, VECTOR_X: tl.constexpr
 
 
 @triton.jit
-def _load_tile(q_rows, s_ptr, z_ptr, offs_n, n_ok, offs_w, offs_g, w0, in_split, stride_sn, stride_sg, stride_zn,
-               stride_zg, KW: tl.constexpr, GROUP_SIZE: tl.constexpr, NUM_GROUPS: tl.constexpr):
-    """The weight words [BLOCK_N, BLOCK_W] from word w0 of each row, and their groups' scales and zero points
-    [BLOCK_N, GROUPS]; nothing is read past K or where in_split is false (a prefetch past the split's end)."""
-    w_ok = (w0 + offs_w < KW) & in_split
-    words = tl.load(q_rows + (w0 + offs_w)[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
-    g = 8 * w0 // GROUP_SIZE + offs_g  # [GROUPS]
-    gn_ok = n_ok[:, None] & ((g < NUM_GROUPS) & in_split)[None, :]
-    s = tl.load(s_ptr + offs_n[:, None] * stride_sn + g[None, :] * stride_sg, mask=gn_ok, other=0.0)
-    z = tl.load(z_ptr + offs_n[:, None] * stride_zn + g[None, :] * stride_zg, mask=gn_ok, other=0)
-    return words, s, z
-
-
-@triton.jit
 def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M, N,
                        stride_xm, stride_qn, stride_sn, stride_sg, stride_zn, stride_zg, stride_ym,
                        K: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr,
                        USE_PDL: tl.constexpr, PAIRED: tl.constexpr, NUM_STAGES: tl.constexpr = 1,
-                       PREFETCH: tl.constexpr = False, VECTOR_X: tl.constexpr = False):
+                       VECTOR_X: tl.constexpr = False):
     # q is read as int32 words, 8 columns each: nibble i of word j (bits 4i) is column
     # 8j + KERNEL_ORDER[i] = 8j + 2 * (i % 4) + i // 4. A tile of BLOCK_W words holds whole
     # groups (GROUPS of them) or lies inside one (GROUPS = 1): the wrapper picks BLOCK_W so. K and
@@ -208,21 +190,14 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
     wait_for_previous(USE_PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_words = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)  # PAIRED at M = 1: scaled sums per word
-    if PREFETCH:
-        next_words, next_s, next_z = _load_tile(q_rows, s_ptr, z_ptr, offs_n, n_ok, offs_w, offs_g, w_begin, True,
-                                                stride_sn, stride_sg, stride_zn, stride_zg, KW, GROUP_SIZE, NUM_GROUPS)
     for t in tl.range(TILES_PER_SPLIT, num_stages=NUM_STAGES):  # a split's tiles past K are masked
         w0 = w_begin + t * BLOCK_W
         w_ok = w0 + offs_w < KW
-        if PREFETCH:  # this tile came with the last step; the next one's loads fly while this one is used
-            words, s, z = next_words, next_s, next_z
-            next_words, next_s, next_z = _load_tile(q_rows, s_ptr, z_ptr, offs_n, n_ok, offs_w, offs_g, w0 + BLOCK_W,
-                                                    t + 1 < TILES_PER_SPLIT, stride_sn, stride_sg, stride_zn,
-                                                    stride_zg, KW, GROUP_SIZE, NUM_GROUPS)
-        else:
-            words, s, z = _load_tile(q_rows, s_ptr, z_ptr, offs_n, n_ok, offs_w, offs_g, w0, True, stride_sn,
-                                     stride_sg, stride_zn, stride_zg, KW, GROUP_SIZE, NUM_GROUPS)
-        s = s.to(tl.float32)
+        words = tl.load(q_rows + (w0 + offs_w)[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
+        g = 8 * w0 // GROUP_SIZE + offs_g  # [GROUPS]
+        gn_ok = n_ok[:, None] & (g < NUM_GROUPS)[None, :]
+        s = tl.load(s_ptr + offs_n[:, None] * stride_sn + g[None, :] * stride_sg, mask=gn_ok, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + offs_n[:, None] * stride_zn + g[None, :] * stride_zg, mask=gn_ok, other=0)
         if PAIRED:
             neg_z = z.to(tl.int32) | 0xC300  # bf16 -(128 + z)
             neg_z = neg_z | (neg_z << 16)
@@ -279,7 +254,7 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     zeros: uint8 [N, G], G = ceil(K / group_size) -> x @ w.T: [M, N] in
     x.dtype; gated (rows = [gate; up], N even): silu(gate) * up of it, [M, N / 2], with the bits of
     silu_and_mul after the plain GEMV. blocks: a launch ({"BLOCK_N", "BLOCK_W", "num_warps"}, optionally
-    "NUM_STAGES", "PREFETCH", "VECTOR_X" and "SPLIT_K", else split_for's) instead of launch_for's."""
+    "NUM_STAGES", "VECTOR_X" and "SPLIT_K", else split_for's) instead of launch_for's."""
     check_int4_operands(x, qweight, scales, zeros, group_size)
     m, k = x.shape
     n = qweight.shape[0]
