@@ -1,6 +1,6 @@
 """The int4 GEMV (engine/layers/quantization/triton/w4a16_gemv.py) compiled for an H100 (sm_90) without a GPU:
-registers a thread, and the instructions of the main loop by kind, for a launch with and without its
-experimental key VECTOR_X.
+registers a thread, and the instructions of the main loop by kind, for one launch: a kernel change's cost
+in registers and instructions, read before any device time is spent on it.
 Triton compiles for a target it is told of (ASTSource + GPUTarget) and ships ptxas and cuobjdump; the
 arguments are specialized as a launch on a 7B qkv layer would specialize them (16-byte aligned pointers
 and multiples of 16 marked divisible, ints equal to 1 made constants), so the code is the launch's own.
@@ -8,8 +8,8 @@ and multiples of 16 marked divisible, ints equal to 1 made constants), so the co
     python bench/int4_gemv_sass.py [--block-n 64 --block-w 16 --split-k 4 --num-stages 1 --num-warps 4]
 
 Use the Triton of the GPU machine (3.6.0 there) for numbers that hold there: another version compiles
-differently. Prints, with and without VECTOR_X: registers, spills, shared memory and the main loop's loads,
-FMAs and length in instructions.
+differently. Prints registers, spills, shared memory and the main loop's loads, FMAs and length in
+instructions.
 """
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ INTS = ["N", "stride_xm", "stride_qn", "stride_sn", "stride_zn", "stride_ym"]  #
 ONES = ["M", "stride_sg", "stride_zg"]  # batch 1, and the groups' unit strides
 
 
-def compile_launch(block_n: int, block_w: int, split: int, stages: int, warps: int, vector_x: bool,
+def compile_launch(block_n: int, block_w: int, split: int, stages: int, warps: int,
                    k: int = 4096, group_size: int = 128) -> bytes:
     fn = _w4a16_gemv_kernel
     constants = {"K": k, "GROUP_SIZE": group_size, "BLOCK_M": 1, "BLOCK_N": block_n, "BLOCK_W": block_w,
                  "SPLIT_K": split, "GATED": False, "USE_PDL": True, "PAIRED": True, "NUM_STAGES": stages,
-                 "VECTOR_X": vector_x, **{name: 1 for name in ONES}}
+                 **{name: 1 for name in ONES}}
     signature = {name: POINTERS.get(name, "i32") for name in fn.arg_names}
     signature.update({name: "constexpr" for name in constants})
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in [*POINTERS, *INTS]}
@@ -79,9 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"Triton {triton.__version__}, sm_90; BLOCK_N {args.block_n}, BLOCK_W {args.block_w}, SPLIT_K {args.split_k}, "
           f"NUM_STAGES {args.num_stages}, {args.num_warps} warps (K 4096, group 128, batch 1, bf16 pairs)")
-    for vector_x in (False, True):
-        cubin = compile_launch(args.block_n, args.block_w, args.split_k, args.num_stages, args.num_warps, vector_x)
-        print(f"VECTOR_X {vector_x!s:5}: {describe(cubin)}")
+    print(describe(compile_launch(args.block_n, args.block_w, args.split_k, args.num_stages, args.num_warps)))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ should hold for decode.
 
     python bench/quant_gemm_sweep.py [--m 1]      # CUDA only
     python bench/quant_gemm_sweep.py --gemv --m 1 # the decode GEMVs (M <= 4) over their launch space
-    python bench/quant_gemm_sweep.py --gemv-variants --m 1  # the int4 GEMV's experimental launch key
     python bench/quant_gemm_sweep.py --prefill --m 16,64,128,2048  # the GEMMs, each operand layout
 
 Bytes counted: the quantized weights (plus scales) read once; the floor of a memory-bound GEMV.
@@ -127,22 +126,6 @@ def main_gemv(m: int, schemes: tuple[str, ...] = ("w4", "w8")) -> None:
             sweep_gemv("w8a16 GEMV", lambda b: w8a16_gemv(x, q, s, blocks=b), nbytes, space)
 
 
-def main_gemv_variants(m: int) -> None:
-    """The int4 GEMV's experimental launch key VECTOR_X (w4a16_gemv.py) on each shape's default launch, and on
-    it with one stage where it has more: what the default launches should take."""
-    from engine.layers.quantization.triton.w4a16_gemv import launch_for
-
-    for shape, (n, k) in SHAPES.items():
-        x = shape_header(shape, n, k, m)
-        args, nbytes = w4_args(m, n, k)
-        q, s, z = args[1], args[2], args[3]
-        default = launch_for(n, GROUP, x.device, paired=True)
-        for stages in dict.fromkeys([default.get("NUM_STAGES", 1), 1]):
-            for vector_x in (False, True):
-                blocks = {**default, "NUM_STAGES": stages, "VECTOR_X": vector_x}
-                time_call(f"w4a16 GEMV {blocks}", lambda: w4a16_gemv(x, q, s, z, GROUP, blocks=blocks), nbytes)
-
-
 def prefill_space(m: int, **fixed) -> dict:
     """Tiles worth trying at M rows (the H100 sweep's neighbourhood of each size's best)."""
     if m <= 16:
@@ -202,8 +185,6 @@ def main() -> None:
                         help="only the wrappers as the engine calls them (split-K included), under a CUDA graph")
     parser.add_argument("--gemv", action="store_true", help="sweep the decode GEMVs (M <= 4) instead")
     parser.add_argument("--schemes", default="w4,w8", help="with --gemv: which GEMVs (w4, w8)")
-    parser.add_argument("--gemv-variants", action="store_true",
-                        help="the int4 GEMV's default launches with and without VECTOR_X instead")
     parser.add_argument("--dense", action="store_true", help="the dense bf16 GEMV against cuBLAS instead")
     parser.add_argument("--prefill", action="store_true", help="the GEMMs at prefill sizes, each operand layout")
     parser.add_argument("--pdl", action="store_true",
@@ -218,8 +199,6 @@ def main() -> None:
         return main_dense(m)
     if opts.gemv:
         return main_gemv(m, tuple(opts.schemes.split(",")))
-    if opts.gemv_variants:
-        return main_gemv_variants(m)
     w4_space = {"bn": [16, 32, 64], "bk": [64, 128], "warps": [4], "stages": [4, 6, 8, 12]}
     w8_space = {"bn": [16, 32, 64], "bk": [256, 512], "warps": [4], "stages": [3, 5, 8]}
     for shape, (n, k) in SHAPES.items():

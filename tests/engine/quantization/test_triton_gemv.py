@@ -5,10 +5,7 @@ import torch
 
 from tests.engine.triton_env import DEVICE, DTYPES  # first: it sets up Triton's interpreter without CUDA
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-from engine.layers.quantization.triton.w4a16_gemv import _x_column_pairs, w4a16_gemv  # noqa: E402
+from engine.layers.quantization.triton.w4a16_gemv import w4a16_gemv  # noqa: E402
 from engine.layers.quantization.triton.w8a16_gemv import w8a16_gemv  # noqa: E402
 from engine.layers.triton.activation import silu_and_mul  # noqa: E402
 from tests.engine.quantization.test_triton_kernels import assert_matches, int4_operands, int8_operands  # noqa: E402
@@ -172,39 +169,6 @@ def test_gemvs_pipelined_loads_give_the_unpipelined_bits(m):
     w = torch.randn(1024, 4096, dtype=torch.bfloat16, device=DEVICE)
     one, three = ({"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "SPLIT_K": 2, "NUM_STAGES": s} for s in (1, 3))
     assert torch.equal(gemv(x, w, blocks=one), gemv(x, w, blocks=three))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, 3])
-def test_w4a16_gemv_vector_x_gives_the_same_bits_on_bfloat16_pairs(m):
-    """VECTOR_X changes how the bf16-pair path loads x, not what it computes: the same bits as the plain
-    launch, split K and shared-memory stages included."""
-    x, t, ref = int4_operands(m, 4096, 1024, 128, torch.bfloat16)
-    for base in ({"BLOCK_N": 64, "BLOCK_W": 16, "SPLIT_K": 4}, {"BLOCK_N": 32, "BLOCK_W": 32, "NUM_STAGES": 3}):
-        plain = w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], 128, blocks=base)
-        assert_matches(plain, ref, torch.bfloat16)
-        assert torch.equal(w4a16_gemv(x, t["qweight"], t["scales"], t["zeros"], 128, blocks={**base, "VECTOR_X": True}),
-                           plain)
-
-
-@triton.jit
-def _column_pairs_kernel(x_ptr, out_ptr, BLOCK_W: tl.constexpr, VECTOR_X: tl.constexpr):
-    offs_w = tl.arange(0, BLOCK_W)
-    pairs = _x_column_pairs(x_ptr + 4 * offs_w, offs_w < BLOCK_W - 1, BLOCK_W, VECTOR_X)
-    for j in tl.static_range(4):
-        tl.store(out_ptr + j * BLOCK_W + offs_w, pairs[j])
-
-
-@pytest.mark.parametrize("vector_x", [False, True])
-def test_w4a16_gemv_reads_each_words_column_pairs_of_x_in_order(vector_x):
-    """_x_column_pairs, which the bf16-pair path (CUDA only) reads x through: word w's pairs j = 0..3 are
-    int32s 4w + j of x, a word past the mask reads zeros, with its four 4-byte loads or one 16-byte load."""
-    x = torch.arange(1, 4 * 8 + 1, dtype=torch.int32, device=DEVICE)
-    out = torch.full((4, 8), -1, dtype=torch.int32, device=DEVICE)
-    _column_pairs_kernel[(1,)](x, out, BLOCK_W=8, VECTOR_X=vector_x)
-    expected = x.view(8, 4).T.clone()
-    expected[:, 7] = 0
-    assert torch.equal(out, expected)
 
 
 def test_w4a16_decode_takes_the_gemv_for_every_decode_size():

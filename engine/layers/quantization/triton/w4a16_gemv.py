@@ -21,12 +21,6 @@ SPLIT_K programs per row tile, rather than leaving most SMs idle (0.7 TB/s unspl
 GEMM's split-K, whose partial sums cost two more launches. Here the last program of a row tile to
 finish sums the partials (a counter per tile, which that program resets), in split order: one launch,
 and the same result every run.
-
-A launch with VECTOR_X (bf16 pairs) reads x's four column pairs of a weight word as one 16-byte load rather
-than four 4-byte ones: fewer instructions a step (the qkv launch's 235 -> 217, gate_up's 290 -> 243; sm_90
-code from bench/int4_gemv_sass.py), but on an H100 within about 6% either way per layer (o_proj 6.2 -> 5.8 us,
-gate_up 21.3 -> 21.9; bench/quant_gemm_sweep.py --gemv-variants, docs/benchmarks.md session 20), so no launch
-above takes it yet.
 """
 from __future__ import annotations
 
@@ -148,30 +142,11 @@ def _pair_products(words, neg_zeros, x01, x23, x45, x67):
 
 
 @triton.jit
-def _x_column_pairs(x_pairs, x_ok, BLOCK_W: tl.constexpr, VECTOR_X: tl.constexpr):
-    """x's four bf16 column pairs of each of BLOCK_W words (x_pairs: int32 pointers to each word's first
-    pair; x_ok: which words are real) as int32 words: (x01, x23, x45, x67), [BLOCK_W] each. VECTOR_X reads
-    each word's four as one 16-byte load and splits them in registers, instead of four 4-byte loads."""
-    if VECTOR_X:
-        quads = tl.load(x_pairs[:, None] + tl.arange(0, 4)[None, :], mask=x_ok[:, None], other=0)  # [BLOCK_W, 4]
-        even, odd = tl.split(tl.reshape(quads, (BLOCK_W, 2, 2)))  # pairs (0, 2) and (1, 3) of each word
-        x01, x45 = tl.split(even)
-        x23, x67 = tl.split(odd)
-    else:
-        x01 = tl.load(x_pairs, mask=x_ok, other=0)
-        x23 = tl.load(x_pairs + 1, mask=x_ok, other=0)
-        x45 = tl.load(x_pairs + 2, mask=x_ok, other=0)
-        x67 = tl.load(x_pairs + 3, mask=x_ok, other=0)
-    return x01, x23, x45, x67
-
-
-@triton.jit
 def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M, N,
                        stride_xm, stride_qn, stride_sn, stride_sg, stride_zn, stride_zg, stride_ym,
                        K: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr,
-                       USE_PDL: tl.constexpr, PAIRED: tl.constexpr, NUM_STAGES: tl.constexpr = 1,
-                       VECTOR_X: tl.constexpr = False):
+                       USE_PDL: tl.constexpr, PAIRED: tl.constexpr, NUM_STAGES: tl.constexpr = 1):
     # q is read as int32 words, 8 columns each: nibble i of word j (bits 4i) is column
     # 8j + KERNEL_ORDER[i] = 8j + 2 * (i % 4) + i // 4. A tile of BLOCK_W words holds whole
     # groups (GROUPS of them) or lies inside one (GROUPS = 1): the wrapper picks BLOCK_W so. K and
@@ -217,7 +192,10 @@ def _w4a16_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M
             if PAIRED:
                 # x's bf16 column pairs (8j + 2p, 8j + 2p + 1) as int32 words: the wrapper keeps x 4-byte aligned
                 x_pairs = x_ptr.to(tl.pointer_type(tl.int32)) + m * (stride_xm // 2) + 4 * (w0 + offs_w)
-                x01, x23, x45, x67 = _x_column_pairs(x_pairs, x_ok, BLOCK_W, VECTOR_X)
+                x01 = tl.load(x_pairs, mask=x_ok, other=0)
+                x23 = tl.load(x_pairs + 1, mask=x_ok, other=0)
+                x45 = tl.load(x_pairs + 2, mask=x_ok, other=0)
+                x67 = tl.load(x_pairs + 3, mask=x_ok, other=0)
                 prod = _pair_products(words, neg_z_words, x01[None, :], x23[None, :], x45[None, :], x67[None, :])
                 if BLOCK_M == 1:
                     acc_words += prod * s_words
@@ -254,7 +232,7 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     zeros: uint8 [N, G], G = ceil(K / group_size) -> x @ w.T: [M, N] in
     x.dtype; gated (rows = [gate; up], N even): silu(gate) * up of it, [M, N / 2], with the bits of
     silu_and_mul after the plain GEMV. blocks: a launch ({"BLOCK_N", "BLOCK_W", "num_warps"}, optionally
-    "NUM_STAGES", "VECTOR_X" and "SPLIT_K", else split_for's) instead of launch_for's."""
+    "NUM_STAGES" and "SPLIT_K", else split_for's) instead of launch_for's."""
     check_int4_operands(x, qweight, scales, zeros, group_size)
     m, k = x.shape
     n = qweight.shape[0]
