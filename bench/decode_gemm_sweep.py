@@ -2,19 +2,21 @@
 against cuBLAS on a 7B layer's shapes, as the engine would run it: inside a CUDA graph, each call on its
 own copy of the weights (one copy would leave a 33 MB o_proj in the 50 MB L2).
 
-    python bench/decode_gemm_sweep.py [--m 64,48,16,128,32] [--shape baichuan2-7b]
+    python bench/decode_gemm_sweep.py [--m 64,48,16,128,32] [--shape baichuan2-7b] [--blas-only]
 
 Why: at 2048/128 a bf16 decode step of ~48 sequences spends ~5.4 ms in cuBLAS streaming 14 GB of
 weights, ~2.5 TB/s of an H100's ~3.3 (bench/throughput_profile.py). The kernel below reads each weight
 row tile once, the weights as the dot's first operand (y.T = w @ x.T), K split in the same launch where
 row tiles are few (split_k.py), gate_up optionally ending in silu(gate) * up, as the decode GEMV does.
-Result (H200, docs/benchmarks.md session 20): cuBLAS is 1.2-2.5x faster on every layer but the lm_head,
-so the engine keeps cuBLAS above the GEMV's 4 rows. Prints per batch size each layer's cuBLAS time
-(gate_up: then silu_and_mul), the best candidate launch's, and a step's sum. CUDA only.
+Result (H200, docs/benchmarks.md session 20): cuBLAS as fast or up to 2x faster on every layer but the lm_head,
+so the engine keeps cuBLAS above the GEMV's 4 rows. Prints per batch size each layer's time through torch's
+two BLAS backends, cuBLAS and cuBLASLt (gate_up: then silu_and_mul), and the best candidate launch's, and a
+step's sums. CUDA only.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 
 import torch
@@ -103,40 +105,57 @@ def graph_time(fn, copies: int, replays: int = 15) -> float:
     return statistics.median(times)
 
 
+def blas_time(x: torch.Tensor, ws: list[torch.Tensor], gated: bool, library: str) -> float:
+    """torch's F.linear (then silu_and_mul where gated) through one BLAS backend: "cublas" (torch's default on
+    CUDA) or "cublaslt" (torch.backends.cuda.preferred_blas_library), whose heuristics may pick other kernels."""
+    previous = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(library)
+    try:
+        return graph_time((lambda i: silu_and_mul(F.linear(x, ws[i]))) if gated else (lambda i: F.linear(x, ws[i])),
+                          len(ws))
+    finally:
+        torch.backends.cuda.preferred_blas_library(previous)
+
+
+def best_launch(x: torch.Tensor, ws: list[torch.Tensor], gated: bool, ref: torch.Tensor, label: str):
+    """The fastest candidate launch of the Triton kernel: (us, launch, max |error| against ref)."""
+    rows = []
+    for launch in CANDIDATES:
+        try:
+            err = (decode_gemm(x, ws[0], launch, gated).float() - ref.float()).abs().max().item()
+            us = graph_time(lambda i, c=launch: decode_gemm(x, ws[i], c, gated), len(ws))
+        except triton.runtime.errors.OutOfResources as exc:  # too little shared memory for the tiles
+            print(f"  {label} {launch}: failed ({exc})"[:160])
+            continue
+        rows.append((us, launch, err))
+    return min(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--m", default="64,48,16,128,32")
     parser.add_argument("--shape", default="baichuan2-7b", choices=sorted(SHAPES))
+    parser.add_argument("--blas-only", action="store_true", help="cuBLAS against cuBLASLt only, no Triton kernel")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__)
     for m in (int(v) for v in args.m.split(",")):
-        sums = {"cublas": 0.0, "best": 0.0}
+        sums = collections.Counter()
         for name, (n, k, gated) in SHAPES[args.shape].items():
             copies = max(2, -(-L2_BYTES // (n * k * 2)))
             ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = silu_and_mul(F.linear(x, ws[0])) if gated else F.linear(x, ws[0])
-            cublas = graph_time((lambda i: silu_and_mul(F.linear(x, ws[i]))) if gated else
-                                (lambda i: F.linear(x, ws[i])), copies)
-            rows = []
-            for launch in CANDIDATES:
-                try:
-                    err = (decode_gemm(x, ws[0], launch, gated).float() - ref.float()).abs().max().item()
-                    us = graph_time(lambda i, c=launch: decode_gemm(x, ws[i], c, gated), copies)
-                except triton.runtime.errors.OutOfResources as exc:  # too little shared memory for the tiles
-                    print(f"  M={m} {name} {launch}: failed ({exc})"[:160])
-                    continue
-                rows.append((us, launch, err))
-            best_us, best, err = min(rows)
             tb = n * k * 2 / 1e6
-            print(f"M={m:3d} {name:8s} cuBLAS {cublas:7.1f} us ({tb / cublas:4.2f} TB/s)  best {best_us:7.1f} "
-                  f"({tb / best_us:4.2f}) {best} max|err| vs cuBLAS {err:.3g}")
-            scale = 1 if name == "lm_head" else 32
-            sums["cublas"] += scale * cublas
-            sums["best"] += scale * best_us
+            times = {library: blas_time(x, ws, gated, library) for library in ("cublas", "cublaslt")}
+            line = f"M={m:3d} {name:8s} " + "  ".join(f"{lib} {us:7.1f} us ({tb / us:4.2f} TB/s)" for lib, us in times.items())
+            if not args.blas_only:
+                times["triton"], launch, err = best_launch(x, ws, gated, ref, f"M={m} {name}")
+                line += f"  Triton best {times['triton']:7.1f} ({tb / times['triton']:4.2f}) {launch} max|err| {err:.3g}"
+            print(line)
+            for key, us in times.items():
+                sums[key] += (1 if name == "lm_head" else 32) * us
             del ws
-        print(f"M={m:3d} 32 layers + lm_head: cuBLAS {sums['cublas'] / 1e3:.3f} ms, best launch per layer "
-              f"{sums['best'] / 1e3:.3f} ms")
+        print(f"M={m:3d} 32 layers + lm_head: " + ", ".join(f"{key} {us / 1e3:.3f} ms" for key, us in sums.items()))
 
 
 if __name__ == "__main__":
