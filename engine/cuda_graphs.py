@@ -43,6 +43,11 @@ def prefill_lengths(max_tokens: int) -> list[int]:
     return [n for n in (16, 32, 64, 128, 256, 512) if n < top] + [top] if top >= 2 else []
 
 
+def _bucket(sizes: list[int], n: int) -> int:
+    """The smallest of the ascending bucket sizes that holds n (the caller checked that one does)."""
+    return sizes[bisect.bisect_left(sizes, n)]
+
+
 class StepGraphs:
     def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], max_batch_size: int,
                  max_prefill_tokens: int, max_blocks: int, max_context_len: int):
@@ -65,7 +70,7 @@ class StepGraphs:
 
     def decode_graph(self, batch_size: int) -> tuple[int, torch.cuda.CUDAGraph]:
         """The captured decode graph that serves batch_size sequences, and its bucket (profiling)."""
-        bucket = min(s for s in self.batch_sizes if s >= batch_size)
+        bucket = _bucket(self.batch_sizes, batch_size)
         return bucket, self._graphs["decode", bucket, 0]
 
     def capture(self) -> None:
@@ -102,7 +107,7 @@ class StepGraphs:
         previous_tokens: the previous step's sampled tokens, where this step carries some (async scheduling)."""
         n = len(inputs.input_ids)
         if inputs.max_query_len == 1 and inputs.num_seqs <= self.batch_sizes[-1]:
-            bucket = self.batch_sizes[bisect.bisect_left(self.batch_sizes, n)]
+            bucket = _bucket(self.batch_sizes, n)
             self.inputs.load(inputs)
             inputs.fill_carried(self.inputs.input_ids, previous_tokens)
             self._graphs["decode", bucket, 0].replay()
@@ -110,7 +115,7 @@ class StepGraphs:
             # A one-token chunk of a longer prompt is computed here too but samples nothing.
             return logits if len(inputs.logits_index) == n else logits[to_device(inputs.logits_index, logits.device)]
         if inputs.num_seqs == 1 and self.prefill_lengths and n <= self.prefill_lengths[-1]:
-            bucket = self.prefill_lengths[bisect.bisect_left(self.prefill_lengths, n)]
+            bucket = _bucket(self.prefill_lengths, n)
             self.inputs.load_chunk_step(inputs, 0, bucket)
             inputs.fill_carried(self.inputs.input_ids, previous_tokens)
             self._graphs["prefill", 0, bucket].replay()
@@ -122,8 +127,8 @@ class StepGraphs:
 
     def _run_mixed(self, inputs: StepInputs, previous_tokens: torch.Tensor | None) -> torch.Tensor:
         n, d = len(inputs.input_ids), inputs.leading_decodes
-        b = self.batch_sizes[bisect.bisect_left(self.batch_sizes, d)]
-        chunk = self.prefill_lengths[bisect.bisect_left(self.prefill_lengths, n - d)]
+        b = _bucket(self.batch_sizes, d)
+        chunk = _bucket(self.prefill_lengths, n - d)
         self.inputs.load_chunk_step(inputs, b, chunk)
         carried = inputs.carried_rows
         # The chunk's tokens sit b - d rows further on in the graph's layout than in the step's.

@@ -149,7 +149,7 @@ def bench(
 def _bench_grid(model: str, models: list[str], hf_model: Optional[str], compare_hf: bool, dev: str,
                 dtype: Optional[str], cases: list[Case], warmup: int, runs: int, seed: int,
                 scheduler_policy: str, kv_cache_dtype: str, async_scheduling: bool | None, *,
-                kv_cache_free_mem_fraction: float = 0.9) -> dict[str, Any]:
+                kv_cache_free_mem_fraction: float) -> dict[str, Any]:
     with user_errors({"max_seq_len": "--input-output-len", "max_batch_size": "--batch-size"}):
         prompts: dict[Case, list[list[int]]] = {}
         resolved: dict[str, Any] = {}  # engine settings as the engine resolved them, for the JSON

@@ -71,7 +71,6 @@ def paged_decoder():
     return PagedDecoder
 
 
-
 def _eager_and_graphed_tokens(model: Path, prompts: list[list[int]], params: list[SamplingParams],
                               **config) -> dict[bool, list[list[int]]]:
     """Generated tokens of a float32 CUDA engine without CUDA graphs (False) and with them (True), one
