@@ -10,7 +10,7 @@ from attention_sweep import make_batch
 from engine.layers.attention.triton import paged_attention as pa
 
 print(torch.cuda.get_device_name())
-default_split = pa.LAUNCH["decode_split"]
+default_split, default_fp8 = pa.LAUNCH["decode_split"], pa.LAUNCH["decode_fp8"]
 cands = [(128, 4, 1), (64, 4, 2), (64, 2, 2), (128, 4, 2), (64, 4, 3), (64, 2, 3), (128, 8, 2)]
 shapes = [("bf16", 53, 2112), ("bf16", 48, 2112), ("bf16", 64, 2112), ("bf16", 96, 1100),
           ("fp8", 112, 2112), ("fp8", 112, 1100)]
@@ -35,5 +35,4 @@ for cache, seqs, ctx in shapes:
             except Exception as e:
                 row.append(f"{n}/{w}/{s} fail {type(e).__name__}")
         print(f"  splits {splits}: " + "  ".join(row), flush=True)
-    pa.LAUNCH["decode_split"] = default_split
-    pa.LAUNCH["decode_fp8"] = pa.LaunchConfig(block_m=16, block_n=128, num_warps=2, num_stages=4)
+    pa.LAUNCH["decode_split"], pa.LAUNCH["decode_fp8"] = default_split, default_fp8
